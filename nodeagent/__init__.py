@@ -1,0 +1,1 @@
+"""The node agent: host discovery, vfio binding, reconcilers and device plugins of one node."""

@@ -1,0 +1,1 @@
+"""The admission webhook: Flask under gunicorn over TLS (issue: admission webhook)."""
