@@ -1,0 +1,157 @@
+"""The one door to the host's filesystem: `/sys`, `/dev` and `/proc` seen under a prefix.
+
+Every read and write of a host file goes through a `SysfsRoot`, so the same code runs on `/`, on a synthetic tree
+built by the tests, under a umockdev replay (root `/`, umockdev redirects `/sys`) and in a container that sees the
+host's `/proc` somewhere else (`proc=`). Callers speak in host paths (`/sys/bus/pci/devices/0000:00:1f.6/vendor`);
+the root maps them to the real location. Callers must build those paths only from validated parts
+(`policy.names.pci_address`); a path with `..` is refused outright.
+"""
+
+from __future__ import annotations
+
+import errno as errno_mod
+import os
+
+from nodeagent.errors import RootUnavailable, SysfsError
+
+SYS = "/sys"
+DEV = "/dev"
+PROC = "/proc"
+
+_MISSING = (errno_mod.ENOENT, errno_mod.ENOTDIR, errno_mod.ENODEV, errno_mod.ENXIO)
+
+
+class SysfsRoot:
+    """Host paths under a prefix. `SysfsRoot("/x")` makes `/x` stand for `/`; `proc=` overrides `/proc` alone."""
+
+    __slots__ = ("_prefix", "_proc")
+
+    def __init__(self, root: str | os.PathLike[str] = "/", *, proc: str | os.PathLike[str] | None = None) -> None:
+        prefix = os.path.abspath(os.fspath(root))
+        self._prefix = "" if prefix == "/" else prefix
+        self._proc = os.path.abspath(os.fspath(proc)) if proc is not None else None
+
+    def __repr__(self) -> str:
+        return f"SysfsRoot({self.prefix!r}, proc={self._proc!r})"
+
+    @property
+    def prefix(self) -> str:
+        """The directory that stands for `/` ("/" for the live host)."""
+        return self._prefix or "/"
+
+    def check(self) -> None:
+        """Raise RootUnavailable unless the root is a readable directory (the CLI's exit-2 case)."""
+        where = self.prefix
+        if not os.path.isdir(where):
+            raise RootUnavailable(f"root {where} is not a directory", path=where, errno=errno_mod.ENOENT)
+        if not os.access(where, os.R_OK | os.X_OK):
+            raise RootUnavailable(f"root {where} is not readable", path=where, errno=errno_mod.EACCES)
+
+    # -- paths -------------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def sys(*parts: str) -> str:
+        """Host path under /sys, e.g. `root.sys("bus", "pci", "devices")`."""
+        return "/".join((SYS, *parts))
+
+    @staticmethod
+    def dev(*parts: str) -> str:
+        """Host path under /dev, e.g. `root.dev("vfio", "45")`."""
+        return "/".join((DEV, *parts))
+
+    @staticmethod
+    def proc(*parts: str) -> str:
+        """Host path under /proc, e.g. `root.proc("self", "mountinfo")`."""
+        return "/".join((PROC, *parts))
+
+    def real(self, host_path: str) -> str:
+        """The real filesystem location of a host path (for tools that need a path, e.g. lspci -O sysfs.path)."""
+        if not host_path.startswith("/") or "/.." in host_path:
+            raise SysfsError(f"refusing host path {host_path!r}", path=host_path)
+        if self._proc is not None and (host_path == PROC or host_path.startswith("/proc/")):
+            return self._proc + host_path[5:]
+        return self._prefix + host_path
+
+    def host(self, real_path: str) -> str:
+        """The host path of a real location under the root (inverse of `real`)."""
+        if self._proc is not None and (real_path == self._proc or real_path.startswith(self._proc + "/")):
+            return PROC + real_path[len(self._proc) :]
+        if not self._prefix:
+            return real_path
+        if real_path == self._prefix:
+            return "/"
+        if real_path.startswith(self._prefix + "/"):
+            return real_path[len(self._prefix) :]
+        raise SysfsError(f"{real_path} lies outside root {self.prefix}", path=real_path)
+
+    # -- reads -------------------------------------------------------------------------------------------------
+
+    def read_bytes(self, host_path: str, size: int = -1) -> bytes:
+        """Read a file once (at most `size` bytes); raise SysfsError."""
+        try:
+            with open(self.real(host_path), "rb", buffering=0) as f:
+                return f.read(size) if size >= 0 else f.readall()
+        except OSError as e:
+            raise SysfsError(f"cannot read {host_path}: {e.strerror}", path=host_path, errno=e.errno) from e
+
+    def read_attr(self, host_path: str) -> str:
+        """A sysfs attribute as text, surrounding whitespace removed; raise SysfsError."""
+        return self.read_bytes(host_path).decode("utf-8", "replace").strip()
+
+    def try_read_attr(self, host_path: str) -> str | None:
+        """Like read_attr, but None when the file does not exist (other errors still raise)."""
+        try:
+            return self.read_attr(host_path)
+        except SysfsError as e:
+            if e.errno in _MISSING:
+                return None
+            raise
+
+    def read_link(self, host_path: str) -> str:
+        """The raw target of a symlink (sysfs links are relative); raise SysfsError."""
+        try:
+            return os.readlink(self.real(host_path))
+        except OSError as e:
+            raise SysfsError(f"cannot read link {host_path}: {e.strerror}", path=host_path, errno=e.errno) from e
+
+    def try_link_name(self, host_path: str) -> str | None:
+        """Basename of a symlink's target (e.g. the driver or iommu_group), None when there is no link."""
+        try:
+            return os.path.basename(os.readlink(self.real(host_path)))
+        except OSError as e:
+            if e.errno in _MISSING or e.errno == errno_mod.EINVAL:
+                return None
+            raise SysfsError(f"cannot read link {host_path}: {e.strerror}", path=host_path, errno=e.errno) from e
+
+    def resolve(self, host_path: str) -> str:
+        """The host path with every symlink resolved, e.g. /sys/bus/pci/devices/X -> /sys/devices/pci0000:00/.../X."""
+        return self.host(os.path.realpath(self.real(host_path)))
+
+    def exists(self, host_path: str) -> bool:
+        return os.path.exists(self.real(host_path))
+
+    def is_link(self, host_path: str) -> bool:
+        return os.path.islink(self.real(host_path))
+
+    def children(self, host_path: str) -> list[str]:
+        """Sorted entry names of a directory; [] when it does not exist; raise SysfsError on other errors."""
+        try:
+            return sorted(os.listdir(self.real(host_path)))
+        except OSError as e:
+            if e.errno in _MISSING:
+                return []
+            raise SysfsError(f"cannot list {host_path}: {e.strerror}", path=host_path, errno=e.errno) from e
+
+    # -- writes (the binder's; discovery never writes) ---------------------------------------------------------
+
+    def write_attr(self, host_path: str, value: str) -> None:
+        """Write `value` to an existing attribute in one write(2); raise SysfsError with the kernel's errno."""
+        data = value.encode()
+        try:
+            fd = os.open(self.real(host_path), os.O_WRONLY | os.O_CLOEXEC)
+            try:
+                os.write(fd, data)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            raise SysfsError(f"cannot write {host_path}: {e.strerror}", path=host_path, errno=e.errno) from e
