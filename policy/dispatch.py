@@ -1,0 +1,57 @@
+"""Entry points of the policy: validate and mutate, dispatched NodeRestriction style.
+
+resource -> subresource -> operation; each resource has one module in policy/rules named by its API plural.
+A request for a resource this policy does not know is answered 400 (the webhook configuration sent us
+something it should not have).
+"""
+
+from __future__ import annotations
+
+from policy import decision, messages, names
+from policy.access import Access
+from policy.decision import Decision
+from policy.review import AdmissionRequest
+from policy.rules import RULES, Context
+from policy.settings import PolicySettings
+from policy.snapshot import ClusterView
+
+# (group, resource, subresource) the validator and mutator understand.
+KINDS: frozenset[tuple[str, str, str]] = frozenset(
+    {
+        (names.GROUP, "pcideviceclaims", ""),
+        (names.GROUP, "pcideviceclaims", "status"),
+        (names.GROUP, "usbdeviceclaims", ""),
+        (names.GROUP, "usbdeviceclaims", "status"),
+        (names.GROUP, "pcidevices", ""),
+        (names.GROUP, "pcidevices", "status"),
+        (names.GROUP, "usbdevices", ""),
+        (names.GROUP, "usbdevices", "status"),
+        ("kubevirt.io", "kubevirts", ""),
+    }
+)
+
+
+def validate(request: AdmissionRequest, view: ClusterView, access: Access, settings: PolicySettings) -> Decision:
+    unknown = _unknown(request)
+    if unknown is not None:
+        return unknown
+    module = RULES[(request.resource.group, request.resource.resource)]
+    return module.validate(Context(request, view, access, settings))
+
+
+def mutate(request: AdmissionRequest, view: ClusterView, access: Access, settings: PolicySettings) -> Decision:
+    unknown = _unknown(request)
+    if unknown is not None:
+        return unknown
+    module = RULES[(request.resource.group, request.resource.resource)]
+    return module.mutate(Context(request, view, access, settings))
+
+
+def _unknown(request: AdmissionRequest) -> Decision | None:
+    key = (request.resource.group, request.resource.resource, request.sub_resource)
+    if key in KINDS:
+        return None
+    gr = f"{request.resource.resource}.{request.resource.group}".strip(".")
+    if request.sub_resource:
+        gr += f"/{request.sub_resource}"
+    return decision.malformed(messages.UNKNOWN_RESOURCE.format(resource=gr), rule="unknown-resource")

@@ -1,0 +1,30 @@
+"""Admission rules, one module per API plural; RULES maps (group, resource) to the module.
+
+Each module has `validate(ctx) -> Decision` and `mutate(ctx) -> Decision` and dispatches on subresource and
+operation itself.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from policy import names
+from policy.decision import Decision
+from policy.rules import kubevirts, pcideviceclaims, pcidevices, usbdeviceclaims, usbdevices
+from policy.rules.context import Context
+
+
+class RuleModule(Protocol):
+    def validate(self, ctx: Context) -> Decision: ...
+    def mutate(self, ctx: Context) -> Decision: ...
+
+
+RULES: dict[tuple[str, str], RuleModule] = {
+    (names.GROUP, "pcideviceclaims"): pcideviceclaims,
+    (names.GROUP, "usbdeviceclaims"): usbdeviceclaims,
+    (names.GROUP, "pcidevices"): pcidevices,
+    (names.GROUP, "usbdevices"): usbdevices,
+    ("kubevirt.io", "kubevirts"): kubevirts,
+}
+
+__all__ = ["RULES", "Context", "RuleModule"]

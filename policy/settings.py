@@ -1,0 +1,44 @@
+"""Policy settings: which identities are trusted for what, and which permission checks are enforced."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+
+AGENT = "system:serviceaccount:harvester-system:pcidevices-agent"
+CONTROLLER = "system:serviceaccount:harvester-system:pcidevices-controller"
+MIGRATION = "system:serviceaccount:harvester-system:pcidevices-takeover"
+GC = "system:serviceaccount:kube-system:generic-garbage-collector"
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+@dataclass(frozen=True, slots=True)
+class PolicySettings:
+    agent_usernames: frozenset[str] = field(default_factory=lambda: frozenset({AGENT}))
+    controller_usernames: frozenset[str] = field(default_factory=lambda: frozenset({CONTROLLER}))
+    migration_usernames: frozenset[str] = field(default_factory=lambda: frozenset({MIGRATION}))
+    gc_usernames: frozenset[str] = field(default_factory=lambda: frozenset({GC}))
+    enforce_claim: bool = True
+    enforce_release: bool = True
+
+    @classmethod
+    def from_mapping(cls, m: Mapping[str, str]) -> PolicySettings:
+        """Read settings from env-like strings: upper-case field names (AGENT_USERNAMES=a,b; ENFORCE_CLAIM=false).
+
+        Keys that are not settings are ignored, so os.environ can be passed as is; a bad boolean raises ValueError.
+        """
+        values: dict[str, object] = {}
+        for f in fields(cls):
+            raw = m.get(f.name.upper())
+            if raw is None:
+                continue
+            if f.name.endswith("_usernames"):
+                values[f.name] = frozenset(part.strip() for part in raw.split(",") if part.strip())
+            else:
+                lowered = raw.strip().lower()
+                if lowered not in _TRUE | _FALSE:
+                    raise ValueError(f"{f.name.upper()} must be true or false; got {raw!r}")
+                values[f.name] = lowered in _TRUE
+        return cls(**values)  # type: ignore[arg-type]

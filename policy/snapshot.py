@@ -1,0 +1,267 @@
+"""The read-only cluster view the rules use, and the indexed store the webhook feeds from its watches.
+
+Every question a rule asks is answered from an index (a dict lookup), never a scan: the webhook holds 100,000
+devices and must answer in milliseconds. Writers (watch events) take a lock and update all indexes of one event
+together; readers take the same lock per lookup, so no lookup ever sees a half-applied event.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Protocol
+
+from policy.objects import (
+    Claim,
+    Device,
+    MalformedObject,
+    PCIDevice,
+    PCIDeviceClaim,
+    USBDevice,
+    USBDeviceClaim,
+)
+
+KINDS = ("PCIDevice", "PCIDeviceClaim", "USBDevice", "USBDeviceClaim", "Node")
+
+
+class ClusterView(Protocol):
+    def pcidevice(self, name: str) -> PCIDevice | None: ...
+    def usbdevice(self, name: str) -> USBDevice | None: ...
+    def pcideviceclaim(self, name: str) -> PCIDeviceClaim | None: ...
+    def usbdeviceclaim(self, name: str) -> USBDeviceClaim | None: ...
+    def pcidevice_by_address(self, node: str, address: str) -> PCIDevice | None: ...
+    def pcidevices_in_group(self, node: str, group: str) -> Sequence[PCIDevice]: ...
+    def usbdevices_behind_controller(self, node: str, pci_address: str) -> Sequence[USBDevice]: ...
+    def devices_with_resource(self, resource_name: str) -> Sequence[Device]:
+        """PCI and USB devices whose status.resourceName is resource_name."""
+        ...
+
+    def claimed_devices_with_resource(self, resource_name: str) -> Sequence[Device]:
+        """Those of devices_with_resource(resource_name) that have a claim."""
+        ...
+
+    def claims_of_owner(self, owner: str) -> Sequence[Claim]: ...
+    def node_exists(self, name: str) -> bool: ...
+
+
+class ClusterIndex:
+    """A mutable, internally locked ClusterView holding slim views, fed by upsert/delete/replace."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._pci: dict[str, PCIDevice] = {}
+        self._usb: dict[str, USBDevice] = {}
+        self._pci_claims: dict[str, PCIDeviceClaim] = {}
+        self._usb_claims: dict[str, USBDeviceClaim] = {}
+        self._nodes: set[str] = set()
+        self._pci_by_address: dict[tuple[str, str], str] = {}
+        self._pci_by_group: dict[tuple[str, str], set[str]] = {}
+        self._usb_by_controller: dict[tuple[str, str], set[str]] = {}
+        self._by_resource: dict[str, set[tuple[str, str]]] = {}  # resourceName -> {(kind, device name)}
+        self._claimed_by_resource: dict[str, set[tuple[str, str]]] = {}
+        self._claims_by_owner: dict[str, set[tuple[str, str]]] = {}
+
+    @classmethod
+    def from_objects(cls, objects: Iterable[Mapping[str, Any]]) -> ClusterIndex:
+        """Build an index from whole objects (tests); each object's `kind` says where it goes."""
+        index = cls()
+        for obj in objects:
+            kind = obj.get("kind")
+            if not isinstance(kind, str) or kind not in KINDS:
+                raise ValueError(f"unsupported kind {kind!r}")
+            if not index.upsert(kind, obj):
+                raise MalformedObject(f"{kind} object is malformed")
+        return index
+
+    # -- writers ------------------------------------------------------------------------------------------------
+
+    def upsert(self, kind: str, obj: Mapping[str, Any]) -> bool:
+        """Add or replace one object; return False (and forget any old version) when it is malformed."""
+        with self._lock:
+            if kind == "Node":
+                meta = obj.get("metadata")
+                name = meta.get("name") if isinstance(meta, Mapping) else None
+                if not isinstance(name, str) or not name:
+                    return False
+                self._nodes.add(name)
+                return True
+            parser = _PARSERS.get(kind)
+            if parser is None:
+                raise ValueError(f"unsupported kind {kind!r}")
+            try:
+                view = parser(obj)
+            except MalformedObject:
+                meta = obj.get("metadata")
+                name = meta.get("name") if isinstance(meta, Mapping) else None
+                if isinstance(name, str):
+                    self._remove(kind, name)
+                return False
+            self._remove(kind, view.name)
+            self._add(kind, view)
+            return True
+
+    def delete(self, kind: str, name: str) -> None:
+        with self._lock:
+            if kind == "Node":
+                self._nodes.discard(name)
+            elif kind in _PARSERS:
+                self._remove(kind, name)
+            else:
+                raise ValueError(f"unsupported kind {kind!r}")
+
+    def replace(self, kind: str, objects: Iterable[Mapping[str, Any]]) -> int:
+        """Replace every object of one kind (a re-list); return how many were malformed and skipped."""
+        objects = list(objects)
+        with self._lock:
+            if kind == "Node":
+                self._nodes.clear()
+            else:
+                for name in list(self._store(kind)):
+                    self._remove(kind, name)
+            return sum(0 if self.upsert(kind, obj) else 1 for obj in objects)
+
+    # -- readers ------------------------------------------------------------------------------------------------
+
+    def pcidevice(self, name: str) -> PCIDevice | None:
+        with self._lock:
+            return self._pci.get(name)
+
+    def usbdevice(self, name: str) -> USBDevice | None:
+        with self._lock:
+            return self._usb.get(name)
+
+    def pcideviceclaim(self, name: str) -> PCIDeviceClaim | None:
+        with self._lock:
+            return self._pci_claims.get(name)
+
+    def usbdeviceclaim(self, name: str) -> USBDeviceClaim | None:
+        with self._lock:
+            return self._usb_claims.get(name)
+
+    def pcidevice_by_address(self, node: str, address: str) -> PCIDevice | None:
+        with self._lock:
+            name = self._pci_by_address.get((node, address))
+            return self._pci.get(name) if name is not None else None
+
+    def pcidevices_in_group(self, node: str, group: str) -> Sequence[PCIDevice]:
+        with self._lock:
+            return [self._pci[n] for n in sorted(self._pci_by_group.get((node, group), ()))]
+
+    def usbdevices_behind_controller(self, node: str, pci_address: str) -> Sequence[USBDevice]:
+        with self._lock:
+            return [self._usb[n] for n in sorted(self._usb_by_controller.get((node, pci_address), ()))]
+
+    def devices_with_resource(self, resource_name: str) -> Sequence[Device]:
+        with self._lock:
+            return self._devices(self._by_resource.get(resource_name, ()))
+
+    def claimed_devices_with_resource(self, resource_name: str) -> Sequence[Device]:
+        with self._lock:
+            return self._devices(self._claimed_by_resource.get(resource_name, ()))
+
+    def claims_of_owner(self, owner: str) -> Sequence[Claim]:
+        with self._lock:
+            out: list[Claim] = []
+            for kind, name in sorted(self._claims_by_owner.get(owner, ())):
+                claim = self._pci_claims.get(name) if kind == "PCIDeviceClaim" else self._usb_claims.get(name)
+                if claim is not None:
+                    out.append(claim)
+            return out
+
+    def node_exists(self, name: str) -> bool:
+        with self._lock:
+            return name in self._nodes
+
+    def counts(self) -> Mapping[str, int]:
+        with self._lock:
+            return {
+                "PCIDevice": len(self._pci),
+                "PCIDeviceClaim": len(self._pci_claims),
+                "USBDevice": len(self._usb),
+                "USBDeviceClaim": len(self._usb_claims),
+                "Node": len(self._nodes),
+            }
+
+    # -- index maintenance (called with the lock held) ----------------------------------------------------------
+
+    def _store(self, kind: str) -> dict[str, Any]:
+        stores: dict[str, dict[str, Any]] = {
+            "PCIDevice": self._pci,
+            "USBDevice": self._usb,
+            "PCIDeviceClaim": self._pci_claims,
+            "USBDeviceClaim": self._usb_claims,
+        }
+        return stores[kind]
+
+    def _devices(self, keys: Iterable[tuple[str, str]]) -> list[Device]:
+        out: list[Device] = []
+        for kind, name in sorted(keys):
+            dev: Device | None = self._pci.get(name) if kind == "PCIDevice" else self._usb.get(name)
+            if dev is not None:
+                out.append(dev)
+        return out
+
+    def _is_claimed(self, device_kind: str, name: str) -> bool:
+        return name in (self._pci_claims if device_kind == "PCIDevice" else self._usb_claims)
+
+    def _add(self, kind: str, view: Any) -> None:
+        self._store(kind)[view.name] = view
+        if isinstance(view, PCIDevice):
+            self._pci_by_address[(view.node_name, view.address)] = view.name
+            if view.iommu_group:
+                self._pci_by_group.setdefault((view.node_name, view.iommu_group), set()).add(view.name)
+            self._add_resource("PCIDevice", view.name, view.resource_name)
+        elif isinstance(view, USBDevice):
+            if view.pci_address:
+                self._usb_by_controller.setdefault((view.node_name, view.pci_address), set()).add(view.name)
+            self._add_resource("USBDevice", view.name, view.resource_name)
+        elif isinstance(view, PCIDeviceClaim | USBDeviceClaim):
+            self._claims_by_owner.setdefault(view.owner, set()).add((kind, view.name))
+            device_kind = "PCIDevice" if kind == "PCIDeviceClaim" else "USBDevice"
+            device: Device | None = (self._pci if device_kind == "PCIDevice" else self._usb).get(view.name)
+            if device is not None and device.resource_name:
+                self._claimed_by_resource.setdefault(device.resource_name, set()).add((device_kind, view.name))
+
+    def _add_resource(self, device_kind: str, name: str, resource_name: str) -> None:
+        if not resource_name:
+            return
+        self._by_resource.setdefault(resource_name, set()).add((device_kind, name))
+        if self._is_claimed(device_kind, name):
+            self._claimed_by_resource.setdefault(resource_name, set()).add((device_kind, name))
+
+    def _remove(self, kind: str, name: str) -> None:
+        view = self._store(kind).pop(name, None)
+        if view is None:
+            return
+        if isinstance(view, PCIDevice):
+            if self._pci_by_address.get((view.node_name, view.address)) == name:
+                del self._pci_by_address[(view.node_name, view.address)]
+            _discard(self._pci_by_group, (view.node_name, view.iommu_group), name)
+            _discard(self._by_resource, view.resource_name, ("PCIDevice", name))
+            _discard(self._claimed_by_resource, view.resource_name, ("PCIDevice", name))
+        elif isinstance(view, USBDevice):
+            _discard(self._usb_by_controller, (view.node_name, view.pci_address), name)
+            _discard(self._by_resource, view.resource_name, ("USBDevice", name))
+            _discard(self._claimed_by_resource, view.resource_name, ("USBDevice", name))
+        elif isinstance(view, PCIDeviceClaim | USBDeviceClaim):
+            _discard(self._claims_by_owner, view.owner, (kind, name))
+            device_kind = "PCIDevice" if kind == "PCIDeviceClaim" else "USBDevice"
+            device: Device | None = (self._pci if device_kind == "PCIDevice" else self._usb).get(name)
+            if device is not None:
+                _discard(self._claimed_by_resource, device.resource_name, (device_kind, name))
+
+
+def _discard(index: dict[Any, set[Any]], key: Any, value: Any) -> None:
+    members = index.get(key)
+    if members is not None:
+        members.discard(value)
+        if not members:
+            del index[key]
+
+
+_PARSERS: dict[str, Any] = {
+    "PCIDevice": PCIDevice.from_dict,
+    "USBDevice": USBDevice.from_dict,
+    "PCIDeviceClaim": PCIDeviceClaim.from_dict,
+    "USBDeviceClaim": USBDeviceClaim.from_dict,
+}
