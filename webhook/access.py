@@ -1,0 +1,103 @@
+"""policy.access.Access answered by SubjectAccessReview, behind a short TTL cache.
+
+Each admission of a claim asks one or two questions; the API server's authorizer is the only authority on RBAC
+(ClusterRoles with custom verbs and resourceNames, RoleBindings of Rancher projects), so we ask it rather than
+re-implement RBAC, and cache answers for a few seconds so bursts (the UI's "enable group") cost one round trip.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+from policy import review
+from webhook import metrics as metrics_mod
+
+SAR_API_VERSION = "authorization.k8s.io/v1"
+
+
+class SARClient(Protocol):
+    def review_access(self, body: Mapping[str, Any]) -> bool:
+        """Create a SubjectAccessReview and return status.allowed (raise on transport or API errors)."""
+        ...
+
+
+def build_review(
+    user: review.UserInfo, *, verb: str, group: str, resource: str, name: str, namespace: str, subresource: str
+) -> dict[str, Any]:
+    """The SubjectAccessReview for a question, carrying user, uid, groups and extra (bound-token node names)."""
+    attributes = {"verb": verb, "group": group, "resource": resource}
+    for key, value in (("name", name), ("namespace", namespace), ("subresource", subresource)):
+        if value:
+            attributes[key] = value
+    spec: dict[str, Any] = {"user": user.username, "resourceAttributes": attributes}
+    if user.uid:
+        spec["uid"] = user.uid
+    if user.groups:
+        spec["groups"] = list(user.groups)
+    if user.extra:
+        spec["extra"] = {k: list(v) for k, v in user.extra.items()}
+    return {"apiVersion": SAR_API_VERSION, "kind": "SubjectAccessReview", "spec": spec}
+
+
+class CachedAccess:
+    """Thread-safe (gthread workers); an LRU bounded to max_entries; answers expire after ttl_s."""
+
+    def __init__(
+        self,
+        client: SARClient,
+        *,
+        ttl_s: float,
+        max_entries: int,
+        metrics: metrics_mod.Metrics,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._client = client
+        self._ttl = ttl_s
+        self._max = max_entries
+        self._metrics = metrics
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[tuple[object, ...], tuple[float, bool]] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def allowed(
+        self,
+        user: review.UserInfo,
+        *,
+        verb: str,
+        group: str,
+        resource: str,
+        name: str = "",
+        namespace: str = "",
+        subresource: str = "",
+    ) -> bool:
+        key = (user.key(), verb, group, resource, name, namespace, subresource)
+        now = self._clock()
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None and entry[0] > now:
+                self._entries.move_to_end(key)
+                self.hits += 1
+                self._metrics.sar_cache.labels("hit").inc()
+                return entry[1]
+            self.misses += 1
+        self._metrics.sar_cache.labels("miss").inc()
+        body = build_review(
+            user, verb=verb, group=group, resource=resource, name=name, namespace=namespace, subresource=subresource
+        )
+        try:
+            answer = self._client.review_access(body)
+        except Exception:
+            self._metrics.sar_errors.inc()
+            raise
+        with self._lock:
+            self._entries[key] = (now + self._ttl, answer)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self._max:
+                self._entries.popitem(last=False)
+        return answer

@@ -1,0 +1,153 @@
+"""The app factory: wires settings, the cluster view, access checks and metrics into a Flask app.
+
+Nothing happens at import. gunicorn builds the app once in the master (preload) and each worker calls
+`runtime(app).start()` after fork, so every worker owns its watch threads and API connections.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from flask import Flask
+
+from policy import access as policy_access
+from policy import decision, dispatch, review, snapshot
+from policy import settings as policy_settings
+from webhook import access as webhook_access
+from webhook import cache, kube, routes
+from webhook import metrics as metrics_mod
+from webhook import settings as settings_mod
+
+log = logging.getLogger(__name__)
+
+Judge = Callable[
+    [review.AdmissionRequest, snapshot.ClusterView, policy_access.Access, policy_settings.PolicySettings],
+    decision.Decision,
+]
+EXTENSION = "pcidevices"
+
+
+class ViewSource(Protocol):
+    def start(self) -> None: ...
+    def ready(self) -> bool: ...
+    def stop(self) -> None: ...
+
+
+class _StaticSource:
+    """A view handed in whole (tests): always ready."""
+
+    def start(self) -> None:
+        pass
+
+    def ready(self) -> bool:
+        return True
+
+    def stop(self) -> None:
+        pass
+
+
+class _LazyKube:
+    """One API connection per process, made on first use (after fork), shared by the SAR checks and the watches."""
+
+    def __init__(self, kubeconfig: Path | None) -> None:
+        self._kubeconfig = kubeconfig
+        self._lock = threading.Lock()
+        self._kube: kube.Kube | None = None
+
+    def get(self) -> kube.Kube:
+        with self._lock:
+            if self._kube is None:
+                self._kube = kube.Kube(kube.connect(self._kubeconfig))
+            return self._kube
+
+    def review_access(self, body: Any) -> bool:
+        return self.get().review_access(body)
+
+
+def _allow_all(*_: object) -> decision.Decision:
+    return decision.allow()
+
+
+@dataclass
+class Runtime:
+    settings: settings_mod.WebhookSettings
+    view: snapshot.ClusterView
+    access: policy_access.Access
+    metrics: metrics_mod.Metrics
+    source: ViewSource
+    validate: Judge
+    mutate: Judge
+    started: bool = False
+
+    def start(self) -> None:
+        """Start this process's view (watches or file); call once per worker, after fork."""
+        if not self.started:
+            self.started = True
+            self.source.start()
+
+    def ready(self) -> bool:
+        return self.started and self.source.ready()
+
+
+def create_app(
+    settings: settings_mod.WebhookSettings | None = None,
+    *,
+    view: snapshot.ClusterView | None = None,
+    access: policy_access.Access | None = None,
+    metrics: metrics_mod.Metrics | None = None,
+    source: ViewSource | None = None,
+) -> Flask:
+    """Build the app; `view`/`access` replace the watch-fed view and SubjectAccessReview (tests, benchmarks)."""
+    settings = settings or settings_mod.WebhookSettings()
+    metrics = metrics or metrics_mod.Metrics()
+    connection = _LazyKube(settings.kubeconfig)
+    if view is not None:
+        source = source or _StaticSource()
+    else:
+        index = snapshot.ClusterIndex()
+        view = index
+        if source is None:
+            if settings.view_source.startswith("file:"):
+                source = cache.FileSource(Path(settings.view_source[len("file:") :]), index)
+            elif settings.view_source == "watch":
+                source = cache.WatchSource(
+                    connection.get,
+                    index,
+                    metrics=metrics,
+                    watch_timeout_s=settings.watch_timeout_s,
+                    backoff_s=settings.resync_backoff_s,
+                )
+            else:
+                raise ValueError(f"view_source must be 'watch' or 'file:<path>'; got {settings.view_source!r}")
+    if access is None:
+        access = webhook_access.CachedAccess(
+            connection, ttl_s=settings.sar_ttl_s, max_entries=settings.sar_cache_size, metrics=metrics
+        )
+    validate: Judge = dispatch.validate
+    mutate: Judge = dispatch.mutate
+    if settings.bench_floor:
+        log.warning("bench_floor is set: every review is allowed without any check")
+        validate = mutate = _allow_all
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.extensions[EXTENSION] = Runtime(
+        settings=settings,
+        view=view,
+        access=access,
+        metrics=metrics,
+        source=source,
+        validate=validate,
+        mutate=mutate,
+    )
+    app.register_blueprint(routes.bp)
+    return app
+
+
+def runtime(app: Flask) -> Runtime:
+    rt: Runtime = app.extensions[EXTENSION]
+    return rt

@@ -1,0 +1,193 @@
+"""Watch-fed cluster view: one reflector thread per kind (list, then watch from the list's resourceVersion).
+
+Admissions never wait on the API server: they read policy.snapshot.ClusterIndex, which the reflectors keep current.
+A watch whose resourceVersion has expired (410 Gone) or that fails is followed by a full re-list. `ready()` is true
+only after every kind has been listed once, so /readyz keeps the API server away until the view is complete.
+Started after fork, in each gunicorn worker (threads do not survive fork).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from policy import names, snapshot
+from webhook import kube
+from webhook import metrics as metrics_mod
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class WatchedKind:
+    kind: str  # as policy.snapshot.ClusterIndex names it
+    path: str  # the cluster-wide collection
+
+
+WATCHED: tuple[WatchedKind, ...] = (
+    WatchedKind("PCIDevice", f"/apis/{names.API_VERSION}/pcidevices"),
+    WatchedKind("PCIDeviceClaim", f"/apis/{names.API_VERSION}/pcideviceclaims"),
+    WatchedKind("USBDevice", f"/apis/{names.API_VERSION}/usbdevices"),
+    WatchedKind("USBDeviceClaim", f"/apis/{names.API_VERSION}/usbdeviceclaims"),
+    WatchedKind("Node", "/api/v1/nodes"),
+)
+
+
+class Lister(Protocol):
+    """What a reflector needs from the API (webhook.kube.Kube; a fake in unit tests)."""
+
+    def list(self, path: str) -> tuple[list[dict[str, Any]], str]: ...
+
+    def watch(self, path: str, resource_version: str, timeout_s: int) -> Iterator[kube.WatchEvent]: ...
+
+
+class Store(Protocol):
+    def upsert(self, kind: str, obj: Mapping[str, Any]) -> bool: ...
+    def delete(self, kind: str, name: str) -> None: ...
+    def replace(self, kind: str, objects: Iterable[Mapping[str, Any]]) -> int: ...
+
+
+class Reflector:
+    """Keeps one kind of `store` equal to the API server's collection."""
+
+    def __init__(
+        self,
+        watched: WatchedKind,
+        lister: Lister,
+        store: Store,
+        *,
+        metrics: metrics_mod.Metrics,
+        watch_timeout_s: int,
+        backoff_s: float,
+        stop: threading.Event,
+    ) -> None:
+        self.watched = watched
+        self._lister = lister
+        self._store = store
+        self._metrics = metrics
+        self._watch_timeout = watch_timeout_s
+        self._backoff = backoff_s
+        self._stop = stop
+        self.synced = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                rv = self._relist()
+                self._follow(rv)
+            except Exception:
+                if self._stop.is_set():
+                    return
+                log.warning("watch failed; re-listing", exc_info=True, extra={"kind": self.watched.kind})
+                self._stop.wait(self._backoff)
+
+    def _relist(self) -> str:
+        items, rv = self._lister.list(self.watched.path)
+        skipped = self._store.replace(self.watched.kind, items)
+        self._metrics.watch_restarts.labels(self.watched.kind).inc()
+        if skipped:
+            log.warning("skipped malformed objects", extra={"kind": self.watched.kind, "count": skipped})
+        if not self.synced.is_set():
+            log.info("listed", extra={"kind": self.watched.kind, "count": len(items), "resource_version": rv})
+        self.synced.set()
+        return rv
+
+    def _follow(self, rv: str) -> None:
+        """Apply watch events until the server ends the watch or the resourceVersion expires."""
+        while not self._stop.is_set():
+            try:
+                for event in self._lister.watch(self.watched.path, rv, self._watch_timeout):
+                    if self._stop.is_set():
+                        return
+                    rv = self.apply(event) or rv
+            except kube.Expired:
+                log.info("resourceVersion expired; re-listing", extra={"kind": self.watched.kind})
+                return
+
+    def apply(self, event: kube.WatchEvent) -> str:
+        """Apply one event to the store; return the resourceVersion to continue from ("" when unknown)."""
+        meta = event.object.get("metadata") or {}
+        rv = str(meta.get("resourceVersion", ""))
+        if event.type in ("ADDED", "MODIFIED"):
+            if not self._store.upsert(self.watched.kind, event.object):
+                log.warning("skipped malformed object", extra={"kind": self.watched.kind, "name": meta.get("name")})
+        elif event.type == "DELETED":
+            name = meta.get("name")
+            if isinstance(name, str):
+                self._store.delete(self.watched.kind, name)
+        return rv
+
+
+class WatchSource:
+    """The reflectors of all watched kinds over one index."""
+
+    def __init__(
+        self,
+        lister_factory: Callable[[], Lister],
+        index: snapshot.ClusterIndex,
+        *,
+        metrics: metrics_mod.Metrics,
+        watch_timeout_s: int,
+        backoff_s: float,
+        kinds: tuple[WatchedKind, ...] = WATCHED,
+    ) -> None:
+        self.index = index
+        self._lister_factory = lister_factory
+        self._metrics = metrics
+        self._watch_timeout = watch_timeout_s
+        self._backoff = backoff_s
+        self._kinds = kinds
+        self._stop = threading.Event()
+        self.reflectors: list[Reflector] = []
+
+    def start(self) -> None:
+        lister = self._lister_factory()
+        for watched in self._kinds:
+            reflector = Reflector(
+                watched,
+                lister,
+                self.index,
+                metrics=self._metrics,
+                watch_timeout_s=self._watch_timeout,
+                backoff_s=self._backoff,
+                stop=self._stop,
+            )
+            self.reflectors.append(reflector)
+            threading.Thread(target=reflector.run, name=f"reflector-{watched.kind}", daemon=True).start()
+
+    def ready(self) -> bool:
+        return bool(self.reflectors) and all(r.synced.is_set() for r in self.reflectors)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+class FileSource:
+    """A fixed view loaded from a JSON list of objects (benchmarks, offline runs): no API server needed."""
+
+    def __init__(self, path: Path, index: snapshot.ClusterIndex) -> None:
+        self.index = index
+        self._path = path
+        self._loaded = False
+
+    def start(self) -> None:
+        with self._path.open("rb") as f:
+            objects = json.load(f)
+        by_kind: dict[str, list[Mapping[str, Any]]] = {}
+        for obj in objects:
+            by_kind.setdefault(str(obj.get("kind")), []).append(obj)
+        for kind, objs in by_kind.items():
+            self.index.replace(kind, objs)
+        log.info("loaded view from file", extra={"path": str(self._path), "count": len(objects)})
+        self._loaded = True
+
+    def ready(self) -> bool:
+        return self._loaded
+
+    def stop(self) -> None:
+        pass

@@ -1,0 +1,160 @@
+"""The webhook's only door to the API server (and the only `kubernetes` import in webhook/).
+
+An explicitly built ApiClient (kubeconfig or in-cluster; nothing global), raw JSON reads so the cache stores slim
+views rather than generated models, and library exceptions translated into the small tree below:
+
+    KubeError
+    ├── NotFound        404
+    ├── Conflict        409 (AlreadyExists on create, stale resourceVersion on update)
+    └── Expired         410 (a watch's resourceVersion is too old: re-list)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client as k8s_client
+from kubernetes import config as k8s_config
+from kubernetes.client import exceptions as k8s_exceptions
+from kubernetes.watch import watch as k8s_watch
+
+log = logging.getLogger(__name__)
+
+_AUTH = ["BearerToken"]
+_JSON = {"Accept": "application/json", "Content-Type": "application/json"}
+
+
+class KubeError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"{status}: {message}")
+        self.status = status
+
+
+class NotFound(KubeError):
+    pass
+
+
+class Conflict(KubeError):
+    pass
+
+
+class Expired(KubeError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class WatchEvent:
+    type: str  # ADDED, MODIFIED, DELETED, BOOKMARK
+    object: Mapping[str, Any]
+
+
+def connect(kubeconfig: Path | None) -> k8s_client.ApiClient:
+    """An ApiClient from a kubeconfig file, or from the pod's service account when kubeconfig is None."""
+    cfg = k8s_client.Configuration()
+    if kubeconfig is not None:
+        k8s_config.load_kube_config(config_file=str(kubeconfig), client_configuration=cfg)  # type: ignore[no-untyped-call]
+    else:
+        k8s_config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
+    return k8s_client.ApiClient(cfg)
+
+
+def _translate(status: int, body: bytes | None) -> KubeError:
+    message = ""
+    try:
+        doc = json.loads(body or b"{}")
+        message = str(doc.get("message", ""))
+    except ValueError:
+        message = (body or b"")[:200].decode(errors="replace")
+    kind = {404: NotFound, 409: Conflict, 410: Expired}.get(status, KubeError)
+    return kind(status, message)
+
+
+class Kube:
+    """Typed JSON calls on paths (`/api/v1/...`, `/apis/<group>/<version>/...`)."""
+
+    def __init__(self, api: k8s_client.ApiClient, *, request_timeout_s: float = 10.0) -> None:
+        self._api = api
+        self._timeout = request_timeout_s
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: Sequence[tuple[str, str]] = (),
+        body: Any = None,
+        content_type: str = "application/json",
+        timeout: float | tuple[float, float] | None = None,
+        stream: bool = False,
+    ) -> Any:
+        headers = dict(_JSON, **{"Content-Type": content_type})
+        request = self._api.param_serialize(
+            method, path, query_params=list(query), header_params=headers, body=body, auth_settings=_AUTH
+        )
+        try:
+            response = self._api.call_api(*request, _request_timeout=timeout or self._timeout)
+        except k8s_exceptions.ApiException as e:
+            raise _translate(int(e.status or 0), e.body if isinstance(e.body, bytes) else None) from e
+        if not 200 <= response.status <= 299:
+            raise _translate(response.status, response.read())  # type: ignore[no-untyped-call]
+        if stream:
+            return response.response
+        return json.loads(response.read() or b"{}")  # type: ignore[no-untyped-call]
+
+    # reads -----------------------------------------------------------------------------------------------------
+    def get(self, path: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("GET", path)
+        return result
+
+    def list(self, path: str) -> tuple[list[dict[str, Any]], str]:
+        """All items of a collection and the list's resourceVersion (where a watch continues)."""
+        doc = self._call("GET", path)
+        items = doc.get("items") or []
+        return list(items), str((doc.get("metadata") or {}).get("resourceVersion", ""))
+
+    def watch(self, path: str, resource_version: str, timeout_s: int) -> Iterator[WatchEvent]:
+        """Events after resource_version until the server ends the watch; raise Expired on 410 Gone."""
+        query = [
+            ("watch", "true"),
+            ("resourceVersion", resource_version),
+            ("allowWatchBookmarks", "true"),
+            ("timeoutSeconds", str(timeout_s)),
+        ]
+        resp = self._call("GET", path, query=query, timeout=(10.0, timeout_s + 30.0), stream=True)
+        try:
+            for line in k8s_watch.iter_resp_lines(resp):  # type: ignore[no-untyped-call]
+                if not line:
+                    continue
+                event = json.loads(line)
+                obj = event.get("object") or {}
+                if event.get("type") == "ERROR":
+                    raise _translate(int(obj.get("code", 500)), json.dumps(obj).encode())
+                yield WatchEvent(type=str(event.get("type", "")), object=obj)
+        finally:
+            resp.release_conn()
+
+    # writes ----------------------------------------------------------------------------------------------------
+    def create(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("POST", path, body=dict(body))
+        return result
+
+    def replace(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        """PUT; the body's metadata.resourceVersion makes it conditional (Conflict when stale)."""
+        result: dict[str, Any] = self._call("PUT", path, body=dict(body))
+        return result
+
+    def json_patch(self, path: str, ops: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        result: dict[str, Any] = self._call(
+            "PATCH", path, body=[dict(op) for op in ops], content_type="application/json-patch+json"
+        )
+        return result
+
+    # SubjectAccessReview (webhook.access.SARClient) -----------------------------------------------------------
+    def review_access(self, body: Mapping[str, Any]) -> bool:
+        doc = self.create("/apis/authorization.k8s.io/v1/subjectaccessreviews", body)
+        return bool((doc.get("status") or {}).get("allowed", False))

@@ -1,0 +1,46 @@
+"""Prometheus metrics of one webhook process, on a registry the app owns (nothing registered at import)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+# Admissions take well under 5 ms when healthy; the API server gives up at the configured timeoutSeconds.
+_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        self.admissions = Counter(
+            "pcidevices_webhook_admissions",
+            "Admission reviews answered, by webhook kind, resource, operation, rule and result.",
+            ["webhook", "resource", "operation", "rule", "result"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "pcidevices_webhook_admission_seconds",
+            "Time from reading a review to the encoded answer, by webhook kind.",
+            ["webhook"],
+            buckets=_BUCKETS,
+            registry=self.registry,
+        )
+        self.sar_cache = Counter(
+            "pcidevices_webhook_sar_cache",
+            "SubjectAccessReview cache lookups, by result (hit or miss).",
+            ["result"],
+            registry=self.registry,
+        )
+        self.sar_errors = Counter(
+            "pcidevices_webhook_sar_errors",
+            "SubjectAccessReviews that failed (the admission then fails closed).",
+            registry=self.registry,
+        )
+        self.watch_restarts = Counter(
+            "pcidevices_webhook_watch_relists",
+            "Full re-lists of a watched kind (start, expired resourceVersion, errors).",
+            ["kind"],
+            registry=self.registry,
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

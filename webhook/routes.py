@@ -1,0 +1,94 @@
+"""HTTP surface: admission endpoints (ours and upstream's paths), health, readiness and metrics."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from flask import Blueprint, Response, current_app, jsonify, request
+from prometheus_client import CONTENT_TYPE_LATEST
+from werkzeug import exceptions as http_exceptions
+
+from webhook import codec
+from webhook import logging as webhook_logging
+
+if TYPE_CHECKING:
+    from webhook.app import Runtime
+
+log = logging.getLogger(__name__)
+bp = Blueprint("admission", __name__)
+
+
+def _runtime() -> Runtime:
+    rt: Runtime = current_app.extensions["pcidevices"]
+    return rt
+
+
+def _admit(webhook: str) -> tuple[Response, int]:
+    rt = _runtime()
+    started = time.perf_counter()
+    envelope = codec.Envelope(api_version=codec.DEFAULT_API_VERSION, uid="")
+    resource = operation = "unknown"
+    rule, result = "", "error"
+    status = 200
+    try:
+        codec.check_content_type(request.content_type)
+        codec.check_length(request.content_length, rt.settings.max_body_bytes)
+        try:
+            body = request.get_data(cache=False)
+        except http_exceptions.RequestEntityTooLarge:
+            raise codec.Rejected(413, f"the body is over {rt.settings.max_body_bytes} bytes") from None
+        envelope, req = codec.decode(body, rt.settings.max_body_bytes)
+        resource, operation = req.resource.resource, req.operation
+        judge = rt.validate if webhook == "validate" else rt.mutate
+        decision = judge(req, rt.view, rt.access, rt.settings.policy)
+        answer = codec.encode(envelope, decision)
+        rule = decision.rule
+        if decision.allowed:
+            result = "patched" if decision.patch else "allowed"
+        else:
+            result = "malformed" if decision.code == 400 else "denied"
+            webhook_logging.for_request(log, req).info(
+                "denied", extra={"webhook": webhook, "rule": decision.rule, "code": decision.code}
+            )
+    except codec.Rejected as rejected:
+        result, rule = "malformed", "malformed"
+        answer = codec.encode_rejected(rejected)
+        # Bodies that never parsed as a review get the HTTP status as well, for callers other than the API server.
+        status = 200 if rejected.parsed else rejected.code
+        log.info("rejected a malformed review", extra={"webhook": webhook, "code": rejected.code, "uid": rejected.uid})
+    except Exception:
+        log.error("admission failed", exc_info=True, extra={"webhook": webhook, "uid": envelope.uid})
+        answer = codec.encode_internal_error(envelope)
+    elapsed = time.perf_counter() - started
+    rt.metrics.latency.labels(webhook).observe(elapsed)
+    rt.metrics.admissions.labels(webhook, resource, operation, rule, result).inc()
+    return jsonify(answer), status
+
+
+@bp.post("/validate")
+@bp.post("/v1/webhook/validation")
+def validate() -> tuple[Response, int]:
+    return _admit("validate")
+
+
+@bp.post("/mutate")
+@bp.post("/v1/webhook/mutation")
+def mutate() -> tuple[Response, int]:
+    return _admit("mutate")
+
+
+@bp.get("/healthz")
+def healthz() -> tuple[str, int]:
+    return "ok", 200
+
+
+@bp.get("/readyz")
+def readyz() -> tuple[str, int]:
+    return ("ok", 200) if _runtime().ready() else ("cluster view not synced yet", 503)
+
+
+@bp.get("/metrics")
+def metrics() -> Response:
+    return Response(_runtime().metrics.render(), mimetype=CONTENT_TYPE_LATEST)
