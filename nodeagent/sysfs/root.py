@@ -94,6 +94,21 @@ class SysfsRoot:
         except OSError as e:
             raise SysfsError(f"cannot read {host_path}: {e.strerror}", path=host_path, errno=e.errno) from e
 
+    def try_read_bytes(self, host_path: str, size: int = 4096) -> bytes | None:
+        """At most `size` bytes in one read(2), None when the file does not exist; the scan's fast path."""
+        try:
+            fd = os.open(self.real(host_path), os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as e:
+            if e.errno in _MISSING:
+                return None
+            raise SysfsError(f"cannot read {host_path}: {e.strerror}", path=host_path, errno=e.errno) from e
+        try:
+            return os.read(fd, size)
+        except OSError as e:
+            raise SysfsError(f"cannot read {host_path}: {e.strerror}", path=host_path, errno=e.errno) from e
+        finally:
+            os.close(fd)
+
     def read_attr(self, host_path: str) -> str:
         """A sysfs attribute as text, surrounding whitespace removed; raise SysfsError."""
         return self.read_bytes(host_path).decode("utf-8", "replace").strip()

@@ -1,0 +1,145 @@
+"""PCI functions as the host shows them under /sys/bus/pci/devices (reads only, no policy).
+
+Like lspci, each function's identity (ids, class, revision, subsystem, header type) is decoded from one read of its
+config space; the per-attribute files are the fallback when config is short or unreadable. Bridges are scanned too
+(their `bridge` flag says so) because IOMMU groups list them.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from dataclasses import dataclass
+
+from nodeagent.errors import SysfsError
+from nodeagent.sysfs.root import SysfsRoot
+from policy import names
+
+log = logging.getLogger(__name__)
+
+PCI_DEVICES = "/sys/bus/pci/devices"
+
+
+@dataclass(frozen=True, slots=True)
+class HostPCIFunction:
+    """One PCI function as read from sysfs. Ids are 4 lower-case hex digits, class_code 6 (class, sub, prog-if)."""
+
+    address: str
+    vendor_id: str
+    device_id: str
+    class_code: str
+    revision: str
+    subsystem_vendor_id: str
+    subsystem_device_id: str
+    header_type: int
+    driver: str | None = None
+    iommu_group: str | None = None
+    numa_node: int | None = None
+    reset_methods: tuple[str, ...] = ()
+    sriov_numvfs: int = 0
+    boot_vga: bool = False
+
+    @property
+    def bridge(self) -> bool:
+        """A function with a subordinate bus (PCI-to-PCI or CardBus bridge), whatever its class says."""
+        return self.header_type & 0x7F in (1, 2)
+
+    @property
+    def class_id(self) -> str:
+        """Class and subclass, e.g. `0200` (upstream's classId)."""
+        return self.class_code[:4]
+
+
+def _hex_attr(root: SysfsRoot, path: str, width: int) -> str:
+    value = int(root.read_attr(path), 16)
+    return f"{value:0{width}x}"
+
+
+def _identity_from_config(cfg: bytes) -> tuple[str, str, str, str, str, str, int] | None:
+    """(vendor, device, class, revision, subsystem vendor, subsystem device, header type), None if too short."""
+    if len(cfg) < 0x30:
+        return None
+    vendor, device = struct.unpack_from("<HH", cfg, 0)
+    if vendor == 0xFFFF:
+        return None  # config space not accessible (device in D3cold or gone)
+    header = cfg[0x0E]
+    kind = header & 0x7F
+    if kind == 0:
+        svid, sdid = struct.unpack_from("<HH", cfg, 0x2C)
+    elif kind == 2 and len(cfg) >= 0x44:
+        svid, sdid = struct.unpack_from("<HH", cfg, 0x40)
+    else:
+        svid = sdid = -1  # bridges keep theirs in a capability; read the attribute files
+    cls = (cfg[0x0B] << 16) | (cfg[0x0A] << 8) | cfg[0x09]
+    return (
+        f"{vendor:04x}",
+        f"{device:04x}",
+        f"{cls:06x}",
+        f"{cfg[0x08]:02x}",
+        f"{svid:04x}" if svid >= 0 else "",
+        f"{sdid:04x}" if sdid >= 0 else "",
+        header,
+    )
+
+
+def read_function(root: SysfsRoot, address: str) -> HostPCIFunction:
+    """Read one function; raise SysfsError when it cannot be read (e.g. it vanished)."""
+    base = f"{PCI_DEVICES}/{names.pci_address(address)}"
+    cfg = root.try_read_bytes(base + "/config", 64)
+    ident = _identity_from_config(cfg) if cfg is not None else None
+    if ident is None:
+        header_raw = root.try_read_bytes(base + "/config", 0x10)
+        header = header_raw[0x0E] if header_raw is not None and len(header_raw) > 0x0E else 0
+        ident = (
+            _hex_attr(root, base + "/vendor", 4),
+            _hex_attr(root, base + "/device", 4),
+            _hex_attr(root, base + "/class", 6),
+            _hex_attr(root, base + "/revision", 2) if root.exists(base + "/revision") else "00",
+            "",
+            "",
+            header,
+        )
+    vendor, device, cls, rev, svid, sdid, header = ident
+    if not svid:
+        sv = root.try_read_attr(base + "/subsystem_vendor")
+        sd = root.try_read_attr(base + "/subsystem_device")
+        svid = f"{int(sv, 16):04x}" if sv else "0000"
+        sdid = f"{int(sd, 16):04x}" if sd else "0000"
+    numa_raw = root.try_read_bytes(base + "/numa_node", 32)
+    numa = int(numa_raw) if numa_raw and numa_raw.strip() else -1
+    reset_raw = root.try_read_bytes(base + "/reset_method", 256)
+    numvfs_raw = root.try_read_bytes(base + "/sriov_numvfs", 32)
+    boot_vga = False
+    if cls.startswith("03"):
+        vga = root.try_read_bytes(base + "/boot_vga", 8)
+        boot_vga = vga is not None and vga.strip() == b"1"
+    return HostPCIFunction(
+        address=address,
+        vendor_id=vendor,
+        device_id=device,
+        class_code=cls,
+        revision=rev,
+        subsystem_vendor_id=svid,
+        subsystem_device_id=sdid,
+        header_type=header,
+        driver=root.try_link_name(base + "/driver"),
+        iommu_group=root.try_link_name(base + "/iommu_group"),
+        numa_node=numa if numa >= 0 else None,
+        reset_methods=tuple(reset_raw.decode().split()) if reset_raw else (),
+        sriov_numvfs=int(numvfs_raw) if numvfs_raw and numvfs_raw.strip() else 0,
+        boot_vga=boot_vga,
+    )
+
+
+def scan_pci(root: SysfsRoot) -> list[HostPCIFunction]:
+    """Every readable function, bridges included, in address order; unreadable ones are logged and skipped."""
+    found: list[HostPCIFunction] = []
+    for entry in root.children(PCI_DEVICES):
+        if not names.is_pci_address(entry):
+            log.warning("skipping PCI entry that is not an address", extra={"entry": entry})
+            continue
+        try:
+            found.append(read_function(root, entry))
+        except (SysfsError, ValueError) as e:
+            log.warning("skipping unreadable PCI function", extra={"pci_address": entry, "error": str(e)})
+    return found

@@ -1,0 +1,118 @@
+"""USB devices as the host shows them under /sys/bus/usb/devices (reads only, no policy).
+
+Root hubs (`usbN`) and interfaces (`1-2:1.0`) are not devices a user passes through and are skipped. Identity comes
+from the device's uevent (bus and device number, ids, class) in one read, with the attribute files as fallback.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+
+from nodeagent.errors import SysfsError
+from nodeagent.sysfs.root import SysfsRoot
+from policy import names
+
+log = logging.getLogger(__name__)
+
+USB_DEVICES = "/sys/bus/usb/devices"
+_PORT_PATH = re.compile(r"^[0-9]+-[0-9]+(\.[0-9]+)*$")
+_ROOT_HUB = re.compile(r"^usb[0-9]+$")
+
+
+@dataclass(frozen=True, slots=True)
+class HostUSBDevice:
+    """One USB device: `port_path` is its sysfs name (`1-2.3`: bus 1, root port 2, hub port 3)."""
+
+    port_path: str
+    bus: int
+    devnum: int
+    vendor_id: str
+    product_id: str
+    device_class: int
+    first_interface_class: int | None
+    controller_address: str | None
+    serial: str | None = None
+    product_string: str | None = None
+    manufacturer: str | None = None
+
+    @property
+    def device_path(self) -> str:
+        return f"/dev/bus/usb/{self.bus:03d}/{self.devnum:03d}"
+
+
+def _uevent(raw: bytes | None) -> dict[str, str]:
+    if not raw:
+        return {}
+    out: dict[str, str] = {}
+    for line in raw.decode("utf-8", "replace").splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            out[key] = value
+    return out
+
+
+def controller_of(resolved: str) -> str | None:
+    """The host controller's PCI address: the last PCI address in the sysfs path before `/usbN`."""
+    parts = resolved.split("/")
+    last: str | None = None
+    for part in parts:
+        if _ROOT_HUB.match(part):
+            return last
+        if names.is_pci_address(part):
+            last = part
+    return None
+
+
+def read_device(root: SysfsRoot, port_path: str) -> HostUSBDevice:
+    """Read one USB device; raise SysfsError when it cannot be read (e.g. unplugged during the scan)."""
+    if not _PORT_PATH.match(port_path):
+        raise SysfsError(f"{port_path!r} is not a USB port path", path=port_path)
+    base = f"{USB_DEVICES}/{port_path}"
+    ev = _uevent(root.try_read_bytes(base + "/uevent"))
+    product = ev.get("PRODUCT", "").split("/")
+    if len(product) >= 2 and "BUSNUM" in ev and "DEVNUM" in ev:
+        vendor_id, product_id = f"{int(product[0], 16):04x}", f"{int(product[1], 16):04x}"
+        bus, devnum = int(ev["BUSNUM"]), int(ev["DEVNUM"])
+    else:
+        vendor_id = f"{int(root.read_attr(base + '/idVendor'), 16):04x}"
+        product_id = f"{int(root.read_attr(base + '/idProduct'), 16):04x}"
+        bus, devnum = int(root.read_attr(base + "/busnum")), int(root.read_attr(base + "/devnum"))
+    if "TYPE" in ev:
+        device_class = int(ev["TYPE"].split("/")[0])
+    else:
+        device_class = int(root.read_attr(base + "/bDeviceClass"), 16)
+    first_iface: int | None = None
+    if device_class == 0:
+        ifaces = [c for c in root.children(base) if c.startswith(port_path + ":")]
+        for iface in ifaces[:1]:
+            value = root.try_read_attr(f"{base}/{iface}/bInterfaceClass")
+            first_iface = int(value, 16) if value else None
+    return HostUSBDevice(
+        port_path=port_path,
+        bus=bus,
+        devnum=devnum,
+        vendor_id=vendor_id,
+        product_id=product_id,
+        device_class=device_class,
+        first_interface_class=first_iface,
+        controller_address=controller_of(root.resolve(base)),
+        serial=root.try_read_attr(base + "/serial") or None,
+        product_string=root.try_read_attr(base + "/product") or None,
+        manufacturer=root.try_read_attr(base + "/manufacturer") or None,
+    )
+
+
+def scan_usb(root: SysfsRoot) -> list[HostUSBDevice]:
+    """Every USB device except root hubs, by bus and device number; unreadable ones are logged and skipped."""
+    found: list[HostUSBDevice] = []
+    for entry in root.children(USB_DEVICES):
+        if ":" in entry or _ROOT_HUB.match(entry):
+            continue
+        try:
+            found.append(read_device(root, entry))
+        except (SysfsError, ValueError) as e:
+            log.warning("skipping unreadable USB device", extra={"port_path": entry, "error": str(e)})
+    found.sort(key=lambda d: (d.bus, d.devnum))
+    return found
