@@ -1,0 +1,75 @@
+"""`pcidevices-agent`: the node agent's command line; the only place that reads argv and sets up logging.
+
+    pcidevices-agent discover [--root DIR] [--node-name NAME] [--node-ip IP] [-o table|wide|yaml|json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import socket
+import sys
+from collections.abc import Sequence
+from typing import TextIO
+
+from nodeagent import discovery
+from nodeagent.errors import DiscoveryError, RootUnavailable
+from nodeagent.idsdb import NamesDatabases
+from nodeagent.output import render
+from nodeagent.sysfs.root import SysfsRoot
+
+EXIT_USAGE = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pcidevices-agent", description="pcidevices node agent")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages to stderr")
+    sub = parser.add_subparsers(dest="command", required=True)
+    d = sub.add_parser("discover", help="show this node's PCI and USB devices as the agent would write them")
+    d.add_argument("--root", default="/", help="directory that stands for / (sys, dev, proc); default /")
+    d.add_argument("--proc", default=None, help="where the host's /proc is, if not <root>/proc")
+    d.add_argument("--node-name", default=None, help="node name for object names (default: the host name)")
+    d.add_argument("--node-ip", default=None, help="the node's InternalIP; NICs carrying it are host-critical")
+    d.add_argument("-o", "--output", choices=("table", "wide", "yaml", "json"), default="table")
+    d.add_argument("--pci-ids", default=None, help="pci.ids file (default: the system's)")
+    d.add_argument("--usb-ids", default=None, help="usb.ids file (default: the system's)")
+    return parser
+
+
+def _discover(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    root = SysfsRoot(args.root, proc=args.proc)
+    try:
+        root.check()
+    except RootUnavailable as e:
+        print(f"pcidevices-agent: --root: {e}", file=err)
+        return EXIT_USAGE
+    if args.node_ip is not None:
+        try:
+            ipaddress.ip_address(args.node_ip)
+        except ValueError:
+            print(f"pcidevices-agent: --node-ip: {args.node_ip!r} is not an IP address", file=err)
+            return EXIT_USAGE
+    node = args.node_name or socket.gethostname()
+    db = NamesDatabases.load(args.pci_ids, args.usb_ids)
+    try:
+        inventory = discovery.discover(root, db, node, args.node_ip)
+    except DiscoveryError as e:
+        print(f"pcidevices-agent: {e}", file=err)
+        return EXIT_USAGE
+    out.write(render(inventory.to_json(), args.output))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    out = out or sys.stdout
+    err = err or sys.stderr
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.ERROR, stream=err)
+    if args.command == "discover":
+        return _discover(args, out, err)
+    return EXIT_USAGE  # pragma: no cover - argparse rejects unknown commands
+
+
+if __name__ == "__main__":
+    sys.exit(main())
