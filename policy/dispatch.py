@@ -7,11 +7,12 @@ something it should not have).
 
 from __future__ import annotations
 
-from policy import decision, messages, names
+from policy import decision, messages, names, review
 from policy.access import Access
 from policy.decision import Decision
 from policy.review import AdmissionRequest
 from policy.rules import RULES, Context
+from policy.rules.identity import Role, identify
 from policy.settings import PolicySettings
 from policy.snapshot import ClusterView
 
@@ -35,16 +36,25 @@ def validate(request: AdmissionRequest, view: ClusterView, access: Access, setti
     unknown = _unknown(request)
     if unknown is not None:
         return unknown
-    module = RULES[(request.resource.group, request.resource.resource)]
-    return module.validate(Context(request, view, access, settings))
+    ctx = _context(request, view, access, settings)
+    if ctx.identity.role is Role.UNBOUND_AGENT:
+        return decision.deny(
+            "A10",
+            messages.AGENT_UNBOUND.format(user=messages.shown(request.user.username), extra=review.NODE_NAME_EXTRA),
+        )
+    return RULES[(request.resource.group, request.resource.resource)].validate(ctx)
 
 
 def mutate(request: AdmissionRequest, view: ClusterView, access: Access, settings: PolicySettings) -> Decision:
     unknown = _unknown(request)
     if unknown is not None:
         return unknown
-    module = RULES[(request.resource.group, request.resource.resource)]
-    return module.mutate(Context(request, view, access, settings))
+    ctx = _context(request, view, access, settings)
+    return RULES[(request.resource.group, request.resource.resource)].mutate(ctx)
+
+
+def _context(request: AdmissionRequest, view: ClusterView, access: Access, settings: PolicySettings) -> Context:
+    return Context(request, identify(request.user, settings), view, access, settings)
 
 
 def _unknown(request: AdmissionRequest) -> Decision | None:

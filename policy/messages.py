@@ -1,5 +1,205 @@
-"""Every denial and warning text, as named format constants (style.md §5: one sentence, lower-case, subject first
-with kind and quoted name, the rule as what is allowed, the offending value, then `; ` and the remedy; never
-"denied", which the API server already says)."""
+"""Every denial and warning text, as named format constants.
+
+Form (style.md §5): one sentence, lower-case start, no final period; the subject first with its kind and quoted
+name; then the rule as what *is* allowed, the offending value, and after `; ` the remedy. Never "denied": the API
+server already prefixes `admission webhook "..." denied the request: `. Values that come from the request are
+passed through `shown()` so that a hostile value cannot make a message huge.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+_MAX_SHOWN = 80
+
+
+def shown(value: object) -> str:
+    """A request value as it appears in a message: quoted, control characters escaped, bounded in length."""
+    text = value if isinstance(value, str) else repr(value)
+    text = text.encode("unicode_escape").decode("ascii").replace('"', '\\"')
+    if len(text) > _MAX_SHOWN:
+        text = text[: _MAX_SHOWN - 3] + "..."
+    return f'"{text}"'
+
+
+def listed(values: Iterable[object]) -> str:
+    """Several names as `"a", "b"` (sorted, so messages are stable)."""
+    return ", ".join(shown(v) for v in sorted({str(v) for v in values}))
+
+
+# -- requests the policy cannot judge (400) -------------------------------------------------------------------
 
 UNKNOWN_RESOURCE = "this webhook does not handle {resource}; check the rules of the webhook configuration"
+MISSING_OBJECT = "{resource} {name} carries no {field} on {operation}; the API server always sends one"
+MALFORMED_OBJECT = "{kind} {name} is not shaped as its schema says: {problem}"
+
+# -- identities (A10) -----------------------------------------------------------------------------------------
+
+AGENT_UNBOUND = (
+    "user {user} is a node agent and can only act with a token bound to a node; its token carries no {extra} "
+    "extra; run the agent with the projected service-account token of its pod"
+)
+AGENT_CREATES_CLAIM = (
+    "{kind} {name} can only be created by users and the cluster controller; node agent {user} may not create claims"
+)
+AGENT_OTHER_NODE = (
+    "{kind} {name} can only be written by the node agent of its own node; it belongs to node {node} "
+    "but the token of {user} is bound to node {agent_node}"
+)
+AGENT_NODE_FIELD = (
+    "{kind} {name} can only be written by the node agent of its own node; {field} is {value} "
+    "but the token of {user} is bound to node {agent_node}"
+)
+AGENT_NAME_MISMATCH = (
+    "{kind} {name} can only be written by a node agent under the name recomputed from its node and {what}; "
+    "node {agent_node} and {what} {value} give {expected}"
+)
+AGENT_CLAIM_CHANGE = (
+    "{kind} {name} can only have the finalizer {finalizer} and its status changed by a node agent; "
+    "{user} also changed {what}"
+)
+
+# -- addresses and ids (A11) ----------------------------------------------------------------------------------
+
+BAD_ADDRESS = "{kind} {name} can only name PCI addresses of the form 0000:3b:00.0 in {field}; got {value}"
+BAD_USB_FIELD = "{kind} {name} can only have {field} of the form {form}; got {value}"
+
+# -- claim CREATE (A1, A1u, A2, A3, A4, A5, owner) ------------------------------------------------------------
+
+OWNER_MISSING = (
+    "{kind} {name} can only be created with the annotation {annotation} naming its owner; it has none; "
+    "check that the mutating webhook is configured for {resource}"
+)
+OWNER_MISMATCH = (
+    "{kind} {name} can only be requested for oneself; the annotation {annotation} names {owner} "
+    "but the requester is {user}; remove the annotation and let the webhook set it"
+)
+CLAIM_PERMISSION = (
+    "{kind} {name} can only be created by users allowed to claim {device_kind} {name}; user {user} lacks the verb "
+    "claim on {device_resource}; ask an administrator for a role that grants it"
+)
+CLAIM_NAME = (
+    "{kind} {name} must be named like the device it claims; spec.nodeName {node} and spec.address {address} "
+    "name {device_kind} {expected}; name the claim {expected}"
+)
+DEVICE_MISSING = (
+    "{kind} {name} can only claim an existing {device_kind}; {device_kind} {name} does not exist; "
+    "list the devices with kubectl get {device_resource}"
+)
+DEVICE_FIELD_MISMATCH = (
+    "{kind} {name} can only claim the device its name says; {field} is {value} but {device_kind} {name} has {actual}"
+)
+DEVICE_ABSENT = (
+    "{kind} {name} can only claim a device present on its node; {device_kind} {name} is marked absent; "
+    "reconnect the device or wait until the node agent finds it again"
+)
+OWNER_REFERENCE_MISMATCH = (
+    "{kind} {name} can only carry an ownerReference to its own {device_kind}; it refers to {ref_kind} {ref_name} "
+    "with uid {ref_uid} but {device_kind} {name} has uid {uid}; drop the ownerReference and let the webhook add it"
+)
+ALREADY_CLAIMED = (
+    "{kind} {name} can only claim a free device; {device_kind} {name} is already claimed by {other}; "
+    "ask {other} to release it"
+)
+NO_IOMMU = (
+    "pcideviceclaim {name} can only claim a PCI device that has an IOMMU group; pcidevice {name} has none; "
+    "turn the IOMMU on for node {node}: enable VT-d (Intel) or AMD-Vi/IOMMU (AMD) in the firmware and add "
+    "intel_iommu=on (Intel) or amd_iommu=on iommu=pt (AMD) to the kernel command line, then reboot the node"
+)
+HOST_CRITICAL = (
+    "pcideviceclaim {name} can only claim a device the host does not need; pcidevice {name} is host-critical "
+    "({reasons}); choose another device"
+)
+GROUP_UNKNOWN_MEMBER = (
+    "pcideviceclaim {name} can only claim a complete IOMMU group; group {group} on node {node} also holds {address}, "
+    "which has no pcidevice object; wait until the node agent reports it or move the device to another slot"
+)
+GROUP_CRITICAL_MEMBER = (
+    "pcideviceclaim {name} can only claim an IOMMU group without host-critical devices; group {group} also holds "
+    "pcidevice {member} ({reasons}); move one of the devices to another slot or choose another device"
+)
+GROUP_OWNED_MEMBER = (
+    "pcideviceclaim {name} can only claim an IOMMU group that goes to one owner; group {group} also holds "
+    "pcidevice {member}, claimed by {other}; ask {other} to release pcideviceclaim {member}"
+)
+GROUP_USB_MEMBER = (
+    "pcideviceclaim {name} can only claim an IOMMU group whose USB controllers have no claimed USB devices; "
+    "group {group} also holds pcidevice {member} with usbdeviceclaims {claims} behind it; delete those claims first"
+)
+USB_BEHIND_CONTROLLER = (
+    "pcideviceclaim {name} can only claim a USB controller without claimed USB devices; usbdeviceclaims {claims} "
+    "use devices behind it; delete those claims first"
+)
+USB_CONTROLLER_CLAIMED = (
+    "usbdeviceclaim {name} can only claim a USB device whose host controller stays with the host; its controller "
+    "pcidevice {controller} is claimed by {other}; delete pcideviceclaim {controller} first"
+)
+USB_CONTROLLER_GROUP_CLAIMED = (
+    "usbdeviceclaim {name} can only claim a USB device whose host controller stays with the host; its controller "
+    "pcidevice {controller} shares IOMMU group {group} with pcidevice {member}, claimed by {other}; "
+    "delete pcideviceclaim {member} first"
+)
+WARN_SIBLINGS = (
+    "pcideviceclaim {name} shares IOMMU group {group} on node {node} with unclaimed devices {siblings}; "
+    "a VM can use it only once the whole group is claimed: create pcideviceclaims {siblings} for {owner} as well"
+)
+
+# -- claim UPDATE (A6) and status -----------------------------------------------------------------------------
+
+SPEC_IMMUTABLE = "{kind} {name} can only keep the spec it was created with; spec changed; delete and re-create it"
+OWNER_IMMUTABLE = "{kind} {name} can only keep its owner; the annotation {annotation} changed from {old} to {new}"
+OWNER_REFERENCES_IMMUTABLE = "{kind} {name} can only keep the ownerReferences it was created with; they changed"
+FINALIZER_REMOVAL = (
+    "{kind} {name} can only lose the finalizer {finalizer} through the node agent of node {node}, or the cluster "
+    "controller once the node is gone; {user} removed it; delete the claim and let the agent release the device"
+)
+STATUS_WRITER = (
+    "{kind} {name} can only have its status written by the node agent of node {node} or the cluster controller; "
+    "{user} may not"
+)
+
+# -- claim DELETE (A7) ----------------------------------------------------------------------------------------
+
+RELEASE_PERMISSION = (
+    "{kind} {name} can only be deleted by its owner {owner} or by users allowed to release it; user {user} lacks "
+    "the verb release on {device_resource} {name}; ask {owner} or an administrator to delete it"
+)
+JANITOR_NODE_PRESENT = (
+    "{kind} {name} can only be deleted by the cluster controller once its node is gone; node {node} still exists"
+)
+
+# -- device objects (A8, A10u) --------------------------------------------------------------------------------
+
+DEVICE_WRITER = (
+    "{kind} {name} can only be {verb} by the node agent of its node, the garbage collector or cluster-admins; "
+    "user {user} may not; to use the device create a {claim_kind} instead"
+)
+DEVICE_DELETE_CLAIMED = (
+    "{kind} {name} can only be deleted while unclaimed or once node {node} is gone; {claim_kind} {name} of {owner} "
+    "holds it; delete the claim first"
+)
+
+# -- KubeVirt CR (A10) ----------------------------------------------------------------------------------------
+
+KUBEVIRT_OPERATION = "kubevirt {name} can only be updated by a node agent, never {verb}; {user} tried"
+KUBEVIRT_OTHER_CHANGE = (
+    "kubevirt {name} can only have spec.configuration.permittedHostDevices.pciHostDevices and .usb entries changed "
+    "by a node agent; {user} also changed {what}"
+)
+KUBEVIRT_ADD = (
+    "kubevirt {name} can only gain permittedHostDevices entries for devices claimed on node {node}; the {section} "
+    "entry {resource} names {why}"
+)
+KUBEVIRT_SELECTOR = (
+    "kubevirt {name} can only gain permittedHostDevices entries that select the claimed device; the {section} entry "
+    "{resource} selects {selector} but the claimed devices on node {node} are {expected}"
+)
+KUBEVIRT_EXTERNAL = (
+    "kubevirt {name} can only gain permittedHostDevices entries with externalResourceProvider: true, so that "
+    "KubeVirt does not hand out the device itself; the {section} entry {resource} lacks it"
+)
+KUBEVIRT_REMOVE = (
+    "kubevirt {name} can only lose permittedHostDevices entries no claim on another node needs; the {section} entry "
+    "{resource} is needed by claimed devices {devices}"
+)
+KUBEVIRT_MALFORMED = "kubevirt {name} can only hold lists of objects in {field}; got {value}"
