@@ -57,6 +57,7 @@ class _Entry:
     server: registration.PluginServer | None = None
     failures: int = 0
     next_attempt: float = 0.0
+    kubelet_at_failure: registration.FileId | None = None  # a new kubelet.sock ends the backoff early
 
 
 @dataclass(frozen=True)
@@ -150,11 +151,13 @@ class PluginManager:
                 if changed:
                     self._metrics.health_changed(name, len(changed))
                     log.info("device health changed", extra={"resource": name, "devices": list(changed)})
+        kubelet = registration.file_id(os.path.join(self._plugin_dir, registration.KUBELET_SOCKET))
         for name, e in self._entries.items():
-            if now >= e.next_attempt:
-                self._supervise(name, e, now)
+            kubelet_came_back = e.failures > 0 and kubelet is not None and kubelet != e.kubelet_at_failure
+            if now >= e.next_attempt or kubelet_came_back:
+                self._supervise(name, e, now, kubelet)
 
-    def _supervise(self, name: str, e: _Entry, now: float) -> None:
+    def _supervise(self, name: str, e: _Entry, now: float, kubelet: registration.FileId | None) -> None:
         try:
             if e.server is None:
                 e.server = registration.PluginServer(
@@ -171,6 +174,7 @@ class PluginManager:
             e.failures = 0
         except errors.DevicePluginError as ex:
             e.failures += 1
+            e.kubelet_at_failure = kubelet
             e.next_attempt = now + backoff(e.failures)
             log.warning(
                 "device plugin not ready; retrying",
@@ -178,6 +182,7 @@ class PluginManager:
             )
         except Exception:  # a bug in one plugin must not take the others down: restart it on the ladder
             e.failures += 1
+            e.kubelet_at_failure = kubelet
             e.next_attempt = now + backoff(e.failures)
             log.exception("device plugin crashed; restarting", extra={"resource": name, "failures": e.failures})
             if e.server is not None:
