@@ -109,8 +109,8 @@ def test_health_flips_when_a_device_is_unbound_or_its_group_incomplete_and_back(
     host.bind(GPU)
     running.manager.refresh()
     kubelet.wait_devices(PCI_RES, lambda d: d[0].health == "Healthy", timeout=2)
-    sibling = health.GroupMember(AUDIO.address, False, "snd_hda_intel")
-    host.set_facts(GPU, health.PciFacts("vfio-pci", True, (health.GroupMember(GPU.address, False, "vfio-pci"), sibling)))
+    members = (health.GroupMember(GPU.address, False, "vfio-pci"), health.GroupMember(AUDIO.address, False, "snd"))
+    host.set_facts(GPU, health.PciFacts("vfio-pci", True, members))
     running.manager.refresh()
     kubelet.wait_devices(PCI_RES, lambda d: d[0].health == "Unhealthy", timeout=2)
     assert running.metric("health_changes", PCI_RES) == 3
