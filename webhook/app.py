@@ -134,7 +134,9 @@ def create_app(
         log.warning("bench_floor is set: every review is allowed without any check")
         validate = mutate = _allow_all
     app = Flask(__name__)
-    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    # One byte over the limit, so a streamed (chunked) body that is too large shows as too long instead of being
+    # silently cut at the limit (webhook.codec.decode rejects anything longer than max_body_bytes).
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes + 1
     app.extensions[EXTENSION] = Runtime(
         settings=settings,
         view=view,
