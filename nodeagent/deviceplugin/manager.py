@@ -79,7 +79,7 @@ class PluginManager:
         probe: health.HostProbe,
         counters: metrics.PluginMetrics,
         clock: Callable[[], float],
-        sleep: Callable[[float], None],
+        sleep: Callable[[float], object] | None = None,
         tick_s: float = 0.1,
         health_interval_s: float = 5.0,
         register_timeout_s: float = 5.0,
@@ -88,7 +88,9 @@ class PluginManager:
         self._probe = probe
         self._metrics = counters
         self._clock = clock
-        self._sleep = sleep
+        self._wake = threading.Event()
+        # How run() waits between ticks; the default returns early when set_desired() or refresh() is called.
+        self._sleep = sleep if sleep is not None else self._wake.wait
         self._tick_s = tick_s
         self._health_interval_s = health_interval_s
         self._register_timeout_s = register_timeout_s
@@ -108,11 +110,13 @@ class PluginManager:
             desired[r.name] = r
         with self._lock:
             self._desired = desired
+        self._wake.set()
 
     def refresh(self) -> None:
         """Probe health at the next tick (e.g. after a udev event or a bind)."""
         with self._lock:
             self._refresh = True
+        self._wake.set()
 
     # -- supervisor (one thread) --------------------------------------------------------------------------------
 
@@ -131,6 +135,7 @@ class PluginManager:
     def step(self) -> None:
         """One supervisor pass: apply the desired set, publish health, keep every plugin served and registered."""
         now = self._clock()
+        self._wake.clear()
         with self._lock:
             desired = dict(self._desired)
             probe_now = self._refresh or now >= self._next_health
@@ -199,13 +204,17 @@ class PluginManager:
         log.info("device plugin stopped", extra={"resource": name})
 
     def run(self, stop: threading.Event) -> None:
-        """Supervise until `stop` is set, then stop every plugin."""
+        """Supervise until `stop` is set (call `wake()` after setting it), then stop every plugin."""
         try:
             while not stop.is_set():
                 self.step()
                 self._sleep(self._tick_s)
         finally:
             self.close()
+
+    def wake(self) -> None:
+        """End the current wait between ticks (e.g. to let run() see its stop event at once)."""
+        self._wake.set()
 
     def close(self) -> None:
         for name in list(self._entries):

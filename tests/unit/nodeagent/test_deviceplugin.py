@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -33,7 +34,6 @@ class Running:
             probe=host,
             counters=metrics.PluginMetrics(self.registry),
             clock=time.monotonic,
-            sleep=lambda s: self._stop.wait(s),
             tick_s=kw.get("tick_s", 0.02),
             health_interval_s=kw.get("health_interval_s", 60.0),
             register_timeout_s=2.0,
@@ -53,6 +53,7 @@ class Running:
 
     def close(self) -> None:
         self._stop.set()
+        self.manager.wake()
         self._thread.join(10)
         assert not self._thread.is_alive()
 
@@ -251,3 +252,51 @@ def test_pod_resources_client_fails_clearly_without_a_kubelet():
 
     with pytest.raises(errors.PodResourcesError, match="cannot list pod resources"):
         podresources.list_allocations("/nonexistent/kubelet.sock", timeout_s=0.5)
+
+
+def test_registration_is_retried_after_1_2_5_then_every_10_seconds_while_no_kubelet_listens(host):
+    now = [0.0]
+    registry = CollectorRegistry()
+    m = manager.PluginManager(
+        plugin_dir=tempfile.mkdtemp(prefix="dp"),
+        probe=host,
+        counters=metrics.PluginMetrics(registry),
+        clock=lambda: now[0],
+    )
+    m.set_desired([model.PciResource(PCI_RES, (GPU,))])
+    attempts = []
+    for t in (0.0, 0.5, 0.99, 1.0, 2.9, 3.0, 7.9, 8.0, 17.9, 18.0, 27.9, 28.0):
+        now[0] = t
+        m.step()
+        failed = registry.get_sample_value(
+            "pcidevices_deviceplugin_registration_failures_total", {"resource": PCI_RES}
+        )
+        if not attempts or failed != attempts[-1][1]:
+            attempts.append((t, failed))
+    m.close()
+    assert [t for t, _ in attempts] == [0.0, 1.0, 3.0, 8.0, 18.0, 28.0]
+    assert m.status() == {}
+
+
+def test_a_plugin_that_cannot_serve_is_restarted_on_the_ladder_and_recovers(host):
+    base = tempfile.mkdtemp(prefix="dp")
+    plugin_dir = os.path.join(base, "device-plugins")  # missing: listening fails until it exists
+    now = [0.0]
+    m = manager.PluginManager(
+        plugin_dir=plugin_dir,
+        probe=host,
+        counters=metrics.PluginMetrics(CollectorRegistry()),
+        clock=lambda: now[0],
+    )
+    try:
+        m.set_desired([model.PciResource(PCI_RES, (GPU,))])
+        m.step()
+        assert m.status()[PCI_RES].failures == 1 and not m.status()[PCI_RES].serving
+        with FakeKubelet(base) as kubelet:  # creates the directory and kubelet.sock
+            now[0] = 0.5
+            m.step()  # a new kubelet.sock ends the wait early
+            assert m.status()[PCI_RES].serving and m.status()[PCI_RES].registered
+            assert kubelet.registration(PCI_RES).resource_name == PCI_RES
+            m.close()
+    finally:
+        m.close()
