@@ -25,6 +25,9 @@ API_VERSION = "v1beta1"
 KUBELET_SOCKET = "kubelet.sock"
 DEVICE_PLUGIN_DIR = "/var/lib/kubelet/device-plugins"
 SOCKET_PREFIX = "pcidevices-"
+# A fresh connection per channel: grpc otherwise shares a subchannel to the same path across channels, and one
+# that failed while the kubelet restarted waits out its reconnect backoff (about 1 s) before the next Register.
+CHANNEL_OPTIONS = [("grpc.use_local_subchannel_pool", 1)]
 # sun_path holds 108 bytes including the terminating NUL.
 MAX_SOCKET_PATH = 107
 
@@ -126,7 +129,7 @@ class PluginServer:
             options=api_pb2.DevicePluginOptions(get_preferred_allocation_available=True),
         )
         try:
-            with grpc.insecure_channel(f"unix://{self.kubelet_socket}") as channel:
+            with grpc.insecure_channel(f"unix://{self.kubelet_socket}", options=CHANNEL_OPTIONS) as channel:
                 api_pb2_grpc.RegistrationStub(channel).Register(request, timeout=self._register_timeout_s)
         except grpc.RpcError as e:
             self._metrics.registration_failed(self.resource_name)

@@ -115,7 +115,10 @@ class FakeKubelet:
     # -- what the plugins told us -------------------------------------------------------------------------------
 
     def _register(self, request: api_pb2.RegisterRequest, context: grpc.ServicerContext) -> api_pb2.Empty:
-        channel = grpc.insecure_channel(f"unix://{os.path.join(self.plugin_dir, request.endpoint)}")
+        channel = grpc.insecure_channel(
+            f"unix://{os.path.join(self.plugin_dir, request.endpoint)}",
+            options=[("grpc.use_local_subchannel_pool", 1)],  # as the kubelet: a new connection per registration
+        )
         try:
             options = api_pb2_grpc.DevicePluginStub(channel).GetDevicePluginOptions(api_pb2.Empty(), timeout=2)
         except grpc.RpcError as e:
