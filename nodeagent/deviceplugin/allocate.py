@@ -13,9 +13,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from nodeagent.deviceplugin import errors, model
+from policy import names
 
-PCI_ENV_PREFIX = "PCI_RESOURCE"
-USB_ENV_PREFIX = "USB_RESOURCE"
 PERMISSIONS = "mrw"
 
 
@@ -39,14 +38,6 @@ class DeviceSpec:
 class ContainerAllocation:
     envs: Mapping[str, str]
     devices: tuple[DeviceSpec, ...]
-
-
-def temporary_env_var_name(prefix: str, resource_name: str) -> str:
-    """KubeVirt's variable name for a resource: prefix + upper-cased name with `/` and `.` turned into `_`.
-
-    TODO(names): replace with the env-var function policy/names.py is getting (issue 2), then delete this one.
-    """
-    return f"{prefix}_{resource_name.upper().replace('/', '_').replace('.', '_')}"
 
 
 def build_device_list(snapshot: model.Snapshot) -> tuple[ListedDevice, ...]:
@@ -96,7 +87,7 @@ def _pci_allocation(snapshot: model.PciSnapshot, ids: list[str]) -> ContainerAll
     if snapshot.iommufd and any(cdevs):
         paths.append("/dev/iommu")
         paths.extend(_unique(f"/dev/vfio/devices/{c}" for c in cdevs if c))
-    env = temporary_env_var_name(PCI_ENV_PREFIX, snapshot.resource_name)
+    env = names.pci_resource_env_var(snapshot.resource_name)
     return ContainerAllocation(
         envs={env: ",".join(ids)},
         devices=tuple(DeviceSpec(p, p) for p in paths),
@@ -106,7 +97,7 @@ def _pci_allocation(snapshot: model.PciSnapshot, ids: list[str]) -> ContainerAll
 def _usb_allocation(snapshot: model.UsbSnapshot, ids: list[str]) -> ContainerAllocation:
     s = snapshot.state
     _check(snapshot.resource_name, ids, {s.device.id: s})
-    env = temporary_env_var_name(USB_ENV_PREFIX, snapshot.resource_name)
+    env = names.usb_resource_env_var(snapshot.resource_name)
     d = s.device
     return ContainerAllocation(
         envs={env: f"{d.bus}:{d.devnum}"},

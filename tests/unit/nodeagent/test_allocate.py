@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nodeagent.deviceplugin import allocate, errors, health, manager, model, registration
+from policy import names
 
 RES = "nvidia.com/node1-000001000"
 ENV = "PCI_RESOURCE_NVIDIA_COM_NODE1-000001000"
@@ -94,10 +95,10 @@ def test_usb_allocation_of_a_missing_device_fails():
         allocate.build_allocation(s, [dev.id])
 
 
-def test_env_var_name_follows_kubevirt():
-    assert allocate.temporary_env_var_name("PCI_RESOURCE", "intel.com/ETHERNET_CONNECTION_11_I219LM") == (
-        "PCI_RESOURCE_INTEL_COM_ETHERNET_CONNECTION_11_I219LM"
-    )
+def test_env_var_names_come_from_the_naming_module_as_kubevirt_computes_them():
+    pooled = "intel.com/ETHERNET_CONNECTION_11_I219LM"
+    got = allocate.build_allocation(model.PciSnapshot(pooled, (model.PciState(GPU, True),)), [GPU.address])
+    assert got.envs == {"PCI_RESOURCE_INTEL_COM_ETHERNET_CONNECTION_11_I219LM": GPU.address}
 
 
 def test_device_list_omits_topology_when_numa_is_unknown():
@@ -221,11 +222,21 @@ def test_backoff_ladder_is_1_2_5_then_10_seconds():
     assert [manager.backoff(n) for n in range(1, 7)] == [1.0, 2.0, 5.0, 10.0, 10.0, 10.0]
 
 
-def test_socket_path_stays_short_for_the_longest_resource_names():
-    node = "n" * 63
-    longest = f"{'v' * 60}.com/{node}-{'0' * 8}" + "X" * 120
-    name = registration.socket_name(longest)
-    path = f"{registration.DEVICE_PLUGIN_DIR}/{name}"
-    assert len(path.encode()) < 108
-    assert name != registration.socket_name(longest + "Y")
-    assert name == registration.socket_name(longest)
+def test_socket_path_stays_short_for_a_63_character_node_and_the_longest_product_names():
+    node = "n" + "-x" * 31  # 63 characters, the longest node name
+    assert len(node) == 63
+    product = "GA100 [A100 SXM4 80GB] / Very Long Marketing Name With Many Words And Virtual Function Suffix"
+    resources = [
+        names.pci_device_resource_name("NVIDIA Corporation", node, "0000:3b:00.0"),
+        names.pci_device_resource_name("Advanced Micro Devices, Inc. [AMD/ATI]", node, "10000:e1:1f.7"),
+        names.pci_resource_name("NVIDIA Corporation", product, "20b5"),
+        names.usb_resource_name(names.usbdevice_name(node, "0951", "1666", 255, 127)),
+    ]
+    sockets = set()
+    for resource in resources:
+        assert all(len(part) <= 63 for part in resource.split("/"))  # valid extended-resource name parts
+        path = f"{registration.DEVICE_PLUGIN_DIR}/{registration.socket_name(resource)}"
+        assert len(path.encode()) < 108
+        sockets.add(path)
+    assert len(sockets) == len(resources)  # distinct resources never share a socket
+    assert registration.socket_name(resources[0]) == registration.socket_name(resources[0])
