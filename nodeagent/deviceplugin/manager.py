@@ -121,6 +121,7 @@ class PluginManager:
     # -- supervisor (one thread) --------------------------------------------------------------------------------
 
     def status(self) -> dict[str, PluginStatus]:
+        """Where each plugin stands (for readiness, logs and tests)."""
         return {
             n: PluginStatus(
                 n,
@@ -129,7 +130,7 @@ class PluginManager:
                 e.failures,
                 os.path.join(self._plugin_dir, registration.socket_name(n)),
             )
-            for n, e in self._entries.items()
+            for n, e in list(self._entries.items())  # a copy: other threads may ask while step() runs
         }
 
     def step(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import threading
 import time
@@ -62,6 +63,14 @@ class Running:
 def kubelet() -> Iterator[FakeKubelet]:
     with FakeKubelet() as k:
         yield k
+
+
+@pytest.fixture
+def short_dir() -> Iterator[str]:
+    """A directory with a short path (tmp_path can exceed the 108-byte socket path limit)."""
+    d = tempfile.mkdtemp(prefix="dp")
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture
@@ -254,11 +263,11 @@ def test_pod_resources_client_fails_clearly_without_a_kubelet():
         podresources.list_allocations("/nonexistent/kubelet.sock", timeout_s=0.5)
 
 
-def test_registration_is_retried_after_1_2_5_then_every_10_seconds_while_no_kubelet_listens(host):
+def test_registration_is_retried_after_1_2_5_then_every_10_seconds_while_no_kubelet_listens(host, short_dir):
     now = [0.0]
     registry = CollectorRegistry()
     m = manager.PluginManager(
-        plugin_dir=tempfile.mkdtemp(prefix="dp"),
+        plugin_dir=short_dir,
         probe=host,
         counters=metrics.PluginMetrics(registry),
         clock=lambda: now[0],
@@ -278,8 +287,8 @@ def test_registration_is_retried_after_1_2_5_then_every_10_seconds_while_no_kube
     assert m.status() == {}
 
 
-def test_a_plugin_that_cannot_serve_is_restarted_on_the_ladder_and_recovers(host):
-    base = tempfile.mkdtemp(prefix="dp")
+def test_a_plugin_that_cannot_serve_is_restarted_on_the_ladder_and_recovers(host, short_dir):
+    base = short_dir
     plugin_dir = os.path.join(base, "device-plugins")  # missing: listening fails until it exists
     now = [0.0]
     m = manager.PluginManager(
@@ -297,6 +306,6 @@ def test_a_plugin_that_cannot_serve_is_restarted_on_the_ladder_and_recovers(host
             m.step()  # a new kubelet.sock ends the wait early
             assert m.status()[PCI_RES].serving and m.status()[PCI_RES].registered
             assert kubelet.registration(PCI_RES).resource_name == PCI_RES
-            m.close()
+            m.close()  # before the kubelet goes away
     finally:
         m.close()
