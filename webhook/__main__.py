@@ -84,6 +84,10 @@ def run_certs(settings: settings_mod.WebhookSettings, *, once: bool, rotate_ca: 
 
 def serve(settings: settings_mod.WebhookSettings) -> int:
     keeper: subprocess.Popen[bytes] | None = None
+    if settings.metrics_dir is not None:  # counts of a previous run must not be summed into this one
+        settings.metrics_dir.mkdir(parents=True, exist_ok=True)
+        for stale in settings.metrics_dir.glob("*.db"):
+            stale.unlink()
     if settings.manage_certificates:
         deadline = time.monotonic() + 120
         while True:

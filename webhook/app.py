@@ -104,7 +104,7 @@ def create_app(
 ) -> Flask:
     """Build the app; `view`/`access` replace the watch-fed view and SubjectAccessReview (tests, benchmarks)."""
     settings = settings or settings_mod.WebhookSettings()
-    metrics = metrics or metrics_mod.Metrics()
+    metrics = metrics or metrics_mod.Metrics(multiprocess_dir=settings.metrics_dir)
     connection = _LazyKube(settings.kubeconfig)
     if view is not None:
         source = source or _StaticSource()

@@ -17,6 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from prometheus_client import multiprocess
+
 from webhook import app as app_mod
 from webhook import logging as webhook_logging
 from webhook import settings as settings_mod
@@ -81,6 +83,11 @@ def _worker_exit(server: Any, worker: Any) -> None:
 def build(settings: settings_mod.WebhookSettings) -> dict[str, Any]:
     """gunicorn settings (names as gunicorn's config knows them)."""
     reloading = ReloadingContext(settings.certfile, settings.keyfile)
+    metrics_dir = settings.metrics_dir
+
+    def child_exit(server: Any, worker: Any) -> None:
+        if metrics_dir is not None:
+            multiprocess.mark_process_dead(worker.pid, str(metrics_dir))  # type: ignore[no-untyped-call]
 
     def ssl_context(conf: Any, default_factory: Callable[[], ssl.SSLContext]) -> ssl.SSLContext:
         return reloading.get()
@@ -99,6 +106,7 @@ def build(settings: settings_mod.WebhookSettings) -> dict[str, Any]:
         "preload_app": True,
         "post_fork": _post_fork,
         "worker_exit": _worker_exit,
+        "child_exit": child_exit,
         "logconfig_dict": webhook_logging.config_dict(settings.log_level, settings.log_json),
         "accesslog": None,
         "proc_name": "pcidevices-webhook",

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
 
 # Admissions take well under 5 ms when healthy; the API server gives up at the configured timeoutSeconds.
 _BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
 class Metrics:
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    """One process's metrics. With `multiprocess_dir` (prometheus_client's PROMETHEUS_MULTIPROC_DIR, which must be
+    set in the environment before the process starts) /metrics sums every gunicorn worker, not just the one that
+    happens to answer the scrape."""
+
+    def __init__(self, registry: CollectorRegistry | None = None, multiprocess_dir: Path | None = None) -> None:
         self.registry = registry or CollectorRegistry()
+        self._multiprocess_dir = multiprocess_dir
         self.admissions = Counter(
             "pcidevices_webhook_admissions",
             "Admission reviews answered, by webhook kind, resource, operation, rule and result.",
@@ -43,4 +50,8 @@ class Metrics:
         )
 
     def render(self) -> bytes:
+        if self._multiprocess_dir is not None:
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry, path=str(self._multiprocess_dir))  # type: ignore[no-untyped-call]
+            return generate_latest(registry)
         return generate_latest(self.registry)

@@ -48,6 +48,8 @@ class WebhookSettings:
     watch_timeout_s: int = 300
     sar_ttl_s: float = 10.0
     sar_cache_size: int = 8192
+    # prometheus_client's multiprocess directory (its own variable PROMETHEUS_MULTIPROC_DIR): all workers in /metrics
+    metrics_dir: Path | None = None
     # logging
     log_level: str = "INFO"
     log_json: bool = True
@@ -78,12 +80,14 @@ class WebhookSettings:
         values: dict[str, object] = {}
         defaults = cls()
         for name in cls.__dataclass_fields__:
-            if name == "policy":
+            if name in ("policy", "metrics_dir"):
                 continue
             raw = env.get(PREFIX + name.upper())
             if raw is None:
                 continue
             values[name] = _parse(PREFIX + name.upper(), raw, getattr(defaults, name))
+        if env.get("PROMETHEUS_MULTIPROC_DIR"):
+            values["metrics_dir"] = Path(env["PROMETHEUS_MULTIPROC_DIR"])
         policy_env = {k[len(POLICY_PREFIX) :]: v for k, v in env.items() if k.startswith(POLICY_PREFIX)}
         values["policy"] = policy_settings.PolicySettings.from_mapping(policy_env)
         return cls(**values)  # type: ignore[arg-type]
