@@ -147,14 +147,17 @@ class PluginServer:
         return self._registered_with is None or file_id(self.kubelet_socket) != self._registered_with
 
     def stop(self) -> None:
-        """Stop serving, end the streams and remove our socket file (only if it is still ours)."""
-        self._state.close()
-        self._stop_server()
+        """Remove our socket file (only if it is still ours), end the streams and stop serving.
+
+        The file goes first, so nobody who sees the stream end can still find the socket.
+        """
         if self._served is not None and file_id(self.socket_path) == self._served:
             try:
                 os.unlink(self.socket_path)
             except FileNotFoundError:
                 pass
+        self._state.close()
+        self._stop_server()
         self._served = None
         self._registered_with = None
 
