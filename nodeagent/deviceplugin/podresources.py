@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import NotRequired, TypedDict
 
 import grpc
 
@@ -33,6 +34,14 @@ class Holder:
     namespace: str
     pod: str
     container: str
+
+
+class AllocatedTo(TypedDict):
+    """One entry of a claim's `status.allocatedTo` (the CRD's shape); the agent adds `vmi` from the pod's owner."""
+
+    pod: str
+    container: str
+    vmi: NotRequired[str]
 
 
 def list_allocations(socket_path: str, *, timeout_s: float = 5.0) -> tuple[DeviceAllocation, ...]:
@@ -67,3 +76,13 @@ def index_allocations(
         if wanted is None or a.resource_name in wanted:
             out.setdefault((a.resource_name, a.device_id), set()).add(Holder(a.namespace, a.pod, a.container))
     return {k: tuple(sorted(v, key=lambda h: (h.namespace, h.pod, h.container))) for k, v in sorted(out.items())}
+
+
+def build_allocated_to(
+    index: Mapping[tuple[str, str], tuple[Holder, ...]], resource_name: str, device_id: str
+) -> list[AllocatedTo]:
+    """A claim's `status.allocatedTo` for one device: `[{"pod": "<ns>/<name>", "container": ...}]`, sorted."""
+    return [
+        AllocatedTo(pod=f"{h.namespace}/{h.pod}", container=h.container)
+        for h in index.get((resource_name, device_id), ())
+    ]

@@ -309,3 +309,17 @@ def test_a_plugin_that_cannot_serve_is_restarted_on_the_ladder_and_recovers(host
             m.close()  # before the kubelet goes away
     finally:
         m.close()
+
+
+def test_allocated_to_follows_the_kubelets_pod_resources(kubelet):
+    def allocated_to(device_id: str) -> list[podresources.AllocatedTo]:
+        index = podresources.index_allocations(podresources.list_allocations(kubelet.pod_resources_socket))
+        return podresources.build_allocated_to(index, PCI_RES, device_id)
+
+    assert allocated_to(GPU.address) == []
+    kubelet.set_pod_resources([PodDevices("vms", "virt-launcher-a-x1", "compute", PCI_RES, (GPU.address,))])
+    assert allocated_to(GPU.address) == [{"pod": "vms/virt-launcher-a-x1", "container": "compute"}]
+    assert allocated_to(AUDIO.address) == []
+    kubelet.set_pod_resources([PodDevices("vms", "virt-launcher-b-y2", "compute", PCI_RES, (AUDIO.address,))])
+    assert allocated_to(GPU.address) == []
+    assert allocated_to(AUDIO.address) == [{"pod": "vms/virt-launcher-b-y2", "container": "compute"}]
