@@ -112,6 +112,30 @@ def group_members(functions: Iterable[HostPCIFunction]) -> dict[str, list[GroupM
     return groups
 
 
+@dataclass(frozen=True, slots=True)
+class _Naming:
+    resource_name: str
+    description: str
+
+
+def _naming(fn: HostPCIFunction, db: NamesDatabases, cache: dict[tuple[str, str, str], _Naming]) -> _Naming:
+    """resourceName and description depend only on (vendor, device, class): servers repeat them, so compute once."""
+    key = (fn.vendor_id, fn.device_id, fn.class_code)
+    found = cache.get(key)
+    if found is None:
+        ids = db.pci
+        found = _Naming(
+            names.pci_resource_name(ids.vendor(fn.vendor_id), ids.device(fn.vendor_id, fn.device_id), fn.device_id),
+            names.pci_description(
+                ids.lspci_class(fn.class_code),
+                ids.lspci_vendor(fn.vendor_id),
+                ids.lspci_device(fn.vendor_id, fn.device_id),
+            ),
+        )
+        cache[key] = found
+    return found
+
+
 def build_pcidevice(
     fn: HostPCIFunction,
     db: NamesDatabases,
@@ -120,8 +144,9 @@ def build_pcidevice(
     members: Sequence[GroupMember] = (),
     reasons: Sequence[str] = (),
     warnings: Sequence[str] = (),
+    naming_cache: dict[tuple[str, str, str], _Naming] | None = None,
 ) -> PCIDevice:
-    ids = db.pci
+    naming = _naming(fn, db, {} if naming_cache is None else naming_cache)
     status: PCIDeviceStatus = {
         "address": fn.address,
         "vendorId": fn.vendor_id,
@@ -129,12 +154,8 @@ def build_pcidevice(
         "classId": fn.class_id,
         "iommuGroup": fn.iommu_group or "",
         "nodeName": node,
-        "resourceName": names.pci_resource_name(
-            ids.vendor(fn.vendor_id), ids.device(fn.vendor_id, fn.device_id), fn.device_id
-        ),
-        "description": names.pci_description(
-            ids.lspci_class(fn.class_code), ids.lspci_vendor(fn.vendor_id), ids.lspci_device(fn.vendor_id, fn.device_id)
-        ),
+        "resourceName": naming.resource_name,
+        "description": naming.description,
         "kernelDriverInUse": fn.driver or "",
         "subsystemVendorId": fn.subsystem_vendor_id,
         "subsystemDeviceId": fn.subsystem_device_id,
@@ -200,6 +221,7 @@ def build_inventory(
     """Pure: objects from host facts. Bridges are members of IOMMU groups but not objects of their own."""
     groups = group_members(functions)
     empty: Mapping[str, list[str]] = {}
+    cache: dict[tuple[str, str, str], _Naming] = {}
     pci_objects = [
         build_pcidevice(
             fn,
@@ -208,6 +230,7 @@ def build_inventory(
             members=groups.get(fn.iommu_group, []) if fn.iommu_group is not None else [],
             reasons=critical.reasons.get(fn.address, []),
             warnings=(critical.warnings or empty).get(fn.address, []),
+            naming_cache=cache,
         )
         for fn in functions
         if not fn.bridge

@@ -69,9 +69,9 @@ def _last_pci_address(host_path: str) -> str | None:
 
 
 def read_mounts(root: SysfsRoot) -> list[Mount]:
-    raw = root.try_read_bytes(root.proc("self", "mountinfo"), 1 << 24)
+    raw = root.try_read_all(root.proc("self", "mountinfo"))
     if not raw:
-        raw = root.try_read_bytes(root.proc("1", "mountinfo"), 1 << 24) or b""
+        raw = root.try_read_all(root.proc("1", "mountinfo")) or b""
     mounts = []
     for line in raw.decode("utf-8", "replace").splitlines():
         fields = line.split()
@@ -169,7 +169,7 @@ def _add_storage(root: SysfsRoot, result: HostCritical) -> None:
         points.sort(key=lambda p: (len(p), p))
         more = f" (and {len(points) - 1} more mounts)" if len(points) > 1 else ""
         result.add(holder, f"holds {points[0]} via {_ARROW.join(via)}{more}")
-    raw = root.try_read_bytes(root.proc("swaps"), 1 << 20) or b""
+    raw = root.try_read_all(root.proc("swaps")) or b""
     for line in raw.decode("utf-8", "replace").splitlines()[1:]:
         fields = line.split()
         if len(fields) < 2:
@@ -226,12 +226,12 @@ def trace_net(root: SysfsRoot, iface: str, seen: frozenset[str] = frozenset()) -
 
 def default_route_interfaces(root: SysfsRoot) -> list[str]:
     ifaces: list[str] = []
-    raw = root.try_read_bytes(root.proc("net", "route"), 1 << 22) or b""
+    raw = root.try_read_all(root.proc("net", "route")) or b""
     for line in raw.decode().splitlines()[1:]:
         f = line.split()
         if len(f) >= 8 and f[1] == "00000000" and f[7] == "00000000" and int(f[3], 16) & 0x0001:
             ifaces.append(f[0])
-    raw6 = root.try_read_bytes(root.proc("net", "ipv6_route"), 1 << 22) or b""
+    raw6 = root.try_read_all(root.proc("net", "ipv6_route")) or b""
     for line in raw6.decode().splitlines():
         f = line.split()
         if len(f) >= 10 and f[0] == "0" * 32 and f[1] == "00" and f[9] != "lo" and not int(f[8], 16) & 0x0200:
@@ -243,7 +243,7 @@ def node_ip_interfaces(root: SysfsRoot, node_ip: str) -> list[str]:
     ip = ipaddress.ip_address(node_ip)
     found: list[str] = []
     if ip.version == 4:
-        raw = root.try_read_bytes(root.proc("net", "route"), 1 << 22) or b""
+        raw = root.try_read_all(root.proc("net", "route")) or b""
         best = -1
         for line in raw.decode().splitlines()[1:]:
             f = line.split()
@@ -256,7 +256,7 @@ def node_ip_interfaces(root: SysfsRoot, node_ip: str) -> list[str]:
                 found = [f[0]] if net.prefixlen > best else [*found, f[0]]
                 best = net.prefixlen
     else:
-        raw = root.try_read_bytes(root.proc("net", "if_inet6"), 1 << 22) or b""
+        raw = root.try_read_all(root.proc("net", "if_inet6")) or b""
         for line in raw.decode().splitlines():
             f = line.split()
             if len(f) >= 6 and ipaddress.IPv6Address(int(f[0], 16)) == ip:

@@ -85,34 +85,33 @@ def _identity_from_config(cfg: bytes) -> tuple[str, str, str, str, str, str, int
 def read_function(root: SysfsRoot, address: str) -> HostPCIFunction:
     """Read one function; raise SysfsError when it cannot be read (e.g. it vanished)."""
     base = f"{PCI_DEVICES}/{names.pci_address(address)}"
-    cfg = root.try_read_bytes(base + "/config", 64)
-    ident = _identity_from_config(cfg) if cfg is not None else None
-    if ident is None:
-        header_raw = root.try_read_bytes(base + "/config", 0x10)
-        header = header_raw[0x0E] if header_raw is not None and len(header_raw) > 0x0E else 0
-        ident = (
-            _hex_attr(root, base + "/vendor", 4),
-            _hex_attr(root, base + "/device", 4),
-            _hex_attr(root, base + "/class", 6),
-            _hex_attr(root, base + "/revision", 2) if root.exists(base + "/revision") else "00",
-            "",
-            "",
-            header,
-        )
-    vendor, device, cls, rev, svid, sdid, header = ident
-    if not svid:
-        sv = root.try_read_attr(base + "/subsystem_vendor")
-        sd = root.try_read_attr(base + "/subsystem_device")
-        svid = f"{int(sv, 16):04x}" if sv else "0000"
-        sdid = f"{int(sd, 16):04x}" if sd else "0000"
-    numa_raw = root.try_read_bytes(base + "/numa_node", 32)
+    with root.open_dir(base) as d:
+        cfg = d.read("config", 64)
+        ident = _identity_from_config(cfg) if cfg is not None else None
+        if ident is None:
+            header = cfg[0x0E] if cfg is not None and len(cfg) > 0x0E else 0
+            ident = (
+                _hex_attr(root, base + "/vendor", 4),
+                _hex_attr(root, base + "/device", 4),
+                _hex_attr(root, base + "/class", 6),
+                _hex_attr(root, base + "/revision", 2) if root.exists(base + "/revision") else "00",
+                "",
+                "",
+                header,
+            )
+        vendor, device, cls, rev, svid, sdid, header = ident
+        if not svid:
+            sv = root.try_read_attr(base + "/subsystem_vendor")
+            sd = root.try_read_attr(base + "/subsystem_device")
+            svid = f"{int(sv, 16):04x}" if sv else "0000"
+            sdid = f"{int(sd, 16):04x}" if sd else "0000"
+        numa_raw = d.read("numa_node", 32)
+        reset_raw = d.read("reset_method", 256)
+        numvfs_raw = d.read("sriov_numvfs", 32)
+        vga = d.read("boot_vga", 8) if cls.startswith("03") else None
+        driver = d.link_name("driver")
+        group = d.link_name("iommu_group")
     numa = int(numa_raw) if numa_raw and numa_raw.strip() else -1
-    reset_raw = root.try_read_bytes(base + "/reset_method", 256)
-    numvfs_raw = root.try_read_bytes(base + "/sriov_numvfs", 32)
-    boot_vga = False
-    if cls.startswith("03"):
-        vga = root.try_read_bytes(base + "/boot_vga", 8)
-        boot_vga = vga is not None and vga.strip() == b"1"
     return HostPCIFunction(
         address=address,
         vendor_id=vendor,
@@ -122,12 +121,12 @@ def read_function(root: SysfsRoot, address: str) -> HostPCIFunction:
         subsystem_vendor_id=svid,
         subsystem_device_id=sdid,
         header_type=header,
-        driver=root.try_link_name(base + "/driver"),
-        iommu_group=root.try_link_name(base + "/iommu_group"),
+        driver=driver,
+        iommu_group=group,
         numa_node=numa if numa >= 0 else None,
         reset_methods=tuple(reset_raw.decode().split()) if reset_raw else (),
         sriov_numvfs=int(numvfs_raw) if numvfs_raw and numvfs_raw.strip() else 0,
-        boot_vga=boot_vga,
+        boot_vga=vga is not None and vga.strip() == b"1",
     )
 
 

@@ -109,6 +109,32 @@ class SysfsRoot:
         finally:
             os.close(fd)
 
+    def try_read_all(self, host_path: str) -> bytes | None:
+        """A whole file of unknown size (mountinfo, routes) in 64 KiB reads, None when it does not exist."""
+        try:
+            fd = os.open(self.real(host_path), os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as e:
+            if e.errno in _MISSING:
+                return None
+            raise SysfsError(f"cannot read {host_path}: {e.strerror}", path=host_path, errno=e.errno) from e
+        chunks = []
+        try:
+            while chunk := os.read(fd, 65536):
+                chunks.append(chunk)
+        except OSError as e:
+            raise SysfsError(f"cannot read {host_path}: {e.strerror}", path=host_path, errno=e.errno) from e
+        finally:
+            os.close(fd)
+        return b"".join(chunks)
+
+    def open_dir(self, host_path: str) -> DirHandle:
+        """An open directory for reading several attributes of one device with paths resolved once (openat)."""
+        try:
+            fd = os.open(self.real(host_path), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as e:
+            raise SysfsError(f"cannot open {host_path}: {e.strerror}", path=host_path, errno=e.errno) from e
+        return DirHandle(fd, host_path)
+
     def read_attr(self, host_path: str) -> str:
         """A sysfs attribute as text, surrounding whitespace removed; raise SysfsError."""
         return self.read_bytes(host_path).decode("utf-8", "replace").strip()
@@ -170,3 +196,51 @@ class SysfsRoot:
                 os.close(fd)
         except OSError as e:
             raise SysfsError(f"cannot write {host_path}: {e.strerror}", path=host_path, errno=e.errno) from e
+
+
+class DirHandle:
+    """One open sysfs directory: `read`/`link_name` of entries relative to it; close it (or use `with`)."""
+
+    __slots__ = ("_fd", "host_path")
+
+    def __init__(self, fd: int, host_path: str) -> None:
+        self._fd = fd
+        self.host_path = host_path
+
+    def __enter__(self) -> DirHandle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def read(self, name: str, size: int = 4096) -> bytes | None:
+        """At most `size` bytes of entry `name` in one read(2); None when it does not exist."""
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=self._fd)
+        except OSError as e:
+            if e.errno in _MISSING:
+                return None
+            path = f"{self.host_path}/{name}"
+            raise SysfsError(f"cannot read {path}: {e.strerror}", path=path, errno=e.errno) from e
+        try:
+            return os.read(fd, size)
+        except OSError as e:
+            path = f"{self.host_path}/{name}"
+            raise SysfsError(f"cannot read {path}: {e.strerror}", path=path, errno=e.errno) from e
+        finally:
+            os.close(fd)
+
+    def link_name(self, name: str) -> str | None:
+        """Basename of symlink `name`'s target, None when there is none."""
+        try:
+            return os.path.basename(os.readlink(name, dir_fd=self._fd))
+        except OSError as e:
+            if e.errno in _MISSING or e.errno == errno_mod.EINVAL:
+                return None
+            path = f"{self.host_path}/{name}"
+            raise SysfsError(f"cannot read link {path}: {e.strerror}", path=path, errno=e.errno) from e

@@ -10,7 +10,7 @@ import pytest
 from nodeagent import discovery
 from nodeagent.idsdb import NamesDatabases
 from nodeagent.sysfs import pci as pci_scan
-from nodeagent.sysfs.root import SysfsRoot
+from nodeagent.sysfs.root import DirHandle, SysfsRoot
 from tests.support.sysfs_tree import SysfsTree
 
 
@@ -121,16 +121,17 @@ def test_256_byte_config_space_is_decoded_like_64(tmp_path: Path) -> None:
 
 
 class _VanishingRoot(SysfsRoot):
-    """Removes one function from the tree the moment the scan starts reading it."""
+    """Removes one function from the tree right after the scan has opened its directory."""
 
     def __init__(self, tree: SysfsTree, victim: str) -> None:
         super().__init__(tree.base)
         self.tree, self.victim = tree, victim
 
-    def try_read_bytes(self, host_path: str, size: int = 4096) -> bytes | None:
-        if self.victim in host_path and self.victim in self.tree._pci_paths:
+    def open_dir(self, host_path: str) -> DirHandle:
+        handle = super().open_dir(host_path)
+        if host_path.endswith(self.victim) and self.victim in self.tree._pci_paths:
             self.tree.remove_pci(self.victim)
-        return super().try_read_bytes(host_path, size)
+        return handle
 
 
 def test_a_function_that_vanishes_mid_scan_is_skipped_and_logged(
