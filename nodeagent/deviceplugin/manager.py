@@ -99,6 +99,7 @@ class PluginManager:
         self._refresh = True
         self._entries: dict[str, _Entry] = {}
         self._next_health = 0.0
+        self._swept = False
 
     # -- inputs (any thread) ------------------------------------------------------------------------------------
 
@@ -141,6 +142,8 @@ class PluginManager:
             desired = dict(self._desired)
             probe_now = self._refresh or now >= self._next_health
             self._refresh = False
+        if not self._swept:
+            self._sweep_stale_sockets()
         plan = plan_plugins({n: e.resource for n, e in self._entries.items()}, desired)
         for name in plan.stop:
             self._stop(name)
@@ -162,6 +165,22 @@ class PluginManager:
             kubelet_came_back = e.failures > 0 and kubelet is not None and kubelet != e.kubelet_at_failure
             if now >= e.next_attempt or kubelet_came_back:
                 self._supervise(name, e, now, kubelet)
+
+    def _sweep_stale_sockets(self) -> None:
+        """Once at start: remove sockets a previous agent left (it may have crashed); ours are re-created."""
+        self._swept = True
+        ours = {registration.socket_name(n) for n in self._entries}
+        try:
+            names = os.listdir(self._plugin_dir)
+        except OSError:
+            return
+        for name in names:
+            if name.startswith(registration.SOCKET_PREFIX) and name.endswith(".sock") and name not in ours:
+                try:
+                    os.unlink(os.path.join(self._plugin_dir, name))
+                    log.info("removed stale device plugin socket", extra={"socket": name})
+                except OSError:
+                    pass
 
     def _supervise(self, name: str, e: _Entry, now: float, kubelet: registration.FileId | None) -> None:
         try:

@@ -6,6 +6,7 @@ Plain frozen values: the agent builds `PciResource`/`UsbResource` from its claim
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from policy import names
@@ -69,6 +70,26 @@ class UsbResource:
 
 
 Resource = PciResource | UsbResource
+
+
+def build_resources(
+    pci: Iterable[tuple[str, PciDevice]], usb: Iterable[tuple[str, UsbDevice]] = ()
+) -> tuple[Resource, ...]:
+    """The wanted plugin set from the agent's claimed devices: PCI grouped by resource name, one USB per device.
+
+    Raises ValueError when a name is claimed twice for USB or by both PCI and USB (a naming bug upstream of us).
+    """
+    pooled: dict[str, dict[str, PciDevice]] = {}
+    for name, device in pci:
+        pooled.setdefault(name, {})[device.address] = device
+    out: list[Resource] = [PciResource(n, tuple(d for _, d in sorted(devs.items()))) for n, devs in pooled.items()]
+    seen = set(pooled)
+    for name, udev in usb:
+        if name in seen:
+            raise ValueError(f"resource name {name} is used by more than one device plugin")
+        seen.add(name)
+        out.append(UsbResource(name, udev))
+    return tuple(sorted(out, key=lambda r: r.name))
 
 
 @dataclass(frozen=True)

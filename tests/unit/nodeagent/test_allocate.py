@@ -240,3 +240,19 @@ def test_socket_path_stays_short_for_a_63_character_node_and_the_longest_product
         sockets.add(path)
     assert len(sockets) == len(resources)  # distinct resources never share a socket
     assert registration.socket_name(resources[0]) == registration.socket_name(resources[0])
+
+
+def test_resources_group_pci_devices_by_name_and_give_each_usb_device_its_own():
+    pooled = "nvidia.com/GA100_A100_SXM4_40GB"
+    usb = model.UsbDevice(1, 3)
+    got = model.build_resources(
+        [(pooled, OTHER), (pooled, GPU), ("nvidia.com/node1-00003b001", AUDIO), (pooled, GPU)],
+        [("kubevirt.io/node1-0951-1666-001003", usb)],
+    )
+    assert got == (
+        model.UsbResource("kubevirt.io/node1-0951-1666-001003", usb),
+        model.PciResource("nvidia.com/GA100_A100_SXM4_40GB", (GPU, OTHER)),
+        model.PciResource("nvidia.com/node1-00003b001", (AUDIO,)),
+    )
+    with pytest.raises(ValueError, match="more than one device plugin"):
+        model.build_resources([(pooled, GPU)], [(pooled, usb)])

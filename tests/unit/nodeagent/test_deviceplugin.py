@@ -323,3 +323,18 @@ def test_allocated_to_follows_the_kubelets_pod_resources(kubelet):
     kubelet.set_pod_resources([PodDevices("vms", "virt-launcher-b-y2", "compute", PCI_RES, (AUDIO.address,))])
     assert allocated_to(GPU.address) == []
     assert allocated_to(AUDIO.address) == [{"pod": "vms/virt-launcher-b-y2", "container": "compute"}]
+
+
+def test_sockets_left_by_a_previous_agent_are_removed_at_start_and_others_kept(kubelet, host):
+    stale = os.path.join(kubelet.plugin_dir, registration.socket_name("nvidia.com/gone"))
+    foreign = os.path.join(kubelet.plugin_dir, "kubevirt-other.sock")
+    for path in (stale, foreign):
+        open(path, "w").close()
+    r = Running(kubelet, host)
+    try:
+        r.manager.set_desired([model.PciResource(PCI_RES, (GPU,))])
+        kubelet.registration(PCI_RES)
+        assert not os.path.exists(stale)
+        assert os.path.exists(foreign)
+    finally:
+        r.close()
