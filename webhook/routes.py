@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from typing import TYPE_CHECKING
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, current_app, request
 from prometheus_client import CONTENT_TYPE_LATEST
 from werkzeug import exceptions as http_exceptions
 
@@ -64,7 +65,7 @@ def _admit(webhook: str) -> tuple[Response, int]:
     elapsed = time.perf_counter() - started
     rt.metrics.latency.labels(webhook).observe(elapsed)
     rt.metrics.admissions.labels(webhook, resource, operation, rule, result).inc()
-    return jsonify(answer), status
+    return Response(json.dumps(answer), mimetype="application/json"), status
 
 
 @bp.post("/validate")
