@@ -227,7 +227,10 @@ class PluginManager:
         """Supervise until `stop` is set (call `wake()` after setting it), then stop every plugin."""
         try:
             while not stop.is_set():
-                self.step()
+                try:
+                    self.step()
+                except Exception:  # the supervisor never dies: the plugins would vanish from the node
+                    log.exception("device plugin supervisor pass failed; continuing")
                 self._sleep(self._tick_s)
         finally:
             self.close()

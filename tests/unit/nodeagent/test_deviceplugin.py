@@ -338,3 +338,32 @@ def test_sockets_left_by_a_previous_agent_are_removed_at_start_and_others_kept(k
         assert os.path.exists(foreign)
     finally:
         r.close()
+
+
+class FlakyHost(FakeHost):
+    """A probe that raises an unexpected error a few times (a bug, not a SysfsError)."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+
+    def pci_facts(self, device: model.PciDevice) -> health.PciFacts:
+        if self.failures > 0:
+            self.failures -= 1
+            raise RuntimeError("probe bug")
+        return super().pci_facts(device)
+
+
+def test_the_supervisor_survives_an_unexpected_error_and_the_plugin_still_registers(kubelet):
+    host = FlakyHost(failures=3)
+    host.bind(GPU)
+    r = Running(kubelet, host)
+    try:
+        r.manager.set_desired([model.PciResource(PCI_RES, (GPU,))])
+        for _ in range(3):
+            r.manager.refresh()
+            time.sleep(0.05)
+        assert kubelet.wait_devices(PCI_RES, lambda d: len(d) == 1, timeout=3)[0].health == "Healthy"
+        assert host.failures == 0
+    finally:
+        r.close()
