@@ -39,6 +39,8 @@ class HostPCIFunction:
     sriov_numvfs: int = 0
     boot_vga: bool = False
 
+    # Bridges (not listed) keep subsystem ids in a capability; they are not read and stay "".
+
     @property
     def bridge(self) -> bool:
         """A function with a subordinate bus (PCI-to-PCI or CardBus bridge), whatever its class says."""
@@ -84,7 +86,9 @@ def _identity_from_config(cfg: bytes) -> tuple[str, str, str, str, str, str, int
 
 def read_function(root: SysfsRoot, address: str) -> HostPCIFunction:
     """Read one function; raise SysfsError when it cannot be read (e.g. it vanished)."""
-    base = f"{PCI_DEVICES}/{names.pci_address(address)}"
+    if not names.is_pci_address(address):
+        raise SysfsError(f"{address!r} is not a PCI address", path=PCI_DEVICES)
+    base = f"{PCI_DEVICES}/{address}"
     with root.open_dir(base) as d:
         cfg = d.read("config", 64)
         ident = _identity_from_config(cfg) if cfg is not None else None
@@ -100,7 +104,7 @@ def read_function(root: SysfsRoot, address: str) -> HostPCIFunction:
                 header,
             )
         vendor, device, cls, rev, svid, sdid, header = ident
-        if not svid:
+        if not svid and header & 0x7F not in (1, 2):
             sv = root.try_read_attr(base + "/subsystem_vendor")
             sd = root.try_read_attr(base + "/subsystem_device")
             svid = f"{int(sv, 16):04x}" if sv else "0000"
