@@ -17,6 +17,7 @@ completes; the binder (and the agent around it) keeps serving meanwhile.
 from __future__ import annotations
 
 import enum
+import functools
 import logging
 import re
 import threading
@@ -85,6 +86,8 @@ class DeviceState:
     iommu_group: str | None = None
     vfio_node: bool = False
     group_on_vfio: bool = False
+    locked: bool = False
+    """The kernel holds the device lock (reading driver_override blocked): a driver change is still running."""
 
 
 @dataclass(frozen=True)
@@ -141,14 +144,25 @@ def plan_release(state: DeviceState) -> list[SysfsWrite]:
     return writes
 
 
-class _Write:
-    """A write running in its own thread; `done` is set when the kernel returned."""
+class _Job:
+    """A sysfs access running in its own thread, so a caller can stop waiting for a kernel that blocks."""
 
-    def __init__(self, write: SysfsWrite) -> None:
-        self.write = write
+    def __init__(self, what: str, fn: Callable[[], object]) -> None:
+        self.what = what
+        self.fn = fn
         self.done = threading.Event()
+        self.value: object = None
         self.error: BaseException | None = None
         self.started = time.monotonic()
+        threading.Thread(target=self._run, name=f"sysfs {what}", daemon=True).start()
+
+    def _run(self) -> None:
+        try:
+            self.value = self.fn()
+        except BaseException as e:  # handed to the waiting caller, or kept for the next call if it gave up
+            self.error = e
+        finally:
+            self.done.set()
 
 
 class VfioBinder:
@@ -163,6 +177,7 @@ class VfioBinder:
         host_critical: HostCriticalGuard | None = None,
         write_timeout: float = 5.0,
         verify_timeout: float = 3.0,
+        read_timeout: float = 1.0,
     ) -> None:
         self._root = root
         self._load_modules = load_modules
@@ -170,18 +185,20 @@ class VfioBinder:
         self._host_critical = host_critical
         self._write_timeout = write_timeout
         self._verify_timeout = verify_timeout
+        self._read_timeout = read_timeout
         self._lock = threading.Lock()
-        self._pending: dict[str, _Write] = {}
+        self._pending: dict[str, _Job] = {}
 
     # -- reading -------------------------------------------------------------------------------------------------
 
-    def observe(self, address: str) -> DeviceState:
+    def observe(self, address: str, *, override: bool = True) -> DeviceState:
+        """Read the device's state. Links never block; `driver_override` takes the device lock in the kernel, so it
+        is read with a timeout and a device whose lock is held reports `locked`."""
         a = pci_address(address)
         root, dev = self._root, _devdir(a)
         if not root.exists(dev):
             return DeviceState(address=a, present=False)
         driver = root.try_link_name(dev + "/driver")
-        override = root.try_read_attr(dev + "/driver_override")
         group = root.try_link_name(dev + "/iommu_group")
         if group is not None and not group.isdigit():
             group = None
@@ -190,14 +207,25 @@ class VfioBinder:
             for member in root.children(root.sys("kernel", "iommu_groups", group, "devices")):
                 if is_pci_address(member) and root.try_link_name(_devdir(member) + "/driver") == VFIO_DRIVER:
                     group_on_vfio = True
+        value, locked = None, False
+        if override:
+            job = _Job(f"read {a} driver_override", lambda: root.try_read_attr(dev + "/driver_override"))
+            if not job.done.wait(self._read_timeout):
+                locked = True
+                log.warning("device lock held by the kernel", extra={"pci_address": a})
+            elif job.error is not None:
+                raise job.error
+            else:
+                value = job.value if isinstance(job.value, str) else None
         return DeviceState(
             address=a,
             present=True,
             driver=driver,
-            driver_override=None if override in (None, "", "(null)") else override,
+            driver_override=None if value in (None, "", "(null)") else value,
             iommu_group=group,
             vfio_node=group is not None and root.exists(root.dev("vfio", group)),
             group_on_vfio=group_on_vfio,
+            locked=locked,
         )
 
     def record_for(self, address: str) -> BindingRecord:
@@ -227,6 +255,8 @@ class VfioBinder:
         state = self.observe(a)
         if not state.present:
             return Result(Outcome.VANISHED, a, message=f"PCI device {a} is gone")
+        if state.locked:
+            return self._pending_result(a)
         if self._host_critical is not None and state.driver != VFIO_DRIVER:
             reason = self._host_critical(a)
             if reason:
@@ -292,8 +322,9 @@ class VfioBinder:
                 who = "; ".join([f"pod {p}" for p in pods] + [str(h) for h in holders])
                 log.info("device in use; release postponed", extra={"pci_address": a, "holders": who})
                 return Result(Outcome.IN_USE, a, VFIO_DRIVER, state.iommu_group, holders, pods, f"in use by {who}")
-        elif state.driver is None and state.vfio_node and not state.group_on_vfio:
-            # An unbind from an earlier run is still blocked in the kernel; any write to the device would block too.
+        elif state.locked or (state.driver is None and state.vfio_node and not state.group_on_vfio):
+            # An unbind from an earlier run is still blocked in the kernel (it holds the device lock, the group node
+            # outlives the driver link); any write to the device would block too.
             return Result(
                 Outcome.UNBIND_PENDING,
                 a,
@@ -337,9 +368,9 @@ class VfioBinder:
         return self._apply(pci_address(address), writes)
 
     def _apply(self, a: str, writes: Sequence[SysfsWrite]) -> bool:
+        root = self._root
         for w in writes:
-            job = _Write(w)
-            threading.Thread(target=self._run, args=(job,), name=f"sysfs-write {a}", daemon=True).start()
+            job = _Job(f"write {w.path}", functools.partial(root.write_attr, w.path, w.value))
             if not job.done.wait(self._write_timeout):
                 with self._lock:
                     self._pending[a] = job
@@ -348,14 +379,6 @@ class VfioBinder:
             if job.error is not None:
                 raise job.error
         return True
-
-    def _run(self, job: _Write) -> None:
-        try:
-            self._root.write_attr(job.write.path, job.write.value)
-        except BaseException as e:  # handed to the waiting caller, or kept for the next call if it gave up
-            job.error = e
-        finally:
-            job.done.set()
 
     def pending(self, address: str) -> bool:
         """Whether a write to this device is still blocked in the kernel."""
@@ -373,11 +396,11 @@ class VfioBinder:
         if not job.done.is_set():
             return self._pending_result(a)
         if job.error is not None:
-            log.warning("blocked write finished with an error", extra={"pci_address": a, "path": job.write.path})
+            log.warning("blocked write finished with an error", extra={"pci_address": a, "job": job.what})
         return None
 
     def _pending_result(self, a: str) -> Result:
-        state = self.observe(a)
+        state = self.observe(a, override=False)
         with self._lock:
             job = self._pending.get(a)
         waited = f" for {time.monotonic() - job.started:.0f}s" if job is not None else ""

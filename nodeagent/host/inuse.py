@@ -32,7 +32,7 @@ class Holder:
     path: str
 
     def __str__(self) -> str:
-        return f"{self.comm} (pid {self.pid}) holds {self.path}"
+        return f"{self.comm} (pid {self.pid}) on {self.path}"
 
 
 def vfio_nodes(root: SysfsRoot, address: str, iommu_group: str | None) -> tuple[str, ...]:

@@ -5,7 +5,8 @@ simulator, so the binder's reads see a real directory tree and its writes have t
 
 - `driver_override` stores a driver name ("(null)" when cleared with a newline);
 - `drivers/<d>/unbind` removes the driver link (ENODEV when not bound to d); for vfio-pci it then blocks while a
-  process holds a VFIO *device* fd, as `vfio_unregister_group_dev` does, with the driver link already gone;
+  process holds a VFIO *device* fd, as `vfio_unregister_group_dev` does, with the driver link already gone and the
+  device lock held (reading `driver_override` blocks meanwhile, as on Linux);
 - `drivers/<d>/bind` binds if the device is driverless (else EBUSY) and d matches (driver_override, else the native
   driver; vfio-pci matches nothing by id, since we never use new_id); otherwise ENODEV;
 - `drivers_probe` binds a driverless device to its override (if loaded) or native driver;
@@ -262,3 +263,12 @@ class SimRoot(SysfsRoot):
     def write_attr(self, host_path: str, value: str) -> None:
         self.real(host_path)  # the same path checks as the real root
         self.sim.write(host_path, value)
+
+    def read_attr(self, host_path: str) -> str:
+        """Like Linux, reading driver_override takes the device lock, which a blocked unbind holds."""
+        if host_path.endswith("/driver_override"):
+            address = host_path.rsplit("/", 2)[-2]
+            with self.sim._released:
+                while address in self.sim.blocked:
+                    self.sim._released.wait()
+        return super().read_attr(host_path)

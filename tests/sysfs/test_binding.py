@@ -36,6 +36,7 @@ def sim(tmp_path: Path) -> SimKernel:
 def binder(sim: SimKernel, **kw: object) -> VfioBinder:
     kw.setdefault("write_timeout", 0.3)
     kw.setdefault("verify_timeout", 0.2)
+    kw.setdefault("read_timeout", 0.2)
     return VfioBinder(sim.root(), sim.load_modules, **kw)  # type: ignore[arg-type]
 
 

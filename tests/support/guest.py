@@ -1,0 +1,95 @@
+"""Guest-side helpers for kernel-tier scripts (they run inside the qemu guest, never on the host).
+
+`emit` reports a JSON object to the host over the serial console; `CountingRoot` counts the binder's writes so
+"writes nothing" can be shown against the real kernel; `python3 -m tests.support.guest hold ADDRESS` is a process
+that holds a real VFIO device open (container, group, device fd) until its stdin closes, as QEMU would.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import fcntl
+import json
+import os
+import struct
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from nodeagent.sysfs.root import SysfsRoot
+
+RESULT_MARK = "PCIDEVICES-RESULT "
+
+# <linux/vfio.h>: _IO(VFIO_TYPE=';', VFIO_BASE=100 + n)
+VFIO_GET_API_VERSION = 0x3B64
+VFIO_SET_IOMMU = 0x3B66
+VFIO_GROUP_GET_STATUS = 0x3B67
+VFIO_GROUP_SET_CONTAINER = 0x3B68
+VFIO_GROUP_GET_DEVICE_FD = 0x3B6A
+VFIO_TYPE1_IOMMU = 1
+VFIO_GROUP_FLAGS_VIABLE = 1
+
+
+def emit(obj: dict[str, Any]) -> None:
+    sys.stdout.write(RESULT_MARK + json.dumps(obj, sort_keys=True) + "\n")
+    sys.stdout.flush()
+
+
+def wait_until(check: Callable[[], bool], timeout: float, step: float = 0.1) -> bool:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(step)
+    return True
+
+
+class CountingRoot(SysfsRoot):
+    """The real root, with every write recorded (path, value) in order."""
+
+    __slots__ = ("writes",)
+
+    def __init__(self, prefix: str = "/") -> None:
+        super().__init__(prefix)
+        self.writes: list[tuple[str, str]] = []
+
+    def write_attr(self, host_path: str, value: str) -> None:
+        self.writes.append((host_path, value))
+        super().write_attr(host_path, value)
+
+
+def group_viable(group: str) -> bool:
+    """The kernel's own verdict (VFIO_GROUP_GET_STATUS): every device of the group bound to a vfio driver."""
+    fd = os.open(f"/dev/vfio/{group}", os.O_RDWR)
+    try:
+        buf = bytearray(struct.pack("II", 8, 0))
+        fcntl.ioctl(fd, VFIO_GROUP_GET_STATUS, buf, True)
+        return bool(struct.unpack("II", buf)[1] & VFIO_GROUP_FLAGS_VIABLE)
+    finally:
+        os.close(fd)
+
+
+def hold(address: str) -> None:
+    """Open the device like a VMM does and keep every fd open until stdin closes."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(15, b"vfio-holder", 0, 0, 0)  # PR_SET_NAME: the comm the in-use scan reports
+    group = os.path.basename(os.readlink(f"/sys/bus/pci/devices/{address}/iommu_group"))
+    container = os.open("/dev/vfio/vfio", os.O_RDWR)
+    group_fd = os.open(f"/dev/vfio/{group}", os.O_RDWR)
+    fcntl.ioctl(group_fd, VFIO_GROUP_SET_CONTAINER, struct.pack("i", container))
+    fcntl.ioctl(container, VFIO_SET_IOMMU, VFIO_TYPE1_IOMMU)
+    # The fd comes back as the ioctl's return value: only a mutable buffer with mutate_flag returns it.
+    name = bytearray(address.encode() + b"\0")
+    device = fcntl.ioctl(group_fd, VFIO_GROUP_GET_DEVICE_FD, name, True)
+    print(f"held {address} group {group} device-fd {device}", flush=True)
+    sys.stdin.read()
+    for fd in (device, group_fd, container):
+        os.close(fd)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "hold":
+        hold(sys.argv[2])
+    else:
+        sys.exit("usage: python3 -m tests.support.guest hold ADDRESS")
