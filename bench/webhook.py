@@ -504,8 +504,10 @@ def main() -> int:
     try:
         t = time.perf_counter()
         objects, free = build_view(args.devices, args.claims, rng)
-        view = work / "view.json"
-        view.write_text(json.dumps(objects))
+        view = work / "view.jsonl"  # JSON Lines: each worker streams it, as a paginated list would arrive
+        with view.open("w") as f:
+            for obj in objects:
+                f.write(json.dumps(obj) + "\n")
         n_pci = sum(o["kind"] == "PCIDevice" for o in objects)
         n_claims = sum(o["kind"] == "PCIDeviceClaim" for o in objects)
         print(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -41,7 +41,7 @@ WATCHED: tuple[WatchedKind, ...] = (
 class Lister(Protocol):
     """What a reflector needs from the API (webhook.kube.Kube; a fake in unit tests)."""
 
-    def list(self, path: str) -> tuple[list[dict[str, Any]], str]: ...
+    def list_pages(self, path: str, limit: int) -> Iterator[tuple[list[dict[str, Any]], str]]: ...
 
     def watch(self, path: str, resource_version: str, timeout_s: int) -> Iterator[kube.WatchEvent]: ...
 
@@ -49,7 +49,9 @@ class Lister(Protocol):
 class Store(Protocol):
     def upsert(self, kind: str, obj: Mapping[str, Any]) -> bool: ...
     def delete(self, kind: str, name: str) -> None: ...
-    def replace(self, kind: str, objects: Iterable[Mapping[str, Any]]) -> int: ...
+
+
+PAGE_SIZE = 500
 
 
 class Reflector:
@@ -73,6 +75,7 @@ class Reflector:
         self._watch_timeout = watch_timeout_s
         self._backoff = backoff_s
         self._stop = stop
+        self._known: set[str] = set()  # names this reflector put into the store (it is their only writer)
         self.synced = threading.Event()
 
     def run(self) -> None:
@@ -87,13 +90,29 @@ class Reflector:
                 self._stop.wait(self._backoff)
 
     def _relist(self) -> str:
-        items, rv = self._lister.list(self.watched.path)
-        skipped = self._store.replace(self.watched.kind, items)
-        self._metrics.watch_restarts.labels(self.watched.kind).inc()
+        """List page by page into the store, then drop what the list no longer has; return the list's version.
+
+        Objects are updated one at a time, like a burst of watch events: each lookup still sees whole objects.
+        """
+        kind = self.watched.kind
+        seen: set[str] = set()
+        rv, skipped = "", 0
+        for items, page_rv in self._lister.list_pages(self.watched.path, PAGE_SIZE):
+            rv = rv or page_rv
+            for obj in items:
+                name = (obj.get("metadata") or {}).get("name")
+                if isinstance(name, str):
+                    seen.add(name)
+                if not self._store.upsert(kind, obj):
+                    skipped += 1
+        for name in self._known - seen:
+            self._store.delete(kind, name)
+        self._known = seen
+        self._metrics.watch_restarts.labels(kind).inc()
         if skipped:
-            log.warning("skipped malformed objects", extra={"kind": self.watched.kind, "count": skipped})
+            log.warning("skipped malformed objects", extra={"kind": kind, "count": skipped})
         if not self.synced.is_set():
-            log.info("listed", extra={"kind": self.watched.kind, "count": len(items), "resource_version": rv})
+            log.info("listed", extra={"kind": kind, "count": len(seen), "resource_version": rv})
         self.synced.set()
         return rv
 
@@ -113,13 +132,15 @@ class Reflector:
         """Apply one event to the store; return the resourceVersion to continue from ("" when unknown)."""
         meta = event.object.get("metadata") or {}
         rv = str(meta.get("resourceVersion", ""))
+        name = meta.get("name")
         if event.type in ("ADDED", "MODIFIED"):
-            if not self._store.upsert(self.watched.kind, event.object):
-                log.warning("skipped malformed object", extra={"kind": self.watched.kind, "name": meta.get("name")})
-        elif event.type == "DELETED":
-            name = meta.get("name")
             if isinstance(name, str):
-                self._store.delete(self.watched.kind, name)
+                self._known.add(name)
+            if not self._store.upsert(self.watched.kind, event.object):
+                log.warning("skipped malformed object", extra={"kind": self.watched.kind, "name": name})
+        elif event.type == "DELETED" and isinstance(name, str):
+            self._known.discard(name)
+            self._store.delete(self.watched.kind, name)
         return rv
 
 
@@ -168,22 +189,33 @@ class WatchSource:
 
 
 class FileSource:
-    """A fixed view loaded from a JSON list of objects (benchmarks, offline runs): no API server needed."""
+    """A fixed view loaded from a file (benchmarks, offline runs): no API server needed.
+
+    JSON Lines (one object per line, streamed: the peak stays one object) or, for small files, a JSON list.
+    """
 
     def __init__(self, path: Path, index: snapshot.ClusterIndex) -> None:
         self.index = index
         self._path = path
         self._loaded = False
 
-    def start(self) -> None:
+    def _objects(self) -> Iterator[Mapping[str, Any]]:
         with self._path.open("rb") as f:
-            objects = json.load(f)
-        by_kind: dict[str, list[Mapping[str, Any]]] = {}
-        for obj in objects:
-            by_kind.setdefault(str(obj.get("kind")), []).append(obj)
-        for kind, objs in by_kind.items():
-            self.index.replace(kind, objs)
-        log.info("loaded view from file", extra={"path": str(self._path), "count": len(objects)})
+            if f.read(1).lstrip() == b"[":
+                f.seek(0)
+                yield from json.load(f)
+                return
+            f.seek(0)
+            for line in f:
+                if line.strip():
+                    yield json.loads(line)
+
+    def start(self) -> None:
+        count = 0
+        for obj in self._objects():
+            self.index.upsert(str(obj.get("kind")), obj)
+            count += 1
+        log.info("loaded view from file", extra={"path": str(self._path), "count": count})
         self._loaded = True
 
     def ready(self) -> bool:

@@ -111,11 +111,20 @@ class Kube:
         result: dict[str, Any] = self._call("GET", path)
         return result
 
-    def list(self, path: str) -> tuple[list[dict[str, Any]], str]:
-        """All items of a collection and the list's resourceVersion (where a watch continues)."""
-        doc = self._call("GET", path)
-        items = doc.get("items") or []
-        return list(items), str((doc.get("metadata") or {}).get("resourceVersion", ""))
+    def list_pages(self, path: str, limit: int) -> Iterator[tuple[list[dict[str, Any]], str]]:
+        """A collection in pages of `limit` items (one consistent snapshot), each with the list's resourceVersion.
+
+        Pages keep the memory peak of a re-list of 100,000 objects at one page, not the whole collection.
+        """
+        token = ""
+        while True:
+            query = [("limit", str(limit))] + ([("continue", token)] if token else [])
+            doc = self._call("GET", path, query=query)
+            meta = doc.get("metadata") or {}
+            yield list(doc.get("items") or []), str(meta.get("resourceVersion", ""))
+            token = str(meta.get("continue") or "")
+            if not token:
+                return
 
     def watch(self, path: str, resource_version: str, timeout_s: int) -> Iterator[WatchEvent]:
         """Events after resource_version until the server ends the watch; raise Expired on 410 Gone."""

@@ -9,6 +9,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from policy import snapshot
 from webhook import cache, kube, metrics
 
@@ -40,9 +42,11 @@ class FakeLister:
         self.calls: list[tuple[str, str]] = []
         self.done = threading.Event()
 
-    def list(self, path: str) -> tuple[list[dict[str, Any]], str]:
+    def list_pages(self, path: str, limit: int) -> Iterator[tuple[list[dict[str, Any]], str]]:
         self.calls.append(("list", path))
-        return self.lists.pop(0)
+        items, rv = self.lists.pop(0)
+        for start in range(0, max(len(items), 1), 2):  # pages of two, to exercise paging
+            yield items[start : start + 2], rv
 
     def watch(self, path: str, resource_version: str, timeout_s: int) -> Iterator[kube.WatchEvent]:
         self.calls.append(("watch", resource_version))
@@ -112,10 +116,10 @@ def test_the_source_is_ready_only_when_every_kind_has_been_listed() -> None:
     gate = threading.Event()
 
     class SlowNodes(FakeLister):
-        def list(self, path: str) -> tuple[list[dict[str, Any]], str]:
+        def list_pages(self, path: str, limit: int) -> Iterator[tuple[list[dict[str, Any]], str]]:
             if path.endswith("/nodes"):
                 gate.wait(5)
-            return [], "1"
+            yield [], "1"
 
         def watch(self, path: str, resource_version: str, timeout_s: int) -> Iterator[kube.WatchEvent]:
             time.sleep(0.05)
@@ -140,9 +144,25 @@ def test_the_source_is_ready_only_when_every_kind_has_been_listed() -> None:
         gate.set()
 
 
-def test_the_file_source_loads_every_kind_into_the_index(tmp_path: Path) -> None:
+def test_a_relist_over_several_pages_keeps_every_object_and_drops_only_vanished_ones() -> None:
+    lister, index, stop = FakeLister(), snapshot.ClusterIndex(), threading.Event()
+    five = [_pci(f"node1-0000010{i}0", "5", address=f"0000:00:1{i}.0") for i in range(5)]
+    lister.lists.append((five, "10"))
+    lister.watches.append(kube.Expired(410, "gone"))
+    lister.lists.append((five[1:], "20"))
+    _run_until_idle(_reflector(lister, index, stop), lister, stop)
+    assert index.pcidevice("node1-000001000") is None
+    assert all(index.pcidevice(f"node1-0000010{i}0") is not None for i in range(1, 5))
+
+
+@pytest.mark.parametrize("form", ["json list", "json lines"])
+def test_the_file_source_loads_every_kind_into_the_index(tmp_path: Path, form: str) -> None:
     path = tmp_path / "view.json"
-    path.write_text(json.dumps([_pci("node1-000001000", "1"), {"kind": "Node", "metadata": {"name": "node1"}}]))
+    objects = [_pci("node1-000001000", "1"), {"kind": "Node", "metadata": {"name": "node1"}}]
+    if form == "json list":
+        path.write_text(json.dumps(objects))
+    else:
+        path.write_text("".join(json.dumps(o) + "\n" for o in objects))
     index = snapshot.ClusterIndex()
     source = cache.FileSource(path, index)
     assert not source.ready()
