@@ -859,3 +859,31 @@ def test_a_ca_rotation_while_claims_are_applied_fails_none_of_them(webhook: Webh
     assert webhook.ca_bundles()[0] == [new_ca]
     assert rounds >= 2
     assert failures == []
+
+
+def test_two_replicas_starting_together_end_up_with_one_certificate(webhook: Webhook) -> None:
+    secret = "pcidevices-webhook-certs-race-" + os.urandom(3).hex()
+    runs = []
+    for i in range(2):
+        env = {
+            **webhook.env,
+            "PCIDEVICES_WEBHOOK_SECRET_NAME": secret,
+            "PCIDEVICES_WEBHOOK_CERT_DIR": str(webhook.workdir / f"race-{i}"),
+            "PCIDEVICES_WEBHOOK_VALIDATING_CONFIGURATION": "absent",
+            "PCIDEVICES_WEBHOOK_MUTATING_CONFIGURATION": "absent",
+        }
+        runs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "webhook", "certs", "--once"],
+                cwd=REPO,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+            )
+        )
+    outputs = [p.communicate(timeout=60)[0].decode(errors="replace") for p in runs]
+    assert [p.returncode for p in runs] == [0, 0], outputs
+    files = [(webhook.workdir / f"race-{i}" / "tls.crt").read_bytes() for i in range(2)]
+    assert files[0] == files[1]
+    data = json.loads(webhook.cp.kubectl("get", "secret", secret, "-n", NS, "-o", "json").stdout)["data"]
+    assert base64.b64decode(data["tls.crt"]) == files[0]
