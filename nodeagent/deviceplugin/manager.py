@@ -162,8 +162,13 @@ class PluginManager:
                     log.info("device health changed", extra={"resource": name, "devices": list(changed)})
         kubelet = registration.file_id(os.path.join(self._plugin_dir, registration.KUBELET_SOCKET))
         for name, e in self._entries.items():
-            kubelet_came_back = e.failures > 0 and kubelet is not None and kubelet != e.kubelet_at_failure
-            if now >= e.next_attempt or kubelet_came_back:
+            # Two events end a backoff early, as both mean "the kubelet is (re)starting": a new kubelet.sock, and
+            # our served socket deleted under us (a starting kubelet empties the directory).
+            early = e.failures > 0 and (
+                (kubelet is not None and kubelet != e.kubelet_at_failure)
+                or (e.server is not None and e.server.serving and e.server.needs_reserve())
+            )
+            if now >= e.next_attempt or early:
                 self._supervise(name, e, now, kubelet)
 
     def _sweep_stale_sockets(self) -> None:
@@ -196,7 +201,7 @@ class PluginManager:
                 e.server.serve()
             if e.server.needs_register():
                 e.server.register()
-            e.failures = 0
+            e.failures, e.next_attempt, e.kubelet_at_failure = 0, 0.0, None  # an early retry ends the backoff too
         except errors.DevicePluginError as ex:
             e.failures += 1
             e.kubelet_at_failure = kubelet

@@ -367,3 +367,30 @@ def test_the_supervisor_survives_an_unexpected_error_and_the_plugin_still_regist
         assert host.failures == 0
     finally:
         r.close()
+
+
+def test_a_plugin_that_recovered_early_still_notices_the_next_kubelet_restart_at_once(host, short_dir):
+    now = [0.0]
+    m = manager.PluginManager(
+        plugin_dir=os.path.join(short_dir, "device-plugins"),
+        probe=host,
+        counters=metrics.PluginMetrics(CollectorRegistry()),
+        clock=lambda: now[0],
+    )
+    os.makedirs(os.path.join(short_dir, "device-plugins"))
+    try:
+        m.set_desired([model.PciResource(PCI_RES, (GPU,))])
+        m.step()  # no kubelet yet: next attempt at t=1 s
+        assert m.status()[PCI_RES].failures == 1
+        with FakeKubelet(short_dir) as kubelet:
+            now[0] = 0.2
+            m.step()  # kubelet.sock appeared: registers before the backoff ends
+            assert m.status()[PCI_RES].registered
+            kubelet.restart()
+            now[0] = 0.3
+            m.step()  # still inside the old backoff window, yet the restart is handled now
+            assert kubelet.wait_for(lambda: PCI_RES in kubelet.registered(), timeout=1)
+            assert m.status()[PCI_RES].registered
+            m.close()
+    finally:
+        m.close()
