@@ -8,7 +8,6 @@ config space; the per-attribute files are the fallback when config is short or u
 from __future__ import annotations
 
 import logging
-import struct
 from dataclasses import dataclass
 
 from nodeagent.errors import SysfsError
@@ -58,30 +57,25 @@ def _hex_attr(root: SysfsRoot, path: str, width: int) -> str:
 
 
 def _identity_from_config(cfg: bytes) -> tuple[str, str, str, str, str, str, int] | None:
-    """(vendor, device, class, revision, subsystem vendor, subsystem device, header type), None if too short."""
-    if len(cfg) < 0x30:
-        return None
-    vendor, device = struct.unpack_from("<HH", cfg, 0)
-    if vendor == 0xFFFF:
-        return None  # config space not accessible (device in D3cold or gone)
+    """(vendor, device, class, revision, subsystem vendor, subsystem device, header type), None if too short.
+
+    Multi-byte fields are little-endian; a reversed slice's hex() is the id as lspci prints it.
+    """
+    if len(cfg) < 0x30 or cfg[0:2] == b"\xff\xff":
+        return None  # short (unprivileged or truncated) or not accessible (device in D3cold or gone)
     header = cfg[0x0E]
     kind = header & 0x7F
     if kind == 0:
-        svid, sdid = struct.unpack_from("<HH", cfg, 0x2C)
+        svid, sdid = cfg[0x2D:0x2B:-1].hex(), cfg[0x2F:0x2D:-1].hex()
     elif kind == 2 and len(cfg) >= 0x44:
-        svid, sdid = struct.unpack_from("<HH", cfg, 0x40)
+        svid, sdid = cfg[0x41:0x3F:-1].hex(), cfg[0x43:0x41:-1].hex()
     else:
-        svid = sdid = -1  # bridges keep theirs in a capability; read the attribute files
-    cls = (cfg[0x0B] << 16) | (cfg[0x0A] << 8) | cfg[0x09]
-    return (
-        f"{vendor:04x}",
-        f"{device:04x}",
-        f"{cls:06x}",
-        f"{cfg[0x08]:02x}",
-        f"{svid:04x}" if svid >= 0 else "",
-        f"{sdid:04x}" if sdid >= 0 else "",
-        header,
-    )
+        svid = sdid = ""  # bridges keep theirs in a capability
+    return cfg[1::-1].hex(), cfg[3:1:-1].hex(), cfg[0x0B:0x08:-1].hex(), cfg[8:9].hex(), svid, sdid, header
+
+
+_FILES = (("config", 64), ("numa_node", 32), ("reset_method", 256), ("sriov_numvfs", 32))
+_LINKS = ("driver", "iommu_group")
 
 
 def read_function(root: SysfsRoot, address: str) -> HostPCIFunction:
@@ -89,48 +83,45 @@ def read_function(root: SysfsRoot, address: str) -> HostPCIFunction:
     if not names.is_pci_address(address):
         raise SysfsError(f"{address!r} is not a PCI address", path=PCI_DEVICES)
     base = f"{PCI_DEVICES}/{address}"
-    with root.open_dir(base) as d:
-        cfg = d.read("config", 64)
-        ident = _identity_from_config(cfg) if cfg is not None else None
-        if ident is None:
-            header = cfg[0x0E] if cfg is not None and len(cfg) > 0x0E else 0
-            ident = (
-                _hex_attr(root, base + "/vendor", 4),
-                _hex_attr(root, base + "/device", 4),
-                _hex_attr(root, base + "/class", 6),
-                _hex_attr(root, base + "/revision", 2) if root.exists(base + "/revision") else "00",
-                "",
-                "",
-                header,
-            )
-        vendor, device, cls, rev, svid, sdid, header = ident
-        if not svid and header & 0x7F not in (1, 2):
-            sv = root.try_read_attr(base + "/subsystem_vendor")
-            sd = root.try_read_attr(base + "/subsystem_device")
-            svid = f"{int(sv, 16):04x}" if sv else "0000"
-            sdid = f"{int(sd, 16):04x}" if sd else "0000"
-        numa_raw = d.read("numa_node", 32)
-        reset_raw = d.read("reset_method", 256)
-        numvfs_raw = d.read("sriov_numvfs", 32)
-        vga = d.read("boot_vga", 8) if cls.startswith("03") else None
-        driver = d.link_name("driver")
-        group = d.link_name("iommu_group")
+    (cfg, numa_raw, reset_raw, numvfs_raw), (driver, group) = root.read_entries(base, _FILES, _LINKS)
+    ident = _identity_from_config(cfg) if cfg is not None else None
+    if ident is None:
+        header = cfg[0x0E] if cfg is not None and len(cfg) > 0x0E else 0
+        ident = (
+            _hex_attr(root, base + "/vendor", 4),
+            _hex_attr(root, base + "/device", 4),
+            _hex_attr(root, base + "/class", 6),
+            _hex_attr(root, base + "/revision", 2) if root.exists(base + "/revision") else "00",
+            "",
+            "",
+            header,
+        )
+    vendor, device, cls, rev, svid, sdid, header = ident
+    if not svid and header & 0x7F not in (1, 2):
+        sv = root.try_read_attr(base + "/subsystem_vendor")
+        sd = root.try_read_attr(base + "/subsystem_device")
+        svid = f"{int(sv, 16):04x}" if sv else "0000"
+        sdid = f"{int(sd, 16):04x}" if sd else "0000"
     numa = int(numa_raw) if numa_raw and numa_raw.strip() else -1
+    boot_vga = False
+    if cls[:2] == "03":
+        vga = root.try_read_bytes(base + "/boot_vga", 8)
+        boot_vga = vga is not None and vga.strip() == b"1"
     return HostPCIFunction(
-        address=address,
-        vendor_id=vendor,
-        device_id=device,
-        class_code=cls,
-        revision=rev,
-        subsystem_vendor_id=svid,
-        subsystem_device_id=sdid,
-        header_type=header,
-        driver=driver,
-        iommu_group=group,
-        numa_node=numa if numa >= 0 else None,
-        reset_methods=tuple(reset_raw.decode().split()) if reset_raw else (),
-        sriov_numvfs=int(numvfs_raw) if numvfs_raw and numvfs_raw.strip() else 0,
-        boot_vga=vga is not None and vga.strip() == b"1",
+        address,
+        vendor,
+        device,
+        cls,
+        rev,
+        svid,
+        sdid,
+        header,
+        driver,
+        group,
+        numa if numa >= 0 else None,
+        tuple(reset_raw.decode().split()) if reset_raw else (),
+        int(numvfs_raw) if numvfs_raw and numvfs_raw.strip() else 0,
+        boot_vga,
     )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno as errno_mod
 import os
+from collections.abc import Sequence
 
 from nodeagent.errors import RootUnavailable, SysfsError
 
@@ -18,6 +19,8 @@ SYS = "/sys"
 DEV = "/dev"
 PROC = "/proc"
 
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+_FILE_FLAGS = os.O_RDONLY | os.O_CLOEXEC
 _MISSING = (errno_mod.ENOENT, errno_mod.ENOTDIR, errno_mod.ENODEV, errno_mod.ENXIO)
 
 
@@ -126,6 +129,43 @@ class SysfsRoot:
         finally:
             os.close(fd)
         return b"".join(chunks)
+
+    def read_entries(
+        self, host_dir: str, files: Sequence[tuple[str, int]], links: Sequence[str]
+    ) -> tuple[list[bytes | None], list[str | None]]:
+        """Several small files and link names of one directory, paths resolved once (openat); None when missing.
+
+        The scan's hot path: one call per PCI function instead of one Python call per attribute.
+        """
+        try:
+            dfd = os.open(self.real(host_dir), _DIR_FLAGS)
+        except OSError as e:
+            raise SysfsError(f"cannot open {host_dir}: {e.strerror}", path=host_dir, errno=e.errno) from e
+        contents: list[bytes | None] = []
+        targets: list[str | None] = []
+        name = ""
+        try:
+            for name, size in files:
+                try:
+                    fd = os.open(name, _FILE_FLAGS, dir_fd=dfd)
+                except FileNotFoundError:
+                    contents.append(None)
+                    continue
+                try:
+                    contents.append(os.read(fd, size))
+                finally:
+                    os.close(fd)
+            for name in links:
+                try:
+                    targets.append(os.readlink(name, dir_fd=dfd).rpartition("/")[2])
+                except FileNotFoundError:
+                    targets.append(None)
+        except OSError as e:
+            path = f"{host_dir}/{name}"
+            raise SysfsError(f"cannot read {path}: {e.strerror}", path=path, errno=e.errno) from e
+        finally:
+            os.close(dfd)
+        return contents, targets
 
     def open_dir(self, host_path: str) -> DirHandle:
         """An open directory for reading several attributes of one device with paths resolved once (openat)."""

@@ -79,3 +79,23 @@ def test_the_live_root_maps_paths_unchanged() -> None:
     assert root.real("/sys/bus/pci") == "/sys/bus/pci"
     assert root.host("/sys/bus/pci") == "/sys/bus/pci"
     assert root.prefix == os.sep
+
+
+def test_read_entries_reads_files_and_link_names_of_one_directory(tmp_path: Path) -> None:
+    root = _tree(tmp_path)
+    files, links = root.read_entries(
+        "/sys/bus/pci/devices/0000:00:1f.6", [("vendor", 64), ("numa_node", 8)], ["driver", "iommu_group"]
+    )
+    assert files == [b"0x8086\n", None]
+    assert links == ["e1000e", None]
+    with pytest.raises(SysfsError):
+        root.read_entries("/sys/bus/pci/devices/0000:00:1f.7", [("vendor", 64)], [])
+
+
+def test_open_dir_reads_relative_to_one_directory(tmp_path: Path) -> None:
+    root = _tree(tmp_path)
+    with root.open_dir("/sys/bus/pci/devices/0000:00:1f.6") as d:
+        assert d.read("vendor") == b"0x8086\n"
+        assert d.read("absent") is None
+        assert d.link_name("driver") == "e1000e"
+        assert d.link_name("vendor") is None
