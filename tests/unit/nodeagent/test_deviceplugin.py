@@ -394,3 +394,25 @@ def test_a_plugin_that_recovered_early_still_notices_the_next_kubelet_restart_at
             m.close()
     finally:
         m.close()
+
+
+def test_registering_before_serving_is_refused_by_the_kubelets_dial_back(kubelet):
+    from nodeagent.deviceplugin import errors, servicer
+
+    state = servicer.PluginState(model.PciSnapshot(PCI_RES, ()))
+    server = registration.PluginServer(
+        resource_name=PCI_RES,
+        plugin_dir=kubelet.plugin_dir,
+        state=state,
+        counters=metrics.PluginMetrics(CollectorRegistry()),
+        register_timeout_s=3,
+    )
+    with pytest.raises(errors.RegistrationError, match="cannot dial back"):
+        server.register()
+    assert kubelet.registered() == []
+    server.serve()
+    try:
+        server.register()
+        assert kubelet.registered() == [PCI_RES]
+    finally:
+        server.stop()
