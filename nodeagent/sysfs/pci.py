@@ -8,7 +8,7 @@ config space; the per-attribute files are the fallback when config is short or u
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from nodeagent.errors import SysfsError
 from nodeagent.sysfs.root import SysfsRoot
@@ -19,9 +19,12 @@ log = logging.getLogger(__name__)
 PCI_DEVICES = "/sys/bus/pci/devices"
 
 
-@dataclass(frozen=True, slots=True)
-class HostPCIFunction:
-    """One PCI function as read from sysfs. Ids are 4 lower-case hex digits, class_code 6 (class, sub, prog-if)."""
+class HostPCIFunction(NamedTuple):
+    """One PCI function as read from sysfs. Ids are 4 lower-case hex digits, class_code 6 (class, sub, prog-if).
+
+    Immutable; a NamedTuple rather than a frozen dataclass because the scan builds thousands and a frozen
+    dataclass's __init__ costs several times more.
+    """
 
     address: str
     vendor_id: str
@@ -82,6 +85,10 @@ def read_function(root: SysfsRoot, address: str) -> HostPCIFunction:
     """Read one function; raise SysfsError when it cannot be read (e.g. it vanished)."""
     if not names.is_pci_address(address):
         raise SysfsError(f"{address!r} is not a PCI address", path=PCI_DEVICES)
+    return _read_valid(root, address)
+
+
+def _read_valid(root: SysfsRoot, address: str) -> HostPCIFunction:
     base = f"{PCI_DEVICES}/{address}"
     (cfg, numa_raw, reset_raw, numvfs_raw), (driver, group) = root.read_entries(base, _FILES, _LINKS)
     ident = _identity_from_config(cfg) if cfg is not None else None
@@ -133,7 +140,7 @@ def scan_pci(root: SysfsRoot) -> list[HostPCIFunction]:
             log.warning("skipping PCI entry that is not an address", extra={"entry": entry})
             continue
         try:
-            found.append(read_function(root, entry))
+            found.append(_read_valid(root, entry))
         except (SysfsError, ValueError) as e:
             log.warning("skipping unreadable PCI function", extra={"pci_address": entry, "error": str(e)})
     return found
