@@ -1,7 +1,8 @@
 """Which PCI functions the host itself needs, and why, read from the host's mount, swap, network and sysfs state.
 
 Sources, all under the SysfsRoot so `--root` and a container's view of the host work alike:
-- mounts: /proc/self/mountinfo (falling back to /proc/1/mountinfo); swaps: /proc/swaps;
+- mounts: /proc/self/mountinfo, or /proc/1/mountinfo first when /proc is given separately (`--proc`, a
+  container's view of the host); swaps: /proc/swaps;
 - block devices: /sys/dev/block/<major:minor> and /sys/class/block/<name>, following partitions to their disk,
   dm/md devices through `slaves/`, loop devices through `loop/backing_file` to the mount holding that file;
 - routes: /proc/net/route (IPv4) and /proc/net/ipv6_route (IPv6) for the default route;
@@ -69,9 +70,10 @@ def _last_pci_address(host_path: str) -> str | None:
 
 
 def read_mounts(root: SysfsRoot) -> list[Mount]:
-    raw = root.try_read_all(root.proc("self", "mountinfo"))
-    if not raw:
-        raw = root.try_read_all(root.proc("1", "mountinfo")) or b""
+    # With the host's /proc mounted into a container, `self` is the agent's mount namespace; pid 1 is the host's.
+    order = ("1", "self") if root.proc_moved else ("self", "1")
+    raw = root.try_read_all(root.proc(order[0], "mountinfo")) or root.try_read_all(root.proc(order[1], "mountinfo"))
+    raw = raw or b""
     mounts = []
     for line in raw.decode("utf-8", "replace").splitlines():
         fields = line.split()

@@ -42,6 +42,12 @@ class SysfsRoot:
         """The directory that stands for `/` ("/" for the live host)."""
         return self._prefix or "/"
 
+    @property
+    def proc_moved(self) -> bool:
+        """True when /proc was given separately (a container's view of the host's /proc, where `self` is not
+        the host's process but pid 1 is)."""
+        return self._proc is not None
+
     def check(self) -> None:
         """Raise RootUnavailable unless the root is a readable directory (the CLI's exit-2 case)."""
         where = self.prefix

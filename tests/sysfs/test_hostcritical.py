@@ -4,6 +4,7 @@ from pathlib import Path
 
 from nodeagent.hostcritical import HostCritical, scan_host_critical
 from nodeagent.sysfs.pci import scan_pci
+from nodeagent.sysfs.root import SysfsRoot
 from tests.support.sysfs_tree import SysfsTree
 
 NVME = "0000:3d:00.0"
@@ -188,3 +189,17 @@ def test_a_host_without_traceable_root_reports_it(tmp_path: Path) -> None:
     result = _scan(tree)
     assert not result.root_traced
     assert result.reasons == {}
+
+
+def test_a_separately_given_proc_reads_the_hosts_mount_table_from_pid_1(tmp_path: Path) -> None:
+    tree = _server(tmp_path / "host")
+    tree.disk("nvme0n1", pci=NVME, partitions=(1,))
+    hostproc = tmp_path / "hostproc"
+    (hostproc / "1").mkdir(parents=True)
+    (hostproc / "self").mkdir()
+    line = (tree.sys / "class/block/nvme0n1p1/dev").read_text().strip()
+    (hostproc / "1/mountinfo").write_text(f"20 1 {line} / / rw - ext4 /dev/nvme0n1p1 rw\n")
+    (hostproc / "self/mountinfo").write_text("20 1 0:50 / / rw - overlay overlay rw\n")
+    root = SysfsRoot(tree.base, proc=hostproc)
+    result = scan_host_critical(root, scan_pci(root))
+    assert result.reasons[NVME] == ["holds / via nvme0n1p1"]
