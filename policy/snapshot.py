@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 from policy.objects import (
     Claim,
@@ -20,6 +20,8 @@ from policy.objects import (
     USBDevice,
     USBDeviceClaim,
 )
+
+K = TypeVar("K")
 
 KINDS = ("PCIDevice", "PCIDeviceClaim", "USBDevice", "USBDeviceClaim", "Node")
 
@@ -55,11 +57,12 @@ class ClusterIndex:
         self._usb_claims: dict[str, USBDeviceClaim] = {}
         self._nodes: set[str] = set()
         self._pci_by_address: dict[tuple[str, str], str] = {}
-        self._pci_by_group: dict[tuple[str, str], set[str]] = {}
-        self._usb_by_controller: dict[tuple[str, str], set[str]] = {}
-        self._by_resource: dict[str, set[tuple[str, str]]] = {}  # resourceName -> {(kind, device name)}
-        self._claimed_by_resource: dict[str, set[tuple[str, str]]] = {}
-        self._claims_by_owner: dict[str, set[tuple[str, str]]] = {}
+        self._pci_by_group: MultiMap[tuple[str, str]] = MultiMap()
+        self._usb_by_controller: MultiMap[tuple[str, str]] = MultiMap()
+        # resourceName -> device names, all and claimed only, per device kind
+        self._by_resource: dict[str, MultiMap[str]] = {"PCIDevice": MultiMap(), "USBDevice": MultiMap()}
+        self._claimed_by_resource: dict[str, MultiMap[str]] = {"PCIDevice": MultiMap(), "USBDevice": MultiMap()}
+        self._claims_by_owner: dict[str, MultiMap[str]] = {"PCIDeviceClaim": MultiMap(), "USBDeviceClaim": MultiMap()}
 
     @classmethod
     def from_objects(cls, objects: Iterable[Mapping[str, Any]]) -> ClusterIndex:
@@ -145,27 +148,24 @@ class ClusterIndex:
 
     def pcidevices_in_group(self, node: str, group: str) -> Sequence[PCIDevice]:
         with self._lock:
-            return [self._pci[n] for n in sorted(self._pci_by_group.get((node, group), ()))]
+            return [self._pci[n] for n in self._pci_by_group.get((node, group))]
 
     def usbdevices_behind_controller(self, node: str, pci_address: str) -> Sequence[USBDevice]:
         with self._lock:
-            return [self._usb[n] for n in sorted(self._usb_by_controller.get((node, pci_address), ()))]
+            return [self._usb[n] for n in self._usb_by_controller.get((node, pci_address))]
 
     def devices_with_resource(self, resource_name: str) -> Sequence[Device]:
         with self._lock:
-            return self._devices(self._by_resource.get(resource_name, ()))
+            return self._devices(self._by_resource, resource_name)
 
     def claimed_devices_with_resource(self, resource_name: str) -> Sequence[Device]:
         with self._lock:
-            return self._devices(self._claimed_by_resource.get(resource_name, ()))
+            return self._devices(self._claimed_by_resource, resource_name)
 
     def claims_of_owner(self, owner: str) -> Sequence[Claim]:
         with self._lock:
-            out: list[Claim] = []
-            for kind, name in sorted(self._claims_by_owner.get(owner, ())):
-                claim = self._pci_claims.get(name) if kind == "PCIDeviceClaim" else self._usb_claims.get(name)
-                if claim is not None:
-                    out.append(claim)
+            out: list[Claim] = [self._pci_claims[n] for n in self._claims_by_owner["PCIDeviceClaim"].get(owner)]
+            out.extend(self._usb_claims[n] for n in self._claims_by_owner["USBDeviceClaim"].get(owner))
             return out
 
     def node_exists(self, name: str) -> bool:
@@ -193,12 +193,9 @@ class ClusterIndex:
         }
         return stores[kind]
 
-    def _devices(self, keys: Iterable[tuple[str, str]]) -> list[Device]:
-        out: list[Device] = []
-        for kind, name in sorted(keys):
-            dev: Device | None = self._pci.get(name) if kind == "PCIDevice" else self._usb.get(name)
-            if dev is not None:
-                out.append(dev)
+    def _devices(self, index: dict[str, MultiMap[str]], resource_name: str) -> list[Device]:
+        out: list[Device] = [self._pci[n] for n in index["PCIDevice"].get(resource_name)]
+        out.extend(self._usb[n] for n in index["USBDevice"].get(resource_name))
         return out
 
     def _is_claimed(self, device_kind: str, name: str) -> bool:
@@ -209,25 +206,25 @@ class ClusterIndex:
         if isinstance(view, PCIDevice):
             self._pci_by_address[(view.node_name, view.address)] = view.name
             if view.iommu_group:
-                self._pci_by_group.setdefault((view.node_name, view.iommu_group), set()).add(view.name)
+                self._pci_by_group.add((view.node_name, view.iommu_group), view.name)
             self._add_resource("PCIDevice", view.name, view.resource_name)
         elif isinstance(view, USBDevice):
             if view.pci_address:
-                self._usb_by_controller.setdefault((view.node_name, view.pci_address), set()).add(view.name)
+                self._usb_by_controller.add((view.node_name, view.pci_address), view.name)
             self._add_resource("USBDevice", view.name, view.resource_name)
         elif isinstance(view, PCIDeviceClaim | USBDeviceClaim):
-            self._claims_by_owner.setdefault(view.owner, set()).add((kind, view.name))
+            self._claims_by_owner[kind].add(view.owner, view.name)
             device_kind = "PCIDevice" if kind == "PCIDeviceClaim" else "USBDevice"
             device: Device | None = (self._pci if device_kind == "PCIDevice" else self._usb).get(view.name)
             if device is not None and device.resource_name:
-                self._claimed_by_resource.setdefault(device.resource_name, set()).add((device_kind, view.name))
+                self._claimed_by_resource[device_kind].add(device.resource_name, view.name)
 
     def _add_resource(self, device_kind: str, name: str, resource_name: str) -> None:
         if not resource_name:
             return
-        self._by_resource.setdefault(resource_name, set()).add((device_kind, name))
+        self._by_resource[device_kind].add(resource_name, name)
         if self._is_claimed(device_kind, name):
-            self._claimed_by_resource.setdefault(resource_name, set()).add((device_kind, name))
+            self._claimed_by_resource[device_kind].add(resource_name, name)
 
     def _remove(self, kind: str, name: str) -> None:
         view = self._store(kind).pop(name, None)
@@ -236,27 +233,59 @@ class ClusterIndex:
         if isinstance(view, PCIDevice):
             if self._pci_by_address.get((view.node_name, view.address)) == name:
                 del self._pci_by_address[(view.node_name, view.address)]
-            _discard(self._pci_by_group, (view.node_name, view.iommu_group), name)
-            _discard(self._by_resource, view.resource_name, ("PCIDevice", name))
-            _discard(self._claimed_by_resource, view.resource_name, ("PCIDevice", name))
+            self._pci_by_group.discard((view.node_name, view.iommu_group), name)
+            self._by_resource["PCIDevice"].discard(view.resource_name, name)
+            self._claimed_by_resource["PCIDevice"].discard(view.resource_name, name)
         elif isinstance(view, USBDevice):
-            _discard(self._usb_by_controller, (view.node_name, view.pci_address), name)
-            _discard(self._by_resource, view.resource_name, ("USBDevice", name))
-            _discard(self._claimed_by_resource, view.resource_name, ("USBDevice", name))
+            self._usb_by_controller.discard((view.node_name, view.pci_address), name)
+            self._by_resource["USBDevice"].discard(view.resource_name, name)
+            self._claimed_by_resource["USBDevice"].discard(view.resource_name, name)
         elif isinstance(view, PCIDeviceClaim | USBDeviceClaim):
-            _discard(self._claims_by_owner, view.owner, (kind, name))
+            self._claims_by_owner[kind].discard(view.owner, name)
             device_kind = "PCIDevice" if kind == "PCIDeviceClaim" else "USBDevice"
             device: Device | None = (self._pci if device_kind == "PCIDevice" else self._usb).get(name)
             if device is not None:
-                _discard(self._claimed_by_resource, device.resource_name, (device_kind, name))
+                self._claimed_by_resource[device_kind].discard(device.resource_name, name)
 
 
-def _discard(index: dict[Any, set[Any]], key: Any, value: Any) -> None:
-    members = index.get(key)
-    if members is not None:
-        members.discard(value)
-        if not members:
-            del index[key]
+class MultiMap(Generic[K]):
+    """key -> set of names, storing a lone name as a plain str (most groups, resources and owners have one
+    member, and 100,000 one-element sets would cost ~20 MiB). get() returns the names sorted."""
+
+    __slots__ = ("_d",)
+
+    def __init__(self) -> None:
+        self._d: dict[K, str | set[str]] = {}
+
+    def add(self, key: K, name: str) -> None:
+        current = self._d.get(key)
+        if current is None:
+            self._d[key] = name
+        elif isinstance(current, str):
+            if current != name:
+                self._d[key] = {current, name}
+        else:
+            current.add(name)
+
+    def discard(self, key: K, name: str) -> None:
+        current = self._d.get(key)
+        if current is None:
+            return
+        if isinstance(current, str):
+            if current == name:
+                del self._d[key]
+            return
+        current.discard(name)
+        if len(current) == 1:
+            self._d[key] = next(iter(current))
+
+    def get(self, key: K) -> list[str]:
+        current = self._d.get(key)
+        if current is None:
+            return []
+        if isinstance(current, str):
+            return [current]
+        return sorted(current)
 
 
 _PARSERS: dict[str, Any] = {
