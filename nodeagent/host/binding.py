@@ -188,6 +188,7 @@ class VfioBinder:
         self._read_timeout = read_timeout
         self._lock = threading.Lock()
         self._pending: dict[str, _Job] = {}
+        self._reads: dict[str, _Job] = {}
 
     # -- reading -------------------------------------------------------------------------------------------------
 
@@ -209,7 +210,12 @@ class VfioBinder:
                     group_on_vfio = True
         value, locked = None, False
         if override:
-            job = _Job(f"read {a} driver_override", lambda: root.try_read_attr(dev + "/driver_override"))
+            with self._lock:
+                job = self._reads.get(a)
+                if job is None or job.done.is_set():
+                    job = _Job(f"read {a} driver_override", lambda: root.try_read_attr(dev + "/driver_override"))
+                    self._reads[a] = job
+            # A read still stuck from an earlier call is reused, so a locked device costs one thread, not one per call.
             if not job.done.wait(self._read_timeout):
                 locked = True
                 log.warning("device lock held by the kernel", extra={"pci_address": a})

@@ -12,6 +12,7 @@ from nodeagent.host.binding import BindingRecord, DeviceState, Outcome, VfioBind
 from nodeagent.host.errors import NotOurs
 from nodeagent.host.groups import group_status
 from nodeagent.host.inuse import find_holders
+from nodeagent.host.modules import Modprobe
 from policy.names import InvalidName
 from tests.support.simkernel import Crash, SimKernel
 
@@ -277,3 +278,33 @@ def test_a_crash_after_any_step_converges_after_a_restart(tmp_path: Path, action
         assert (sim.driver(NIC1), result.outcome) == want, f"crash after step {k} of {action}"
         assert sim.vfio_node(1) == (then == "bind")
         assert all(sim.driver(a) is not None for a in sim.devices), "a device was left driverless"
+
+
+def test_a_module_that_cannot_be_loaded_fails_the_bind_before_any_write(sim: SimKernel) -> None:
+    def broken(names: object) -> None:
+        raise OSError("modprobe: FATAL: Module vfio-pci not found")
+
+    b = VfioBinder(sim.root(), broken, write_timeout=0.3, verify_timeout=0.2, read_timeout=0.2)
+    result = b.bind(b.record_for(NIC1))
+    assert result.outcome is Outcome.FAILED and "not found" in result.message
+    assert sim.writes == [] and sim.driver(NIC1) == "e1000e"
+
+
+def test_modprobe_reports_the_commands_failure() -> None:
+    Modprobe(("true",))(["vfio-pci"])
+    with pytest.raises(OSError, match="exit 1"):
+        Modprobe(("false",))(["vfio-pci"])
+
+
+def test_polling_a_device_whose_lock_the_kernel_holds_costs_one_thread(sim: SimKernel) -> None:
+    b = binder(sim)
+    record = b.record_for(NIC1)
+    b.bind(record)
+    sim.hold(NIC1, pid=780)
+    b.release(record, force=True)
+    restarted = binder(sim, read_timeout=0.05)
+    threads = threading.active_count()
+    outcomes = {restarted.release(record).outcome for _ in range(5)}
+    assert outcomes == {Outcome.UNBIND_PENDING}
+    assert threading.active_count() <= threads + 1
+    sim.exit_process(780)
