@@ -65,12 +65,22 @@ def controller_of(resolved: str) -> str | None:
     return None
 
 
+_FILES = (("uevent", 4096), ("serial", 256), ("product", 256), ("manufacturer", 256))
+
+
+def _text(raw: bytes | None) -> str | None:
+    return raw.decode("utf-8", "replace").strip() or None if raw is not None else None
+
+
 def read_device(root: SysfsRoot, port_path: str) -> HostUSBDevice:
     """Read one USB device; raise SysfsError when it cannot be read (e.g. unplugged during the scan)."""
     if not _PORT_PATH.match(port_path):
         raise SysfsError(f"{port_path!r} is not a USB port path", path=port_path)
     base = f"{USB_DEVICES}/{port_path}"
-    ev = _uevent(root.try_read_bytes(base + "/uevent"))
+    # The bus entry is a relative link to the device's place in the tree, which names its host controller.
+    where = root.read_link(base)
+    (uevent, serial, product_string, manufacturer), _ = root.read_entries(base, _FILES, ())
+    ev = _uevent(uevent)
     product = ev.get("PRODUCT", "").split("/")
     if len(product) >= 2 and "BUSNUM" in ev and "DEVNUM" in ev:
         vendor_id, product_id = f"{int(product[0], 16):04x}", f"{int(product[1], 16):04x}"
@@ -97,10 +107,10 @@ def read_device(root: SysfsRoot, port_path: str) -> HostUSBDevice:
         product_id=product_id,
         device_class=device_class,
         first_interface_class=first_iface,
-        controller_address=controller_of(root.resolve(base)),
-        serial=root.try_read_attr(base + "/serial") or None,
-        product_string=root.try_read_attr(base + "/product") or None,
-        manufacturer=root.try_read_attr(base + "/manufacturer") or None,
+        controller_address=controller_of(where),
+        serial=_text(serial),
+        product_string=_text(product_string),
+        manufacturer=_text(manufacturer),
     )
 
 

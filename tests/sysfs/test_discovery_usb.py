@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import logging
+import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -106,12 +108,12 @@ class _UnplugRoot(SysfsRoot):
         super().__init__(tree.base)
         self.victim = victim
 
-    def try_read_bytes(self, host_path: str, size: int = 4096) -> bytes | None:
-        if host_path.endswith("/1-2/uevent") and self.victim.exists():
-            import shutil
-
+    def read_entries(
+        self, host_dir: str, files: Sequence[tuple[str, int]], links: Sequence[str]
+    ) -> tuple[list[bytes | None], list[str | None]]:
+        if host_dir.endswith("/1-2") and self.victim.exists():
             shutil.rmtree(self.victim)
-        return super().try_read_bytes(host_path, size)
+        return super().read_entries(host_dir, files, links)
 
 
 def test_a_device_unplugged_mid_scan_is_skipped(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
