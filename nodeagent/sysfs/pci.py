@@ -93,7 +93,10 @@ def _read_valid(root: SysfsRoot, address: str) -> HostPCIFunction:
     (cfg, numa_raw, reset_raw, numvfs_raw), (driver, group) = root.read_entries(base, _FILES, _LINKS)
     ident = _identity_from_config(cfg) if cfg is not None else None
     if ident is None:
-        header = cfg[0x0E] if cfg is not None and len(cfg) > 0x0E else 0
+        if cfg is not None and len(cfg) > 0x0E:
+            header = cfg[0x0E]
+        else:  # no header byte: the kernel gives bridges (and only bridges) a subordinate bus number
+            header = 1 if root.exists(base + "/subordinate_bus_number") else 0
         ident = (
             _hex_attr(root, base + "/vendor", 4),
             _hex_attr(root, base + "/device", 4),

@@ -113,6 +113,17 @@ def test_short_config_space_falls_back_to_attribute_files(tmp_path: Path) -> Non
     assert (fn.subsystem_vendor_id, fn.subsystem_device_id) == ("1af4", "1100")
 
 
+def test_a_bridge_without_readable_config_is_still_recognised(tmp_path: Path) -> None:
+    tree = SysfsTree(tmp_path)
+    where = tree.pci("0000:00:01.0", vendor="8086", device="2f02", cls="060400", header_type=1, secondary_bus=2)
+    (where / "config").unlink()
+    (where / "subordinate_bus_number").write_text("2\n")
+    tree.pci("0000:00:02.0", vendor="8086", device="2f04", cls="060400")
+    (tree.pci_path("0000:00:02.0") / "config").unlink()
+    bridges = {f.address: f.bridge for f in pci_scan.scan_pci(tree.root())}
+    assert bridges == {"0000:00:01.0": True, "0000:00:02.0": False}
+
+
 def test_256_byte_config_space_is_decoded_like_64(tmp_path: Path) -> None:
     tree = SysfsTree(tmp_path)
     tree.pci("0000:00:03.0", vendor="15b3", device="101d", cls="020000", config_size=256,
