@@ -75,7 +75,7 @@ def build_large_tree(base: Path, functions: int, usb: int) -> SysfsTree:
 def materialise_recording(recording: Path, dest: Path) -> Path:
     """The recorded server's /sys as a plain tree (one umockdev replay copies its testbed; drivers completed)."""
     script = (
-        f'cp -a "$UMOCKDEV_DIR/sys" {dest}/ && {sys.executable} -c '
+        f'mkdir -p {dest} && cp -a "$UMOCKDEV_DIR/sys" {dest}/ && {sys.executable} -c '
         f'"import sys; sys.path.insert(0, \'{REPO}/tests/replay\'); import collect, pathlib; '
         f'collect.complete_driver_directories(pathlib.Path(\'{dest}\'))"'
     )
