@@ -135,3 +135,9 @@ def test_discovery_agrees_with_lsusb_including_two_devices_with_equal_ids(guest:
     assert len(twins) == 2 and len({u["devicePath"] for u in twins}) == 2
     xhci = {p["address"] for p in guest["pci"] if p["description"].startswith("USB controller")}
     assert {u["pciAddress"] for u in guest["usb"]} == xhci
+
+
+def test_the_guest_has_the_agents_python_dependencies(guest: dict[str, Any]) -> None:
+    imports = guest["imports"]
+    assert imports["python"].startswith("3.11.")
+    assert all(imports[m] for m in ("grpc", "protobuf", "pyudev", "yaml"))

@@ -195,6 +195,22 @@ def _discovery() -> None:
     out["critical_bind"]["kernel_driver"] = driver(nvme[0])
 
 
+@step("imports")
+def _imports() -> None:
+    import google.protobuf
+    import grpc
+    import pyudev
+    import yaml
+
+    out["imports"] = {
+        "grpc": grpc.__version__,
+        "protobuf": google.protobuf.__version__,
+        "pyudev": pyudev.__version__,
+        "yaml": yaml.__version__,
+        "python": sys.version.split()[0],
+    }
+
+
 out["no_driverless"] = sorted(a for a in e1000e + legs + nvme if driver(a) is None)
 emit(out)
 sys.exit(1 if out["errors"] else 0)
