@@ -178,3 +178,25 @@ def test_descriptions_and_ids_agree_with_lspci_on_a_synthetic_tree(tmp_path: Pat
         status = ours[address]["status"]
         assert status["description"] == f"{rec['Class']}: {rec['Vendor']} {rec['Device']}", address
         assert status["kernelDriverInUse"] == rec.get("Driver", ""), address
+
+
+def test_odd_product_names_from_a_given_names_database(tmp_path: Path) -> None:
+    # Upstream keeps only alphanumerics of the first word: "Amazon.com," becomes amazoncom.com.
+    ids = tmp_path / "pci.ids"
+    ids.write_text(
+        "1d0f  Amazon.com, Inc.\n"
+        "\t0001  [()]\n"
+        "\t0002  Elastic Network Adapter Virtual Function With An Extremely Long Marketing Name\n"
+        "\t0003  Elastic Network Adapter Virtual Function Abcdefghij Klmno\n"
+        "C 02  Network controller\n\t00  Ethernet controller\n"
+    )
+    tree = SysfsTree(tmp_path / "host")
+    for n in (1, 2, 3):
+        tree.pci(f"0000:00:0{n}.0", vendor="1d0f", device=f"000{n}", cls="020000")
+    db = NamesDatabases.load(pci_ids=str(ids), usb_ids=str(ids))
+    found = _by_address(discovery.discover(tree.root(), db, "n"))
+    assert found["0000:00:01.0"]["status"]["resourceName"] == "amazoncom.com/0001"
+    assert found["0000:00:01.0"]["status"]["description"] == "Ethernet controller: Amazon.com, Inc. [()]"
+    assert found["0000:00:02.0"]["status"]["resourceName"] == "amazoncom.com/0002"
+    vf = "amazoncom.com/ELASTIC_NETWORK_ADAPTER_VF_ABCDEFGHIJ_KLMNO"
+    assert found["0000:00:03.0"]["status"]["resourceName"] == vf
