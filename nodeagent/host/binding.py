@@ -241,6 +241,9 @@ class VfioBinder:
             raise BindError(f"PCI device {state.address} does not exist", address=state.address)
         if state.driver == VFIO_DRIVER:
             raise NotOurs(f"PCI device {state.address} is bound to vfio-pci by someone else", address=state.address)
+        if state.locked:
+            # a driver change is still running in the kernel: the driver link does not tell the original driver yet
+            raise BindError(f"PCI device {state.address} is busy in the kernel; try again", address=state.address)
         return BindingRecord(address=state.address, original_driver=state.driver)
 
     def holders(self, state: DeviceState) -> tuple[Holder, ...]:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from nodeagent.host.binding import BindingRecord, DeviceState, Outcome, VfioBinder, plan_bind, plan_release
-from nodeagent.host.errors import NotOurs
+from nodeagent.host.errors import BindError, NotOurs
 from nodeagent.host.groups import group_status
 from nodeagent.host.inuse import find_holders
 from nodeagent.host.modules import Modprobe
@@ -307,4 +307,6 @@ def test_polling_a_device_whose_lock_the_kernel_holds_costs_one_thread(sim: SimK
     outcomes = {restarted.release(record).outcome for _ in range(5)}
     assert outcomes == {Outcome.UNBIND_PENDING}
     assert threading.active_count() <= threads + 1
+    with pytest.raises(BindError, match="busy in the kernel"):
+        restarted.record_for(NIC1)  # the driver link is gone, but e1000e is not the "original driver: none"
     sim.exit_process(780)
