@@ -189,6 +189,12 @@ class VfioBinder:
         self._lock = threading.Lock()
         self._pending: dict[str, _Job] = {}
         self._reads: dict[str, _Job] = {}
+        self._devices: dict[str, threading.Lock] = {}
+
+    def _serial(self, address: str) -> threading.Lock:
+        """One bind or release at a time per device (calls for different devices run side by side)."""
+        with self._lock:
+            return self._devices.setdefault(address, threading.Lock())
 
     # -- reading -------------------------------------------------------------------------------------------------
 
@@ -256,6 +262,10 @@ class VfioBinder:
     def bind(self, record: BindingRecord) -> Result:
         """Converge the device onto vfio-pci; verify the driver link and /dev/vfio/<group>."""
         a = pci_address(record.address)
+        with self._serial(a):
+            return self._bind(a, record)
+
+    def _bind(self, a: str, record: BindingRecord) -> Result:
         pending = self._check_pending(a)
         if pending is not None:
             return pending
@@ -318,6 +328,10 @@ class VfioBinder:
     def release(self, record: BindingRecord, *, force: bool = False) -> Result:
         """Converge the device back to its original driver; write nothing while it is in use (unless `force`)."""
         a = pci_address(record.address)
+        with self._serial(a):
+            return self._release(a, record, force)
+
+    def _release(self, a: str, record: BindingRecord, force: bool) -> Result:
         pending = self._check_pending(a)
         if pending is not None:
             return pending

@@ -310,3 +310,16 @@ def test_polling_a_device_whose_lock_the_kernel_holds_costs_one_thread(sim: SimK
     with pytest.raises(BindError, match="busy in the kernel"):
         restarted.record_for(NIC1)  # the driver link is gone, but e1000e is not the "original driver: none"
     sim.exit_process(780)
+
+
+def test_concurrent_binds_of_one_device_write_each_step_once(sim: SimKernel) -> None:
+    b = binder(sim)
+    record = b.record_for(NIC1)
+    results = []
+    workers = [threading.Thread(target=lambda: results.append(b.bind(record).outcome)) for _ in range(4)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert results == [Outcome.BOUND] * 4
+    assert len(device_writes(sim, NIC1)) == 3
