@@ -31,6 +31,25 @@ KINDS: frozenset[tuple[str, str, str]] = frozenset(
     }
 )
 
+# What the webhook configurations must send (group, resource[/subresource], operations): exactly what the rules
+# judge. KubeVirt updates reach the validator only when an agent makes them (a matchCondition in the chart).
+_CRUD = ("CREATE", "UPDATE", "DELETE")
+VALIDATING_RULES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    (names.GROUP, "pcideviceclaims", _CRUD),
+    (names.GROUP, "pcideviceclaims/status", ("UPDATE",)),
+    (names.GROUP, "usbdeviceclaims", _CRUD),
+    (names.GROUP, "usbdeviceclaims/status", ("UPDATE",)),
+    (names.GROUP, "pcidevices", _CRUD),
+    (names.GROUP, "pcidevices/status", ("UPDATE",)),
+    (names.GROUP, "usbdevices", _CRUD),
+    (names.GROUP, "usbdevices/status", ("UPDATE",)),
+    ("kubevirt.io", "kubevirts", _CRUD),
+)
+MUTATING_RULES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    (names.GROUP, "pcideviceclaims", ("CREATE",)),
+    (names.GROUP, "usbdeviceclaims", ("CREATE",)),
+)
+
 
 def validate(request: AdmissionRequest, view: ClusterView, access: Access, settings: PolicySettings) -> Decision:
     unknown = _unknown(request)

@@ -7,11 +7,14 @@ import policy
 EXPECTED = {
     "FINALIZER_AGENT",
     "KINDS",
+    "MUTATING_RULES",
+    "VALIDATING_RULES",
     "Access",
     "AdmissionRequest",
     "ClusterIndex",
     "ClusterView",
     "Decision",
+    "Grant",
     "MalformedObject",
     "MalformedReview",
     "Operation",
@@ -37,3 +40,9 @@ def test_public_names_hide_the_private_modules() -> None:
     public = {n for n in dir(policy) if not n.startswith("_")}
     modules = {n for n in public if type(getattr(policy, n)).__name__ == "module"}
     assert public - modules == EXPECTED
+
+
+def test_webhook_rules_cover_exactly_the_kinds_the_policy_judges() -> None:
+    sent = {(g, *(r.split("/") + [""])[:2]) for g, r, _ in policy.VALIDATING_RULES}
+    assert sent == set(policy.KINDS)
+    assert {(g, r) for g, r, _ in policy.MUTATING_RULES} <= {(g, r) for g, r, s in policy.KINDS if not s}
