@@ -141,3 +141,14 @@ def test_the_guest_has_the_agents_python_dependencies(guest: dict[str, Any]) -> 
     imports = guest["imports"]
     assert imports["python"].startswith("3.11.")
     assert all(imports[m] for m in ("grpc", "protobuf", "pyudev", "yaml"))
+
+
+def test_a_binder_killed_after_any_write_converges_on_the_real_kernel(guest: dict[str, Any]) -> None:
+    runs = guest["crashes"]
+    assert len(runs) == 12
+    for action, k, then, crashed, _, outcome, final in runs:
+        where = f"{action} killed after write {k}, then {then}"
+        assert crashed, where
+        assert (outcome, final) == (("Bound", "vfio-pci") if then == "bind" else ("Released", "e1000e")), where
+    assert None in [r[4] for r in runs], "no crash left the device driverless in between"
+    assert guest["crashes_final_driver"] == "e1000e"

@@ -59,6 +59,25 @@ class CountingRoot(SysfsRoot):
         super().write_attr(host_path, value)
 
 
+class Crash(BaseException):
+    """The agent dies here (raised by CrashingRoot after a chosen number of writes took effect)."""
+
+
+class CrashingRoot(CountingRoot):
+    """The real root that kills the caller right after its `after`-th write reached the kernel."""
+
+    __slots__ = ("after",)
+
+    def __init__(self, after: int, prefix: str = "/") -> None:
+        super().__init__(prefix)
+        self.after = after
+
+    def write_attr(self, host_path: str, value: str) -> None:
+        super().write_attr(host_path, value)
+        if len(self.writes) == self.after:
+            raise Crash(f"crash after {host_path} <- {value!r}")
+
+
 def group_viable(group: str) -> bool:
     """The kernel's own verdict (VFIO_GROUP_GET_STATUS): every device of the group bound to a vfio driver."""
     fd = os.open(f"/dev/vfio/{group}", os.O_RDWR)

@@ -19,7 +19,7 @@ from nodeagent.host.groups import group_status
 from nodeagent.host.modules import Modprobe
 from nodeagent.idsdb import NamesDatabases
 from nodeagent.sysfs.root import SysfsRoot
-from tests.support.guest import CountingRoot, emit, group_viable, wait_until
+from tests.support.guest import CountingRoot, Crash, CrashingRoot, emit, group_viable, wait_until
 
 PCI = "/sys/bus/pci/devices"
 out: dict[str, Any] = {"errors": {}}
@@ -193,6 +193,30 @@ def _discovery() -> None:
     n = len(root.writes)
     out["critical_bind"] = summary(guarded.bind(BindingRecord(nvme[0], driver(nvme[0]))), root, n)
     out["critical_bind"]["kernel_driver"] = driver(nvme[0])
+
+
+@step("crashes")
+def _crashes() -> None:
+    """Kill the binder after each write of a bind and of a release; a fresh binder must converge."""
+    rec = BindingRecord(other, driver(other))
+    runs = []
+    for action, then in (("bind", "bind"), ("bind", "release"), ("release", "release"), ("release", "bind")):
+        for k in (1, 2, 3):
+            if action == "release":
+                VfioBinder(SysfsRoot("/"), Modprobe()).bind(rec)
+            crashing = VfioBinder(CrashingRoot(k), Modprobe(), write_timeout=2.0)
+            try:
+                getattr(crashing, action)(rec)
+                crashed = False
+            except Crash:
+                crashed = True
+            after_crash = driver(other)
+            r = getattr(VfioBinder(SysfsRoot("/"), Modprobe(), write_timeout=2.0), then)(rec)
+            runs.append([action, k, then, crashed, after_crash, str(r.outcome), driver(other)])
+            if then == "bind":
+                VfioBinder(SysfsRoot("/"), Modprobe()).release(rec)
+    out["crashes"] = runs
+    out["crashes_final_driver"] = driver(other)
 
 
 @step("imports")
