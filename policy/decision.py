@@ -7,7 +7,7 @@ never sent to the user (the message already says it).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -20,9 +20,6 @@ class Decision:
     rule: str = ""
     warnings: tuple[str, ...] = ()
     patch: tuple[Mapping[str, Any], ...] = ()  # RFC 6902 operations
-
-    def with_warnings(self, warnings: Iterable[str]) -> Decision:
-        return replace(self, warnings=self.warnings + tuple(warnings))
 
 
 def allow(warnings: Iterable[str] = ()) -> Decision:

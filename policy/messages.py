@@ -62,7 +62,7 @@ AGENT_CLAIM_CHANGE = (
 # -- addresses and ids (A11) ----------------------------------------------------------------------------------
 
 BAD_ADDRESS = "{kind} {name} can only name PCI addresses of the form 0000:3b:00.0 in {field}; got {value}"
-BAD_USB_FIELD = "{kind} {name} can only have {field} of the form {form}; got {value}"
+BAD_USB_FIELD = "{kind} {name} can only have {field} {form}; got {value}"
 
 # -- claim CREATE (A1, A1u, A2, A3, A4, A5, owner) ------------------------------------------------------------
 

@@ -29,14 +29,14 @@ def _check_fields(device: Device) -> Decision | None:
     assert isinstance(device, USBDevice)
     for field, value in (("status.vendorID", device.vendor_id), ("status.productID", device.product_id)):
         if value and not _ID.fullmatch(value):
-            return devices.bad_field("usbdevice", device.name, field, "4 lower-case hex digits", value)
+            return devices.bad_field("usbdevice", device.name, field, "of 4 lower-case hex digits", value)
     if device.device_path and not _DEVICE_PATH.fullmatch(device.device_path):
         return devices.bad_field(
-            "usbdevice", device.name, "status.devicePath", "/dev/bus/usb/BBB/DDD", device.device_path
+            "usbdevice", device.name, "status.devicePath", "of the form /dev/bus/usb/BBB/DDD", device.device_path
         )
     for field, number in (("status.busNum", device.bus_num), ("status.devNum", device.dev_num)):
         if number is not None and not 0 < number < 1000:
-            return devices.bad_field("usbdevice", device.name, field, "1 to 999", number)
+            return devices.bad_field("usbdevice", device.name, field, "from 1 to 999", number)
     if device.pci_address and not names.is_pci_address(device.pci_address):
         return devices.bad_address("usbdevice", device.name, "status.pciAddress", device.pci_address)
     return None

@@ -95,6 +95,15 @@ CASES = [
         extra=GPU_CLAIMED,
     ),
     case(
+        "forbid update of kubevirt adding a usb permit with several selectors",
+        by_agent(
+            kubevirt(usb=[{**usb_permit(Lab.stick), "selectors": [{"vendor": "0951", "product": "1666"}] * 2}]), EMPTY
+        ),
+        False,
+        'selects "(several or malformed selectors)"',
+        extra=(usbclaim(Lab.stick),),
+    ),
+    case(
         "allow update of kubevirt removing the permit of the agent's node after the claim went",
         by_agent(EMPTY, kubevirt(pci=[pci_permit(Lab.gpu)])),
         True,

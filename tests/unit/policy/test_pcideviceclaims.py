@@ -342,6 +342,17 @@ UPDATE = [
         f'it belongs to node "{NODE1}" but the token of',
     ),
     case(
+        "allow update of pcideviceclaim without spec.nodename by the agent of its device's node",
+        review(
+            "UPDATE",
+            changed(_OWNED, "spec.nodeName", None),
+            changed(_OWNED, "spec.nodeName", None),
+            user_info=agent(NODE1),
+            sub_resource="status",
+        ),
+        True,
+    ),
+    case(
         "forbid update of pcideviceclaim changing labels by the node's agent",
         review("UPDATE", changed(_OWNED, "metadata.labels", {"x": "y"}), _OWNED, user_info=agent(NODE1)),
         False,
@@ -437,6 +448,17 @@ DELETE = [
         'its owner "legacy:admin"',
     ),
     case(
+        "allow delete of pcideviceclaim the cluster view does not know and the api server did not send",
+        changed(review("DELETE", old=_OWNED, user_info=user(TENANT_B)), "request.oldObject", None),
+        True,
+    ),
+    case(
+        "allow delete of pcideviceclaim by its owner once the node is gone",
+        review("DELETE", old=_OWNED),
+        True,
+        nodes=(NODE1A,),
+    ),
+    case(
         "forbid delete of pcideviceclaim known only from the cluster view by another tenant",
         changed(review("DELETE", old=_OWNED, user_info=user(TENANT_B)), "request.oldObject", None),
         False,
@@ -528,6 +550,11 @@ def test_mutated_claims_pass_validation() -> None:
     for claim in (pciclaim(Lab.gpu, owner=None), pciclaim(Lab.gpu, owner=None, ui=True)):
         obj, _ = _mutated(review("CREATE", claim))
         assert judge(review("CREATE", obj), Lab.cluster(), GRANTS).allowed
+
+
+def test_mutation_adds_the_nodename_label_beside_other_labels() -> None:
+    obj, _ = _mutated(review("CREATE", changed(pciclaim(Lab.gpu), "metadata.labels", {"team": "ml"})))
+    assert obj["metadata"]["labels"] == {"team": "ml", names.LABEL_NODENAME: NODE1}
 
 
 def test_mutation_leaves_updates_alone() -> None:

@@ -120,6 +120,12 @@ CASES = [
         extra=(pciclaim(Lab.xhci, owner=TENANT_B),),
     ),
     case(
+        "allow create of usbdeviceclaim for a device whose controller address is unknown",
+        review("CREATE", usbclaim(Lab.stick)),
+        True,
+        extra=(changed(Lab.stick, "status.pciAddress", None), pciclaim(Lab.xhci, owner=TENANT_B)),
+    ),
+    case(
         "forbid create of usbdeviceclaim for an absent device",
         review("CREATE", usbclaim(Lab.stick)),
         False,

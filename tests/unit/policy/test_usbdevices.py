@@ -69,7 +69,13 @@ CASES = [
         "forbid update of usbdevice status with an upper-case vendor id",
         status_update(changed(Lab.stick, "status.vendorID", "09G1"), agent(NODE1)),
         False,
-        'status.vendorID of the form 4 lower-case hex digits; got "09G1"',
+        'status.vendorID of 4 lower-case hex digits; got "09G1"',
+    ),
+    case(
+        "forbid update of usbdevice status with a bus number beyond three digits",
+        status_update(changed(Lab.stick, "status.busNum", 1000), agent(NODE1)),
+        False,
+        'can only have status.busNum from 1 to 999; got "1000"',
     ),
     case(
         "forbid update of usbdevice status with a bad controller address",
