@@ -77,10 +77,6 @@ def _identity_from_config(cfg: bytes) -> tuple[str, str, str, str, str, str, int
     return cfg[1::-1].hex(), cfg[3:1:-1].hex(), cfg[0x0B:0x08:-1].hex(), cfg[8:9].hex(), svid, sdid, header
 
 
-_FILES = (("config", 64), ("numa_node", 32), ("reset_method", 256), ("sriov_numvfs", 32))
-_LINKS = ("driver", "iommu_group")
-
-
 def read_function(root: SysfsRoot, address: str) -> HostPCIFunction:
     """Read one function; raise SysfsError when it cannot be read (e.g. it vanished)."""
     if not names.is_pci_address(address):
@@ -90,33 +86,22 @@ def read_function(root: SysfsRoot, address: str) -> HostPCIFunction:
 
 def _read_valid(root: SysfsRoot, address: str) -> HostPCIFunction:
     base = f"{PCI_DEVICES}/{address}"
-    (cfg, numa_raw, reset_raw, numvfs_raw), (driver, group) = root.read_entries(base, _FILES, _LINKS)
-    ident = _identity_from_config(cfg) if cfg is not None else None
-    if ident is None:
-        if cfg is not None and len(cfg) > 0x0E:
-            header = cfg[0x0E]
-        else:  # no header byte: the kernel gives bridges (and only bridges) a subordinate bus number
-            header = 1 if root.exists(base + "/subordinate_bus_number") else 0
-        ident = (
-            _hex_attr(root, base + "/vendor", 4),
-            _hex_attr(root, base + "/device", 4),
-            _hex_attr(root, base + "/class", 6),
-            _hex_attr(root, base + "/revision", 2) if root.exists(base + "/revision") else "00",
-            "",
-            "",
-            header,
-        )
-    vendor, device, cls, rev, svid, sdid, header = ident
-    if not svid and header & 0x7F not in (1, 2):
-        sv = root.try_read_attr(base + "/subsystem_vendor")
-        sd = root.try_read_attr(base + "/subsystem_device")
-        svid = f"{int(sv, 16):04x}" if sv else "0000"
-        sdid = f"{int(sd, 16):04x}" if sd else "0000"
+    with root.open_dir(base) as d:
+        cfg = d.read("config", 64)
+        ident = _identity_from_config(cfg) if cfg is not None else None
+        if ident is None:
+            ident = _identity_from_attributes(root, base, cfg)
+        vendor, device, cls, rev, svid, sdid, header = ident
+        group = d.link_name("iommu_group")
+        if header & 0x7F in (1, 2):
+            # A bridge is only ever a member of an IOMMU group: nothing else of it is needed.
+            return HostPCIFunction(address, vendor, device, cls, rev, svid, sdid, header, None, group)
+        numa_raw = d.read("numa_node", 32)
+        reset_raw = d.read("reset_method", 256)
+        numvfs_raw = d.read("sriov_numvfs", 32)
+        vga = d.read("boot_vga", 8) if cls[:2] == "03" else None
+        driver = d.link_name("driver")
     numa = int(numa_raw) if numa_raw and numa_raw.strip() else -1
-    boot_vga = False
-    if cls[:2] == "03":
-        vga = root.try_read_bytes(base + "/boot_vga", 8)
-        boot_vga = vga is not None and vga.strip() == b"1"
     return HostPCIFunction(
         address,
         vendor,
@@ -131,7 +116,32 @@ def _read_valid(root: SysfsRoot, address: str) -> HostPCIFunction:
         numa if numa >= 0 else None,
         tuple(reset_raw.decode().split()) if reset_raw else (),
         int(numvfs_raw) if numvfs_raw and numvfs_raw.strip() else 0,
-        boot_vga,
+        vga is not None and vga.strip() == b"1",
+    )
+
+
+def _identity_from_attributes(
+    root: SysfsRoot, base: str, cfg: bytes | None
+) -> tuple[str, str, str, str, str, str, int]:
+    """The fallback when config is short or unreadable: one file per attribute, as the kernel exposes them."""
+    if cfg is not None and len(cfg) > 0x0E:
+        header = cfg[0x0E]
+    else:  # no header byte: the kernel gives bridges (and only bridges) a subordinate bus number
+        header = 1 if root.exists(base + "/subordinate_bus_number") else 0
+    svid = sdid = ""
+    if header & 0x7F not in (1, 2):
+        sv = root.try_read_attr(base + "/subsystem_vendor")
+        sd = root.try_read_attr(base + "/subsystem_device")
+        svid = f"{int(sv, 16):04x}" if sv else "0000"
+        sdid = f"{int(sd, 16):04x}" if sd else "0000"
+    return (
+        _hex_attr(root, base + "/vendor", 4),
+        _hex_attr(root, base + "/device", 4),
+        _hex_attr(root, base + "/class", 6),
+        _hex_attr(root, base + "/revision", 2) if root.exists(base + "/revision") else "00",
+        svid,
+        sdid,
+        header,
     )
 
 

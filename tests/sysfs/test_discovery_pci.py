@@ -3,7 +3,6 @@ from __future__ import annotations
 import logging
 import shutil
 import subprocess
-from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -11,7 +10,7 @@ import pytest
 from nodeagent import discovery
 from nodeagent.idsdb import NamesDatabases
 from nodeagent.sysfs import pci as pci_scan
-from nodeagent.sysfs.root import SysfsRoot
+from nodeagent.sysfs.root import DirHandle, SysfsRoot
 from tests.support.sysfs_tree import SysfsTree
 
 
@@ -133,18 +132,17 @@ def test_256_byte_config_space_is_decoded_like_64(tmp_path: Path) -> None:
 
 
 class _VanishingRoot(SysfsRoot):
-    """Removes one function from the tree after the scan listed it, just before its files are read."""
+    """Removes one function from the tree right after the scan has opened its directory."""
 
     def __init__(self, tree: SysfsTree, victim: str) -> None:
         super().__init__(tree.base)
         self.tree, self.victim = tree, victim
 
-    def read_entries(
-        self, host_dir: str, files: Sequence[tuple[str, int]], links: Sequence[str]
-    ) -> tuple[list[bytes | None], list[str | None]]:
-        if host_dir.endswith(self.victim) and self.victim in self.tree._pci_paths:
+    def open_dir(self, host_path: str) -> DirHandle:
+        handle = super().open_dir(host_path)
+        if host_path.endswith(self.victim) and self.victim in self.tree._pci_paths:
             self.tree.remove_pci(self.victim)
-        return super().read_entries(host_dir, files, links)
+        return handle
 
 
 def test_a_function_that_vanishes_mid_scan_is_skipped_and_logged(
