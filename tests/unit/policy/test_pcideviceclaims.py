@@ -566,3 +566,38 @@ def test_mutation_never_fails_on_malformed_claims() -> None:
     for obj in (changed(pciclaim(Lab.gpu), "metadata.annotations", 5), changed(pciclaim(Lab.gpu), "spec", "x")):
         d = judge(review("CREATE", obj), Lab.cluster(), GRANTS, mutate=True)
         assert d.allowed
+
+
+class CountingView:
+    """A ClusterView that counts the questions asked of it."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.calls = 0
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self.inner, name)
+
+        def counted(*args: Any) -> Any:
+            self.calls += 1
+            return method(*args)
+
+        return counted
+
+
+def test_validation_asks_the_view_as_often_however_large_the_cluster() -> None:
+    from policy import dispatch
+    from policy.access import StaticAccess
+    from policy.review import AdmissionRequest
+    from policy.snapshot import ClusterIndex
+    from tests.support.objects import pcidevice
+
+    crowd = [pcidevice(f"crowd{n}", f"0000:{i:02x}:00.0", iommu_group=str(i)) for n in range(40) for i in range(50)]
+    request = AdmissionRequest.from_review(review("CREATE", pciclaim(Lab.gpu)))
+    counts = []
+    for cluster in (Lab.cluster(), Lab.cluster(*crowd, *(pciclaim(d, owner=TENANT_B) for d in crowd[::3]))):
+        view = CountingView(ClusterIndex.from_objects(cluster))
+        d = dispatch.validate(request, view, StaticAccess(GRANTS), PolicySettings())
+        assert d.allowed
+        counts.append(view.calls)
+    assert counts[0] == counts[1] and counts[0] < 20
