@@ -4,7 +4,8 @@ Sources, all under the SysfsRoot so `--root` and a container's view of the host 
 - mounts: /proc/self/mountinfo, or /proc/1/mountinfo first when /proc is given separately (`--proc`, a
   container's view of the host); swaps: /proc/swaps;
 - block devices: /sys/dev/block/<major:minor> and /sys/class/block/<name>, following partitions to their disk,
-  dm/md devices through `slaves/`, loop devices through `loop/backing_file` to the mount holding that file;
+  dm/md devices through `slaves/`, loop devices through `loop/backing_file` to the mount holding that file, and
+  native-multipath NVMe namespaces through their subsystem's controller links;
 - routes: /proc/net/route (IPv4) and /proc/net/ipv6_route (IPv6) for the default route;
 - the node IP: IPv4 through the directly connected route in /proc/net/route that covers it (the kernel adds one for
   every address with a prefix; no procfs file maps IPv4 addresses to interfaces directly), IPv6 through
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -30,6 +32,7 @@ log = logging.getLogger(__name__)
 CLASS_ISA_BRIDGE = "0601"
 CLASS_SMBUS = "0c05"
 _ARROW = " → "
+_NVME_CTRL = re.compile(r"^nvme[0-9]+$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +145,17 @@ def trace_block(
         address = _last_pci_address(path)
         return [(address, [here])] if address else []
     found: list[tuple[str, list[str]]] = []
+    if "/nvme-subsystem/" in path:
+        # Native NVMe multipath: the namespace hangs off a virtual subsystem whose `nvmeN` entries are links to
+        # the controllers (PCI functions) that reach it.
+        head, _, tail = path.partition("/nvme-subsystem/")
+        subsystem = f"{head}/nvme-subsystem/{tail.split('/')[0]}"
+        for ctrl in root.children(subsystem):
+            if _NVME_CTRL.match(ctrl) and root.is_link(f"{subsystem}/{ctrl}"):
+                address = _last_pci_address(root.resolve(f"{subsystem}/{ctrl}"))
+                if address:
+                    found.append((address, [here, ctrl]))
+        return found
     backing = root.try_read_attr(root.sys("class", "block", name, "loop", "backing_file"))
     if backing:
         holder = _mount_holding(mounts, backing)

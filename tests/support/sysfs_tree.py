@@ -294,6 +294,23 @@ class SysfsTree:
             _write(part / "partition", f"{n}\n")
         return where
 
+    def nvme_multipath(
+        self, name: str, *, controllers: dict[str, str], partitions: Iterable[int] = (), subsystem: str = "nvme-subsys0"
+    ) -> Path:
+        """A native-multipath NVMe namespace: the block device sits under a virtual subsystem that links its
+        controllers (`controllers` maps nvmeN to the PCI function that is that controller)."""
+        sub = self.sys / "devices/virtual/nvme-subsystem" / subsystem
+        for ctrl, pci in controllers.items():
+            ctrl_dir = self._pci_paths[pci] / "nvme" / ctrl
+            ctrl_dir.mkdir(parents=True, exist_ok=True)
+            _link(sub / ctrl, ctrl_dir)
+        where = self._block_common(sub / name, name, 259)
+        for n in partitions:
+            pname = f"{name}p{n}"
+            part = self._block_common(where / pname, pname, 259)
+            _write(part / "partition", f"{n}\n")
+        return where
+
     def virtual_block(
         self, name: str, *, slaves: Iterable[str] = (), dm_name: str | None = None, backing_file: str | None = None
     ) -> Path:

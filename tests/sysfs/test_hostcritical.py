@@ -203,3 +203,14 @@ def test_a_separately_given_proc_reads_the_hosts_mount_table_from_pid_1(tmp_path
     root = SysfsRoot(tree.base, proc=hostproc)
     result = scan_host_critical(root, scan_pci(root))
     assert result.reasons[NVME] == ["holds / via nvme0n1p1"]
+
+
+def test_native_multipath_nvme_is_traced_to_every_controller(tmp_path: Path) -> None:
+    tree = _server(tmp_path)
+    tree.pci("0000:3e:00.0", vendor="144d", device="a808", cls="010802", driver="nvme")
+    tree.nvme_multipath("nvme0n1", controllers={"nvme0": NVME, "nvme1": "0000:3e:00.0"}, partitions=(1, 2))
+    tree.mount("nvme0n1p2", "/")
+    result = _scan(tree)
+    assert result.reasons[NVME] == ["holds / via nvme0n1p2 → nvme0"]
+    assert result.reasons["0000:3e:00.0"] == ["holds / via nvme0n1p2 → nvme1"]
+    assert result.root_traced
