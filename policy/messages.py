@@ -52,7 +52,11 @@ AGENT_NODE_FIELD = (
 )
 AGENT_NAME_MISMATCH = (
     "{kind} {name} can only be written by a node agent under the name recomputed from its node and {what}; "
-    "node {agent_node} and {what} {value} give {expected}"
+    "node {agent_node} and {value} give {expected}"
+)
+AGENT_NAME_FORM = (
+    "{kind} {name} can only be written by the node agent of its own node; the name does not have the form "
+    "{expected} of node {agent_node}"
 )
 AGENT_CLAIM_CHANGE = (
     "{kind} {name} can only have the finalizer {finalizer} and its status changed by a node agent; "

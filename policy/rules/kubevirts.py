@@ -152,7 +152,7 @@ def _entries(obj: Mapping[str, Any]) -> dict[str, Counter[str]] | Decision:
                 messages.KUBEVIRT_MALFORMED.format(
                     name=messages.shown(_name(obj)),
                     field=f"spec.configuration.permittedHostDevices.{section}",
-                    value=messages.shown(json.dumps(raw, default=str)),
+                    value=messages.shown(raw),
                 )
             )
         out[section] = Counter(json.dumps(e, sort_keys=True, default=str) for e in raw)

@@ -55,7 +55,7 @@ def _expected_name(node: str, device: Device) -> tuple[str, str, str] | None:
     if not device.vendor_id or not device.product_id or bus_dev is None:
         return None
     bus, dev = bus_dev
-    what = "status vendorID, productID and bus/device numbers"
+    what = "its vendor and product ids and bus and device numbers"
     value = f"{device.vendor_id}:{device.product_id} {bus:03d}/{dev:03d}"
     return names.usbdevice_name(node, device.vendor_id, device.product_id, bus, dev), what, value
 

@@ -70,7 +70,7 @@ CASES = [
         "forbid create of pcidevice named for a prefix-sharing node by an agent whose label matches",
         review("CREATE", FORGED, user_info=agent(NODE1)),
         False,
-        f'under the name recomputed from its node and the name\'s form; node "{NODE1}"',
+        f'the name does not have the form "{NODE1}-<address without : and .>" of node "{NODE1}"',
     ),
     case(
         "forbid create of pcidevice named for another node with status by the agent",
@@ -88,7 +88,7 @@ CASES = [
             sub_resource="status",
         ),
         False,
-        'node "node1" and status.address "0000:3b:00.1" give "node1-00003b001"',
+        'from its node and status.address; node "node1" and "0000:3b:00.1" give "node1-00003b001"',
     ),
     case(
         "forbid update of pcidevice status with a path as address",

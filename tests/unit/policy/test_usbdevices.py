@@ -95,7 +95,7 @@ CASES = [
             "CREATE", changed(without_status(Lab.stick_1a), "metadata.labels.nodename", NODE1), user_info=agent(NODE1)
         ),
         False,
-        "the name's form",
+        f'the name does not have the form "{NODE1}-<vendor>-<product>-<bus><device>" of node "{NODE1}"',
     ),
     case(
         "forbid update of usbdevice by a user",
