@@ -1,6 +1,7 @@
 """`pcidevices-agent`: the node agent's command line; the only place that reads argv and sets up logging.
 
     pcidevices-agent discover [--root DIR] [--node-name NAME] [--node-ip IP] [-o table|wide|yaml|json]
+    pcidevices-agent run      (the DaemonSet process; configured from the environment, see nodeagent.settings)
 """
 
 from __future__ import annotations
@@ -34,7 +35,32 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("-o", "--output", choices=("table", "wide", "yaml", "json"), default="table")
     d.add_argument("--pci-ids", default=None, help="pci.ids file (default: the system's)")
     d.add_argument("--usb-ids", default=None, help="usb.ids file (default: the system's)")
+    sub.add_parser("run", help="run the node agent (settings from the environment: NODE_NAME, HOST_ROOT, ...)")
     return parser
+
+
+def _run(err: TextIO) -> int:
+    import os
+    import signal
+
+    from nodeagent import kube, wiring
+    from nodeagent.settings import AgentSettings
+
+    try:
+        settings = AgentSettings.from_env(os.environ)
+        root = SysfsRoot(settings.root, proc=settings.proc)
+        root.check()
+    except (ValueError, RootUnavailable) as e:
+        print(f"pcidevices-agent: {e}", file=err)
+        return EXIT_USAGE
+    agent = wiring.build(settings, kube.ApiKube.connect(settings.kubeconfig), root=root)
+    signal.signal(signal.SIGTERM, lambda *_: agent.stop())
+    agent.start()
+    try:
+        agent.wait()
+    except KeyboardInterrupt:
+        agent.stop()
+    return 0
 
 
 def _discover(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -68,6 +94,9 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.ERROR, stream=err)
     if args.command == "discover":
         return _discover(args, out, err)
+    if args.command == "run":
+        logging.getLogger().setLevel(logging.DEBUG if args.verbose else logging.INFO)
+        return _run(err)
     return EXIT_USAGE  # pragma: no cover - argparse rejects unknown commands
 
 

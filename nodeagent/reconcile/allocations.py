@@ -1,0 +1,54 @@
+"""Allocation truth: what the kubelet's PodResources API says about our devices, for claims' `status.allocatedTo`
+and for the binder's in-use check before a release."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from nodeagent.deviceplugin import podresources
+from nodeagent.deviceplugin.errors import PodResourcesError
+
+log = logging.getLogger(__name__)
+
+Lister = Callable[[], Sequence[podresources.DeviceAllocation]]
+
+
+@dataclass(frozen=True)
+class Allocations:
+    """One reading of the kubelet: (resource name, device id) -> holders; `known` is False when it could not be read."""
+
+    index: Mapping[tuple[str, str], tuple[podresources.Holder, ...]] = field(default_factory=dict)
+    known: bool = False
+
+    def allocated_to(self, resource_name: str, device_id: str) -> list[podresources.AllocatedTo]:
+        return podresources.build_allocated_to(self.index, resource_name, device_id)
+
+    def pods_of(self, device_id: str) -> tuple[str, ...]:
+        """Pods (namespace/name) holding this device id under any resource name (the binder's in-use check); an
+        unreadable kubelet counts as a holder, so nothing is released on a guess."""
+        if not self.known:
+            return ("unknown: the kubelet's PodResources API could not be read",)
+        return tuple(
+            sorted({f"{h.namespace}/{h.pod}" for (_, dev), hs in self.index.items() if dev == device_id for h in hs})
+        )
+
+
+def socket_lister(socket_path: str, *, timeout_s: float = 5.0) -> Lister:
+    def lister() -> Sequence[podresources.DeviceAllocation]:
+        return podresources.list_allocations(socket_path, timeout_s=timeout_s)
+
+    return lister
+
+
+def read_allocations(lister: Lister | None, socket_path: str | None = None) -> Allocations:
+    """Ask the kubelet; without a kubelet (no socket) nothing is allocated, and a failed read is `known=False`."""
+    if lister is None or (socket_path is not None and not os.path.exists(socket_path)):
+        return Allocations({}, known=True)
+    try:
+        return Allocations(podresources.index_allocations(lister()), known=True)
+    except PodResourcesError:
+        log.warning("pod resources could not be read", exc_info=True)
+        return Allocations({}, known=False)

@@ -1,0 +1,254 @@
+"""One reconcile pass over the whole node: host -> device objects -> claims -> KubeVirt permits -> device plugins.
+
+Level-based: every pass reads the host and the API afresh and writes only what differs, so the same pass serves a
+fresh start, a resync, a nudge and recovery after a crash. The order is the contract:
+
+1. discovery (host facts);
+2. this node's PCIDevice/USBDevice objects (claimed ones carry their effective resource name / `enabled`);
+3. the kubelet's allocations (PodResources);
+4. PCI claims (bind/release) and USB claims;
+5. the KubeVirt CR's permitted host devices;
+6. the device plugins' desired set.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Set
+from dataclasses import dataclass, field
+from typing import Any
+
+from nodeagent import discovery, kube
+from nodeagent.deviceplugin import model
+from nodeagent.events import EventRecorder
+from nodeagent.idsdb import NamesDatabases
+from nodeagent.reconcile import allocations, pcidevices, permits, plan, usbdevices
+from nodeagent.reconcile.devices import apply_device_actions
+from nodeagent.reconcile.pcideviceclaims import ClaimResult, PCIClaimReconciler, claim_owner, is_adopted
+from nodeagent.reconcile.usbdeviceclaims import USBClaimReconciler, USBClaimResult
+from nodeagent.sysfs.root import SysfsRoot
+from policy import names
+from policy.objects import USB_CONTROLLER_CLASS_PREFIX
+
+log = logging.getLogger(__name__)
+
+Obj = dict[str, Any]
+
+
+@dataclass
+class PassReport:
+    """What the last pass saw, for readiness, metrics and tests."""
+
+    root_traced: bool = False
+    pci_devices: int = 0
+    usb_devices: int = 0
+    enabled_pci: tuple[str, ...] = ()
+    enabled_usb: tuple[str, ...] = ()
+    kubevirt: str = ""
+    host_critical: dict[str, list[str]] = field(default_factory=dict)
+
+
+class NodePass:
+    """The pass, with everything it touches injected (wiring.build makes the real one)."""
+
+    def __init__(
+        self,
+        api: kube.KubeApi,
+        root: SysfsRoot,
+        db: NamesDatabases,
+        events: EventRecorder,
+        pci_claims: PCIClaimReconciler,
+        usb_claims: USBClaimReconciler,
+        *,
+        node: str,
+        node_ip: str | None = None,
+        resource_names: plan.ResourceNameMode = "perDevice",
+        read_allocations: Callable[[], allocations.Allocations] = lambda: allocations.Allocations(known=True),
+        set_plugins: Callable[[tuple[model.Resource, ...]], None] | None = None,
+    ) -> None:
+        self._api = api
+        self._root = root
+        self._db = db
+        self._events = events
+        self._pci_claims = pci_claims
+        self._usb_claims = usb_claims
+        self._node = node
+        self._node_ip = node_ip
+        self._mode = resource_names
+        self._read_allocations = read_allocations
+        self._set_plugins = set_plugins
+        self._node_uid: str | None = None
+        self.report = PassReport()
+        self.allocations = allocations.Allocations(known=True)
+        self.host_critical: dict[str, list[str]] = {}
+
+    def _owner(self) -> Obj | None:
+        if self._node_uid is None:
+            try:
+                self._node_uid = str(self._api.get(kube.NODES, self._node)["metadata"]["uid"])
+            except kube.NotFound:
+                log.warning("node object not found; device objects get no owner yet", extra={"node": self._node})
+                return None
+        return plan.node_owner_reference(self._node, self._node_uid)
+
+    def __call__(self) -> None:
+        node = self._node
+        inv = discovery.discover(self._root, self._db, node, self._node_ip)
+        self.host_critical = inv.critical.reasons
+        selector = f"{names.LABEL_NODENAME}={node}"
+        have_pci = {o["metadata"]["name"]: o for o in self._api.list(kube.PCIDEVICES, label_selector=selector).items}
+        have_usb = {o["metadata"]["name"]: o for o in self._api.list(kube.USBDEVICES, label_selector=selector).items}
+        all_pci_claims = self._api.list(kube.PCIDEVICECLAIMS).items
+        all_usb_claims = self._api.list(kube.USBDEVICECLAIMS).items
+        owner = self._owner()
+
+        # -- which devices are claimed, and under which name ---------------------------------------------------
+        found_pci = {d["metadata"]["name"]: d for d in inv.pci_devices}
+        found_usb = {d["metadata"]["name"]: d for d in inv.usb_devices}
+        my_pci_claims = [c for c in all_pci_claims if (c.get("spec") or {}).get("nodeName") == node]
+        my_usb_claims = [
+            c
+            for c in all_usb_claims
+            if c["metadata"]["name"] in found_usb
+            or c["metadata"]["name"] in have_usb
+            or (c.get("status") or {}).get("nodeName") == node
+        ]
+        claimed_pci: dict[str, str] = {}
+        for c in my_pci_claims:
+            cname = c["metadata"]["name"]
+            src: Any = found_pci.get(cname) or have_pci.get(cname) or {}
+            pooled = str((src.get("status") or {}).get("resourceName", ""))
+            claimed_pci[cname] = plan.effective_resource_name(
+                pooled,
+                cname,
+                mode=self._mode,
+                disable_pooling=bool((c.get("spec") or {}).get("disableResourcePooling")),
+                adopted=is_adopted(c),
+            )
+        claimed_usb = {c["metadata"]["name"] for c in my_usb_claims}
+        live_usb = {c["metadata"]["name"] for c in my_usb_claims if not c["metadata"].get("deletionTimestamp")}
+
+        # -- device objects ------------------------------------------------------------------------------------
+        pci_actions = pcidevices.plan_pcidevices(inv.pci_devices, have_pci, claimed_pci, node=node, owner=owner)
+        have_pci = apply_device_actions(
+            self._api, kube.PCIDEVICES, pci_actions, have_pci, self._events, plan.PCI_STATUS_KEYS
+        )
+        usb_actions = usbdevices.plan_usbdevices(
+            inv.usb_devices, have_usb, claimed_usb, live_usb, node=node, owner=owner
+        )
+        have_usb = apply_device_actions(
+            self._api, kube.USBDEVICES, usb_actions, have_usb, self._events, plan.USB_STATUS_KEYS
+        )
+
+        # -- allocations, KubeVirt -----------------------------------------------------------------------------
+        self.allocations = self._read_allocations()
+        kv = permits.find_kubevirt(self._api)
+        permit = kv.condition()
+
+        # -- claims --------------------------------------------------------------------------------------------
+        by_address = {d["status"]["address"]: d for d in have_pci.values() if "address" in (d.get("status") or {})}
+        live_owner = {}
+        for c in my_pci_claims:
+            if not c["metadata"].get("deletionTimestamp"):
+                live_owner[str((c.get("spec") or {}).get("address", ""))] = claim_owner(c)
+        usb_claimed_controllers = {
+            str((have_usb[n].get("status") or {}).get("pciAddress", "")) for n in live_usb if n in have_usb
+        }
+        functions = {fn.address: fn for fn in inv.functions}
+
+        def peers(address: str) -> list[plan.GroupPeer]:
+            fn = functions.get(address)
+            if fn is None or fn.iommu_group is None:
+                return []
+            out = []
+            for m in inv.functions:
+                if m.iommu_group != fn.iommu_group:
+                    continue
+                out.append(
+                    plan.GroupPeer(
+                        address=m.address,
+                        bridge=m.bridge,
+                        known=m.bridge or m.address in by_address,
+                        host_critical=tuple(inv.critical.reasons.get(m.address, ())),
+                        claim_owner=live_owner.get(m.address),
+                        usb_claimed=m.class_code.startswith(USB_CONTROLLER_CLASS_PREFIX)
+                        and m.address in usb_claimed_controllers,
+                    )
+                )
+            return out
+
+        pci_results: list[ClaimResult] = []
+        for c in my_pci_claims:
+            cname = c["metadata"]["name"]
+            pci_results.append(
+                self._pci_claims.reconcile(
+                    c,
+                    have_pci.get(cname),
+                    peers=peers,
+                    resource_name=claimed_pci[cname],
+                    permit=permit,
+                    allocated_to=self.allocations.allocated_to,
+                )
+            )
+        usb_results: list[USBClaimResult] = []
+        for c in my_usb_claims:
+            dev = have_usb.get(c["metadata"]["name"]) or {"status": {"absent": True}}
+            usb_results.append(
+                self._usb_claims.reconcile(c, dev, permit=permit, allocated_to=self.allocations.allocated_to)
+            )
+
+        # -- KubeVirt permits ----------------------------------------------------------------------------------
+        pci_permits = {plan.PciPermit(r.resource_name, r.selector) for r in pci_results if r.enabled}
+        usb_permits = {plan.UsbPermit(r.resource_name, r.vendor, r.product) for r in usb_results if r.enabled}
+        ours: set[str] = set()
+        for d in [*inv.pci_devices]:
+            ours.add(d["status"]["resourceName"])
+            ours.add(
+                plan.effective_resource_name(d["status"]["resourceName"], d["metadata"]["name"], mode="perDevice")
+            )
+        ours.update(str((o.get("status") or {}).get("resourceName", "")) for o in have_pci.values())
+        ours.update(str((o.get("status") or {}).get("resourceName", "")) for o in have_usb.values())
+        ours.update(d["status"]["resourceName"] for d in inv.usb_devices)
+        ours.discard("")
+        permits.apply_permits(
+            self._api,
+            kv,
+            pci_permits,
+            usb_permits,
+            ours=ours,
+            needed=lambda cands: self._needed_anywhere(cands, all_pci_claims, all_usb_claims),
+        )
+
+        # -- device plugins ------------------------------------------------------------------------------------
+        if self._set_plugins is not None:
+            self._set_plugins(
+                model.build_resources(
+                    [(r.resource_name, r.device) for r in pci_results if r.enabled and r.device is not None],
+                    [(r.resource_name, r.device) for r in usb_results if r.enabled and r.device is not None],
+                )
+            )
+        self.report = PassReport(
+            root_traced=inv.critical.root_traced,
+            pci_devices=len(inv.pci_devices),
+            usb_devices=len(inv.usb_devices),
+            enabled_pci=tuple(sorted(r.name for r in pci_results if r.enabled)),
+            enabled_usb=tuple(sorted(r.name for r in usb_results if r.enabled)),
+            kubevirt=permit.reason,
+            host_critical=inv.critical.reasons,
+        )
+
+    def _needed_anywhere(self, candidates: Set[str], pci_claims: list[Obj], usb_claims: list[Obj]) -> Set[str]:
+        """Which candidate names a live claim anywhere in the cluster still uses (read only when removing)."""
+        live_pci = {c["metadata"]["name"] for c in pci_claims if not c["metadata"].get("deletionTimestamp")}
+        live_usb = {c["metadata"]["name"] for c in usb_claims if not c["metadata"].get("deletionTimestamp")}
+        needed: set[str] = set()
+        for res, live in ((kube.PCIDEVICES, live_pci), (kube.USBDEVICES, live_usb)):
+            if not live:
+                continue
+            for o in self._api.list(res).items:
+                if o["metadata"]["name"] in live:
+                    rn = str((o.get("status") or {}).get("resourceName", ""))
+                    if rn in candidates:
+                        needed.add(rn)
+        return needed
+

@@ -1,0 +1,245 @@
+"""PCIDeviceClaims of this node around the vfio binder: finalizer, record, re-check, bind, status; release on delete.
+
+Order matters for crash safety: the finalizer first (a claim deleted meanwhile cannot vanish with the device still
+on vfio-pci), then the original driver into `status.kernelDriverToUnbind` (the binder's proof that it bound the
+device), then the node-side re-check of A3-A5, the bind, the device's effective resource name, and only then
+`passthroughEnabled: true`. Every step re-reads what it needs, so a kill at any point converges on the next pass.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from nodeagent import kube
+from nodeagent.deviceplugin import model
+from nodeagent.errors import KubeError, SysfsError
+from nodeagent.events import EventRecorder
+from nodeagent.host import groups
+from nodeagent.host.binding import BindingRecord, Outcome, VfioBinder
+from nodeagent.host.errors import BindError, NotOurs
+from nodeagent.reconcile import plan
+from nodeagent.sysfs.root import SysfsRoot
+from policy import names
+
+log = logging.getLogger(__name__)
+
+Obj = dict[str, Any]
+
+BOUND = "Bound"
+GROUP_COMPLETE = "GroupComplete"
+IN_USE = "InUse"
+UNBIND_PENDING = "UnbindPending"
+PERMITTED = "Permitted"
+
+
+@dataclass(frozen=True)
+class ClaimResult:
+    """What the rest of the pass needs from one claim: whether it is enabled, and under which resource name."""
+
+    name: str
+    enabled: bool
+    resource_name: str = ""
+    device: model.PciDevice | None = None
+    selector: str = ""
+
+
+def claim_owner(claim: Obj) -> str:
+    meta = claim.get("metadata") or {}
+    owner = (meta.get("annotations") or {}).get(names.ANNOTATION_REQUESTED_BY)
+    return str(owner) if owner else f"legacy:{(claim.get('spec') or {}).get('userName', '')}"
+
+
+def is_adopted(claim: Obj) -> bool:
+    """A claim taken over from upstream keeps its pooled name (its VMs already use it)."""
+    return claim_owner(claim).startswith("legacy:")
+
+
+class PCIClaimReconciler:
+    def __init__(
+        self,
+        api: kube.KubeApi,
+        binder: VfioBinder,
+        root: SysfsRoot,
+        events: EventRecorder,
+        *,
+        node: str,
+        now: Callable[[], str],
+    ) -> None:
+        self._api = api
+        self._binder = binder
+        self._root = root
+        self._events = events
+        self._node = node
+        self._now = now
+
+    # -- status writes ------------------------------------------------------------------------------------------
+
+    def _write_status(self, claim: Obj, desired: Mapping[str, Any]) -> Obj:
+        st = claim.get("status") or {}
+        patch = {k: v for k, v in desired.items() if st.get(k) != v}
+        if not patch:
+            return claim
+        return self._api.patch(kube.PCIDEVICECLAIMS, claim["metadata"]["name"], {"status": patch}, subresource="status")
+
+    def _conditions(self, claim: Obj, wanted: Sequence[plan.Condition], drop: frozenset[str] = frozenset()) -> Obj:
+        st = claim.get("status") or {}
+        current = plan.drop_conditions(st.get("conditions") or [], drop)
+        return self._write_status(claim, {"conditions": plan.set_conditions(current, wanted, self._now())})
+
+    def _refuse(self, claim: Obj, reason: str, message: str) -> None:
+        before = plan.condition(claim.get("status") or {}, BOUND)
+        self._conditions(claim, [plan.Condition(BOUND, False, reason, message)])
+        if before is None or before.get("reason") != reason or before.get("message") != message:
+            log.warning("claim refused on the node", extra={"claim": claim["metadata"]["name"], "reason": reason})
+            self._events.record(claim, "Warning", reason, message)
+
+    def _set_finalizer(self, claim: Obj, present: bool) -> Obj | None:
+        meta = claim["metadata"]
+        fins = plan.finalizers_with(meta, present)
+        if fins is None:
+            return claim
+        try:
+            return self._api.patch(
+                kube.PCIDEVICECLAIMS,
+                meta["name"],
+                {"metadata": {"finalizers": fins, "resourceVersion": meta.get("resourceVersion")}},
+            )
+        except kube.NotFound:
+            return None
+
+    # -- one claim ----------------------------------------------------------------------------------------------
+
+    def reconcile(
+        self,
+        claim: Obj,
+        device: Obj | None,
+        *,
+        peers: Callable[[str], Sequence[plan.GroupPeer]],
+        resource_name: str,
+        permit: plan.Condition | None,
+        allocated_to: Callable[[str, str], list[Any]],
+    ) -> ClaimResult:
+        name = claim["metadata"]["name"]
+        address = str((claim.get("spec") or {}).get("address", ""))
+        if not names.is_pci_address(address):
+            self._refuse(claim, "InvalidAddress", f"spec.address {address!r} is not a PCI address")
+            return ClaimResult(name, False)
+        if claim["metadata"].get("deletionTimestamp"):
+            self._release(claim, address)
+            return ClaimResult(name, False)
+        got = self._set_finalizer(claim, True)
+        if got is None:
+            return ClaimResult(name, False)
+        claim = got
+        st = claim.get("status") or {}
+
+        if "kernelDriverToUnbind" not in st:
+            if device is None or (device.get("status") or {}).get("absent"):
+                self._refuse(claim, "DeviceAbsent", f"PCI device {address} is not present on node {self._node}")
+                return ClaimResult(name, False)
+            try:
+                record = self._binder.record_for(address)
+            except NotOurs as e:
+                self._refuse(claim, "NotOurs", str(e))
+                return ClaimResult(name, False)
+            except BindError as e:
+                self._refuse(claim, "DeviceAbsent", str(e))
+                return ClaimResult(name, False)
+            claim = self._write_status(claim, {"kernelDriverToUnbind": record.original_driver or ""})
+            st = claim.get("status") or {}
+        record = BindingRecord(address, st.get("kernelDriverToUnbind") or None)
+
+        if device is None or (device.get("status") or {}).get("absent"):
+            self._write_status(
+                claim,
+                {
+                    "passthroughEnabled": False,
+                    "conditions": plan.set_conditions(
+                        st.get("conditions") or [],
+                        [plan.Condition(BOUND, False, "DeviceAbsent", f"PCI device {address} is gone from the node")],
+                        self._now(),
+                    ),
+                },
+            )
+            return ClaimResult(name, False)
+
+        dst = device.get("status") or {}
+        on_vfio = dst.get("kernelDriverInUse") == plan.VFIO_DRIVER
+        if not on_vfio:
+            why = plan.recheck_group(address, claim_owner(claim), peers(address))
+            if why is not None:
+                self._refuse(claim, "Refused", why)
+                return ClaimResult(name, False)
+        result = self._binder.bind(record)
+        if result.outcome != Outcome.BOUND:
+            self._refuse(claim, result.outcome.value, result.message or result.outcome.value)
+            return ClaimResult(name, False)
+
+        group = result.iommu_group or str(dst.get("iommuGroup", ""))
+        gs = groups.group_status(self._root, group)
+        if gs.complete:
+            gcond = plan.Condition(GROUP_COMPLETE, True, "AllMembersBound", f"IOMMU group {group} is all on vfio-pci")
+        else:
+            missing = ", ".join(gs.missing)
+            gcond = plan.Condition(GROUP_COMPLETE, False, "MembersNotBound", f"not on vfio-pci: {missing}; claim them")
+        # The device's status must name the resource before passthroughEnabled becomes true.
+        if dst.get("resourceName") != resource_name:
+            self._api.patch(
+                kube.PCIDEVICES,
+                device["metadata"]["name"],
+                {"status": {"resourceName": resource_name}},
+                subresource="status",
+            )
+        wanted = [plan.Condition(BOUND, True, "BoundToVfio", f"bound to vfio-pci (IOMMU group {group})"), gcond]
+        if permit is not None:
+            wanted.append(permit)
+        desired: Obj = {
+            "passthroughEnabled": True,
+            "conditions": plan.set_conditions(
+                plan.drop_conditions(st.get("conditions") or [], frozenset({IN_USE, UNBIND_PENDING})),
+                wanted,
+                self._now(),
+            ),
+            "allocatedTo": allocated_to(resource_name, address),
+        }
+        if not st.get("passthroughEnabled"):
+            self._events.record(claim, "Normal", "PassthroughEnabled", f"{address} is bound to vfio-pci")
+        self._write_status(claim, desired)
+        numa = dst.get("numaNode")
+        dev = model.PciDevice(address, int(group), numa if isinstance(numa, int) and numa >= 0 else None)
+        selector = f"{dst.get('vendorId', '')}:{dst.get('deviceId', '')}"
+        return ClaimResult(name, True, resource_name, dev, selector)
+
+    def _release(self, claim: Obj, address: str) -> None:
+        name = claim["metadata"]["name"]
+        st = claim.get("status") or {}
+        if plan.FINALIZER not in (claim["metadata"].get("finalizers") or []):
+            return
+        if "kernelDriverToUnbind" in st:
+            record = BindingRecord(address, st.get("kernelDriverToUnbind") or None)
+            try:
+                result = self._binder.release(record)
+            except (SysfsError, BindError) as e:
+                log.error("release failed", extra={"claim": name}, exc_info=True)
+                raise KubeError(f"release of {address} failed: {e}") from e
+            if result.outcome in (Outcome.IN_USE, Outcome.UNBIND_PENDING):
+                ctype = IN_USE if result.outcome == Outcome.IN_USE else UNBIND_PENDING
+                before = plan.condition(st, ctype)
+                msg = result.message or ctype
+                if result.outcome == Outcome.IN_USE:
+                    msg = f"device busy: {msg}"
+                self._conditions(claim, [plan.Condition(ctype, True, ctype, msg)])
+                if before is None or before.get("status") != "True":
+                    self._events.record(claim, "Warning", ctype, msg)
+                return
+            if result.outcome == Outcome.FAILED:
+                raise KubeError(f"release of {address} failed: {result.message}")
+            if result.outcome == Outcome.NOT_RESTORED:
+                self._events.record(claim, "Warning", "NotRestored", result.message)
+            elif result.outcome == Outcome.RELEASED:
+                self._events.record(claim, "Normal", "Released", f"{address} is back on {result.driver or 'no driver'}")
+        self._set_finalizer(claim, False)
+        log.info("claim released", extra={"claim": name, "pci_address": address})

@@ -1,0 +1,37 @@
+"""PCIDevice objects of this node: discovery's objects with the effective resource name of claimed devices."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from nodeagent.discovery import PCIDevice
+from nodeagent.reconcile import plan
+
+Obj = dict[str, Any]
+
+
+def build_desired(found: Sequence[PCIDevice], resource_names: Mapping[str, str]) -> dict[str, Obj]:
+    """Objects by name; a claimed device carries the name it is offered under (`resource_names`, by object name)."""
+    out: dict[str, Obj] = {}
+    for d in found:
+        name = d["metadata"]["name"]
+        obj: Obj = dict(d)
+        if name in resource_names:
+            obj["status"] = dict(d["status"], resourceName=resource_names[name])
+        out[name] = obj
+    return out
+
+
+def plan_pcidevices(
+    found: Sequence[PCIDevice],
+    existing: Mapping[str, Obj],
+    claimed: Mapping[str, str],
+    *,
+    node: str,
+    owner: Obj | None,
+) -> list[plan.DeviceAction]:
+    """`claimed`: object name -> effective resource name for every live or releasing claim of this node."""
+    return plan.plan_devices(
+        build_desired(found, claimed), existing, set(claimed), node=node, owner=owner, owned_keys=plan.PCI_STATUS_KEYS
+    )

@@ -1,0 +1,134 @@
+"""USBDeviceClaims of devices on this node: finalizer, prompt `status.nodeName`/`pciAddress`, the device node owned
+by QEMU's uid, `enabled` on the USBDevice (written by the device reconciler); release on delete."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from nodeagent import kube
+from nodeagent.deviceplugin import model
+from nodeagent.errors import SysfsError
+from nodeagent.events import EventRecorder
+from nodeagent.reconcile import plan
+
+log = logging.getLogger(__name__)
+
+Obj = dict[str, Any]
+READY = "Ready"
+OwnerSetter = Callable[[model.UsbDevice], bool]
+
+
+@dataclass(frozen=True)
+class USBClaimResult:
+    name: str
+    enabled: bool
+    resource_name: str = ""
+    device: model.UsbDevice | None = None
+    vendor: str = ""
+    product: str = ""
+
+
+class USBClaimReconciler:
+    def __init__(
+        self,
+        api: kube.KubeApi,
+        events: EventRecorder,
+        *,
+        node: str,
+        now: Callable[[], str],
+        set_owner: OwnerSetter,
+    ) -> None:
+        self._api = api
+        self._events = events
+        self._node = node
+        self._now = now
+        self._set_owner = set_owner
+
+    def _write_status(self, claim: Obj, desired: Obj) -> Obj:
+        st = claim.get("status") or {}
+        patch = {k: v for k, v in desired.items() if st.get(k) != v}
+        if not patch:
+            return claim
+        return self._api.patch(kube.USBDEVICECLAIMS, claim["metadata"]["name"], {"status": patch}, subresource="status")
+
+    def _finalizer(self, claim: Obj, present: bool) -> Obj | None:
+        meta = claim["metadata"]
+        fins = plan.finalizers_with(meta, present)
+        if fins is None:
+            return claim
+        try:
+            return self._api.patch(
+                kube.USBDEVICECLAIMS,
+                meta["name"],
+                {"metadata": {"finalizers": fins, "resourceVersion": meta.get("resourceVersion")}},
+            )
+        except kube.NotFound:
+            return None
+
+    def reconcile(
+        self,
+        claim: Obj,
+        device: Obj,
+        *,
+        permit: plan.Condition | None,
+        allocated_to: Callable[[str, str], list[Any]],
+    ) -> USBClaimResult:
+        name = claim["metadata"]["name"]
+        if claim["metadata"].get("deletionTimestamp"):
+            if plan.FINALIZER in (claim["metadata"].get("finalizers") or []):
+                self._finalizer(claim, False)
+                self._events.record(claim, "Normal", "Released", f"USB device {name} released")
+            return USBClaimResult(name, False)
+        got = self._finalizer(claim, True)
+        if got is None:
+            return USBClaimResult(name, False)
+        claim = got
+        st = claim.get("status") or {}
+        dst = device.get("status") or {}
+        # The UI waits for nodeName: write it (and the controller address) before anything that can fail.
+        claim = self._write_status(claim, {"nodeName": self._node, "pciAddress": str(dst.get("pciAddress", ""))})
+        st = claim.get("status") or {}
+        if dst.get("absent") or dst.get("status") == plan.ORPHANED:
+            self._write_status(
+                claim,
+                {
+                    "conditions": plan.set_conditions(
+                        st.get("conditions") or [],
+                        [plan.Condition(READY, False, "DeviceAbsent", f"USB device {name} is disconnected")],
+                        self._now(),
+                    )
+                },
+            )
+            return USBClaimResult(name, False)
+        bus, devnum = dst.get("busNum"), dst.get("devNum")
+        if not isinstance(bus, int) or not isinstance(devnum, int):
+            return USBClaimResult(name, False)
+        udev = model.UsbDevice(bus, devnum)
+        message = f"offered as {dst.get('resourceName', '')}"
+        try:
+            self._set_owner(udev)
+        except SysfsError as e:
+            message = str(e)
+            wanted = [plan.Condition(READY, False, "DeviceNodeNotOwned", message)]
+            conditions = plan.set_conditions(st.get("conditions") or [], wanted, self._now())
+            self._write_status(claim, {"conditions": conditions})
+            return USBClaimResult(name, False)
+        resource = str(dst.get("resourceName", ""))
+        wanted = [plan.Condition(READY, True, "Enabled", message)]
+        if permit is not None:
+            wanted.append(permit)
+        if not plan.condition(st, READY) or plan.condition(st, READY).get("status") != "True":  # type: ignore[union-attr]
+            self._events.record(claim, "Normal", "Enabled", f"USB device {name} {message}")
+        self._write_status(
+            claim,
+            {
+                "conditions": plan.set_conditions(st.get("conditions") or [], wanted, self._now()),
+                "allocatedTo": allocated_to(resource, udev.id),
+            },
+        )
+        return USBClaimResult(
+            name, True, resource, udev, str(dst.get("vendorID", "")), str(dst.get("productID", ""))
+        )

@@ -1,0 +1,67 @@
+"""AgentSettings: everything the agent is configured with, read once from the environment by `from_env`."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import cast
+
+from nodeagent.reconcile.plan import ResourceNameMode
+
+_MODES = ("perDevice", "pooled")
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    node_name: str
+    namespace: str = "harvester-system"
+    root: str = "/"
+    proc: str | None = None
+    node_ip: str | None = None
+    kubeconfig: Path | None = None
+    kubelet_dir: str = "/var/lib/kubelet"
+    resource_names: ResourceNameMode = "perDevice"
+    resync_s: float = 300.0
+    watch_timeout_s: int = 300
+    health_host: str = "0.0.0.0"
+    health_port: int = 8089
+    pci_ids: str | None = None
+    usb_ids: str | None = None
+    device_plugins: bool = True
+    udev: bool = True
+
+    @property
+    def plugin_dir(self) -> str:
+        return os.path.join(self.kubelet_dir, "device-plugins")
+
+    @property
+    def pod_resources_socket(self) -> str:
+        return os.path.join(self.kubelet_dir, "pod-resources", "kubelet.sock")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> AgentSettings:
+        """NODE_NAME (required), POD_NAMESPACE, HOST_ROOT, HOST_PROC, NODE_IP, KUBECONFIG, KUBELET_DIR,
+        RESOURCE_NAMES (perDevice|pooled), RESYNC_SECONDS, HEALTH_PORT, PCI_IDS, USB_IDS; ValueError when invalid."""
+        node = env.get("NODE_NAME", "").strip()
+        if not node:
+            raise ValueError("NODE_NAME must be set (the downward API's spec.nodeName)")
+        mode = env.get("RESOURCE_NAMES", "perDevice")
+        if mode not in _MODES:
+            raise ValueError(f"RESOURCE_NAMES must be one of {', '.join(_MODES)}; got {mode!r}")
+        kubeconfig = env.get("KUBECONFIG")
+        return cls(
+            node_name=node,
+            namespace=env.get("POD_NAMESPACE", "harvester-system"),
+            root=env.get("HOST_ROOT", "/"),
+            proc=env.get("HOST_PROC") or None,
+            node_ip=env.get("NODE_IP") or None,
+            kubeconfig=Path(kubeconfig) if kubeconfig else None,
+            kubelet_dir=env.get("KUBELET_DIR", "/var/lib/kubelet"),
+            resource_names=cast(ResourceNameMode, mode),
+            resync_s=float(env.get("RESYNC_SECONDS", "300")),
+            health_port=int(env.get("HEALTH_PORT", "8089")),
+            pci_ids=env.get("PCI_IDS") or None,
+            usb_ids=env.get("USB_IDS") or None,
+        )

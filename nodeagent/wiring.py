@@ -1,0 +1,215 @@
+"""The agent's object graph, built in one place: settings + an API client -> a startable `Agent`.
+
+Everything is injected here and nowhere else; tests build the same graph with a fake API, a fake tree and the
+simulated kernel (`build(..., root=sim.root(), load_modules=sim.load_modules)`), and switch off the parts they do
+not exercise (device plugins, udev, the HTTP port).
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from nodeagent import kube
+from nodeagent.deviceplugin import health as plugin_health
+from nodeagent.deviceplugin import manager as plugin_manager
+from nodeagent.deviceplugin import metrics as plugin_metrics
+from nodeagent.deviceplugin import model, usbowner
+from nodeagent.events import EventRecorder
+from nodeagent.health import HealthServer, HealthState
+from nodeagent.host.binding import VfioBinder
+from nodeagent.host.modules import Modprobe
+from nodeagent.idsdb import NamesDatabases
+from nodeagent.reconcile import allocations
+from nodeagent.reconcile.cycle import NodePass
+from nodeagent.reconcile.pcideviceclaims import PCIClaimReconciler
+from nodeagent.reconcile.runner import Runner, Watcher
+from nodeagent.reconcile.usbdeviceclaims import USBClaimReconciler
+from nodeagent.settings import AgentSettings
+from nodeagent.sysfs.root import SysfsRoot
+from nodeagent.udev import UdevNudger
+from policy import names
+
+log = logging.getLogger(__name__)
+
+
+def utc_now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class Agent:
+    """The running parts; `start()` launches their threads, `stop()` ends them."""
+
+    settings: AgentSettings
+    api: kube.CountingKube
+    node_pass: NodePass
+    runner: Runner
+    watchers: list[Watcher]
+    health: HealthState
+    registry: CollectorRegistry
+    binder: VfioBinder
+    plugins: plugin_manager.PluginManager | None = None
+    udev: UdevNudger | None = None
+    server: HealthServer | None = None
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _threads: list[threading.Thread] = field(default_factory=list)
+
+    def start(self) -> Agent:
+        self._stop.clear()
+        targets: list[tuple[str, Callable[[threading.Event], None]]] = [("reconcile", self.runner.run)]
+        targets += [(f"watch {i}", w.run) for i, w in enumerate(self.watchers)]
+        if self.plugins is not None:
+            targets.append(("device plugins", self.plugins.run))
+        for name, target in targets:
+            t = threading.Thread(target=target, args=(self._stop,), name=name, daemon=True)
+            t.start()
+            self._threads.append(t)
+        if self.udev is not None:
+            self.udev.start()
+        if self.server is not None:
+            self.server.start()
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        self.runner.wake()
+        if self.plugins is not None:
+            self.plugins.wake()
+        if self.udev is not None:
+            self.udev.stop()
+        if self.server is not None:
+            self.server.stop()
+        for t in self._threads:
+            t.join(timeout=timeout)
+        self._threads.clear()
+
+    def wait(self) -> None:
+        self._stop.wait()
+
+
+def build(
+    settings: AgentSettings,
+    api: kube.KubeApi,
+    *,
+    root: SysfsRoot | None = None,
+    db: NamesDatabases | None = None,
+    load_modules: Callable[[Sequence[str]], None] | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    now: Callable[[], str] = utc_now,
+    chown: Callable[[str, int, int], None] | None = None,
+    serve_health: bool = True,
+    pod_resources: allocations.Lister | None = None,
+    binder_timeouts: tuple[float, float, float] = (5.0, 3.0, 1.0),
+) -> Agent:
+    root = root or SysfsRoot(settings.root, proc=settings.proc)
+    db = db or NamesDatabases.load(settings.pci_ids, settings.usb_ids)
+    counting = api if isinstance(api, kube.CountingKube) else kube.CountingKube(api)
+    registry = CollectorRegistry()
+    events = EventRecorder(counting, namespace=settings.namespace, node=settings.node_name, now=now)
+
+    lister = pod_resources
+    socket_path: str | None = None
+    if lister is None and settings.device_plugins:
+        socket_path = settings.pod_resources_socket
+        lister = allocations.socket_lister(socket_path)
+
+    holder: dict[str, NodePass] = {}
+
+    def pods(address: str) -> Sequence[str]:
+        return holder["pass"].allocations.pods_of(address) if "pass" in holder else ()
+
+    def host_critical(address: str) -> str | None:
+        reasons = holder["pass"].host_critical.get(address) if "pass" in holder else None
+        return "; ".join(reasons) if reasons else None
+
+    write_t, verify_t, read_t = binder_timeouts
+    binder = VfioBinder(
+        root,
+        load_modules or Modprobe(),
+        pods=pods,
+        host_critical=host_critical,
+        write_timeout=write_t,
+        verify_timeout=verify_t,
+        read_timeout=read_t,
+    )
+
+    plugins: plugin_manager.PluginManager | None = None
+    if settings.device_plugins:
+        plugins = plugin_manager.PluginManager(
+            plugin_dir=settings.plugin_dir,
+            probe=plugin_health.SysfsProbe(root),
+            counters=plugin_metrics.PluginMetrics(registry),
+            clock=clock,
+        )
+
+    def set_owner(device: model.UsbDevice) -> bool:
+        if chown is None:
+            return usbowner.apply_usb_owner(root, device)
+        return usbowner.apply_usb_owner(root, device, chown=chown)
+
+    node_pass = NodePass(
+        counting,
+        root,
+        db,
+        events,
+        PCIClaimReconciler(counting, binder, root, events, node=settings.node_name, now=now),
+        USBClaimReconciler(counting, events, node=settings.node_name, now=now, set_owner=set_owner),
+        node=settings.node_name,
+        node_ip=settings.node_ip,
+        resource_names=settings.resource_names,
+        read_allocations=lambda: allocations.read_allocations(lister, socket_path),
+        set_plugins=plugins.set_desired if plugins is not None else None,
+    )
+    holder["pass"] = node_pass
+
+    def work() -> None:
+        node_pass()
+        if plugins is not None:
+            plugins.refresh()  # binds may have changed health
+
+    runner = Runner(work, clock=clock, resync_s=settings.resync_s)
+    state = HealthState(clock, stale_after_s=max(3 * settings.resync_s, 60.0))
+    runner.on_pass = lambda ok: state.passed(ok, root_traced=node_pass.report.root_traced if ok else None)
+
+    passes = Counter("pcidevices_agent_reconcile_passes", "Reconcile passes, by result.", ["result"], registry=registry)
+    runner_on_pass = runner.on_pass
+
+    def on_pass(ok: bool) -> None:
+        passes.labels(result="ok" if ok else "error").inc()
+        runner_on_pass(ok)
+
+    runner.on_pass = on_pass
+    writes = Gauge("pcidevices_agent_api_writes", "API writes (create, patch, delete) since start.", registry=registry)
+    writes.set_function(lambda: float(counting.writes))
+
+    selector = f"{names.LABEL_NODENAME}={settings.node_name}"
+    watchers = [
+        Watcher(counting, kube.PCIDEVICES, runner.nudge, label_selector=selector, timeout_s=settings.watch_timeout_s),
+        Watcher(counting, kube.USBDEVICES, runner.nudge, label_selector=selector, timeout_s=settings.watch_timeout_s),
+        Watcher(counting, kube.PCIDEVICECLAIMS, runner.nudge, timeout_s=settings.watch_timeout_s),
+        Watcher(counting, kube.USBDEVICECLAIMS, runner.nudge, timeout_s=settings.watch_timeout_s),
+        Watcher(counting, kube.KUBEVIRTS, runner.nudge, timeout_s=settings.watch_timeout_s),
+    ]
+    server = (
+        HealthServer(state, registry, host=settings.health_host, port=settings.health_port) if serve_health else None
+    )
+    return Agent(
+        settings=settings,
+        api=counting,
+        node_pass=node_pass,
+        runner=runner,
+        watchers=watchers,
+        health=state,
+        registry=registry,
+        binder=binder,
+        plugins=plugins,
+        udev=UdevNudger(runner.nudge) if settings.udev else None,
+        server=server,
+    )
