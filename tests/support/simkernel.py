@@ -106,6 +106,20 @@ class SimKernel:
             if bound:
                 self._link(dev, native)
 
+    def remove_device(self, address: str) -> None:
+        """The device disappears (hot-unplug): its links and directory go."""
+        with self._lock:
+            dev = self.devices.pop(address)
+            if dev.driver is not None:
+                (self.base / "sys/bus/pci/drivers" / dev.driver / address).unlink()
+            (self.base / "sys/bus/pci/devices" / address).unlink()
+            (self.base / "sys/kernel/iommu_groups" / str(dev.group) / "devices" / address).unlink()
+            d = self._devpath(address)
+            for f in sorted(d.iterdir()):
+                f.unlink()
+            d.rmdir()
+            self._sync_vfio_node(dev.group)
+
     def load_modules(self, names: Sequence[str]) -> None:
         """The binder's ModuleLoader: loading vfio-pci registers its driver directory."""
         self.modprobes.append(tuple(names))

@@ -323,3 +323,15 @@ def test_concurrent_binds_of_one_device_write_each_step_once(sim: SimKernel) -> 
         w.join()
     assert results == [Outcome.BOUND] * 4
     assert len(device_writes(sim, NIC1)) == 3
+
+
+def test_a_claim_whose_device_vanished_can_still_be_released(sim: SimKernel) -> None:
+    b = binder(sim)
+    record = b.record_for(NIC1)
+    b.bind(record)
+    sim.remove_device(NIC1)
+    before = len(sim.writes)
+    result = b.release(record)
+    assert result.outcome is Outcome.VANISHED and NIC1 in result.message
+    assert len(sim.writes) == before and not sim.vfio_node(1)
+    assert b.bind(record).outcome is Outcome.VANISHED
