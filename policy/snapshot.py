@@ -79,24 +79,22 @@ class ClusterIndex:
     # -- writers ------------------------------------------------------------------------------------------------
 
     def upsert(self, kind: str, obj: Mapping[str, Any]) -> bool:
-        """Add or replace one object; return False (and forget any old version) when it is malformed."""
-        with self._lock:
-            if kind == "Node":
-                meta = obj.get("metadata")
-                name = meta.get("name") if isinstance(meta, Mapping) else None
-                if not isinstance(name, str) or not name:
-                    return False
+        """Add or replace one object; return False (and forget any old version) when it is malformed.
+
+        Parsing happens outside the lock; only the index update holds it.
+        """
+        if kind == "Node":
+            name = _name_of(obj)
+            if not name:
+                return False
+            with self._lock:
                 self._nodes.add(name)
-                return True
-            parser = _PARSERS.get(kind)
-            if parser is None:
-                raise ValueError(f"unsupported kind {kind!r}")
-            try:
-                view = parser(obj)
-            except MalformedObject:
-                meta = obj.get("metadata")
-                name = meta.get("name") if isinstance(meta, Mapping) else None
-                if isinstance(name, str):
+            return True
+        view = self._parse(kind, obj)
+        with self._lock:
+            if view is None:
+                name = _name_of(obj)
+                if name:
                     self._remove(kind, name)
                 return False
             self._remove(kind, view.name)
@@ -112,16 +110,47 @@ class ClusterIndex:
             else:
                 raise ValueError(f"unsupported kind {kind!r}")
 
-    def replace(self, kind: str, objects: Iterable[Mapping[str, Any]]) -> int:
-        """Replace every object of one kind (a re-list); return how many were malformed and skipped."""
-        objects = list(objects)
-        with self._lock:
-            if kind == "Node":
-                self._nodes.clear()
+    def replace(self, kind: str, objects: Iterable[Mapping[str, Any]], *, batch: int = 500) -> int:
+        """Make the objects of one kind exactly `objects` (a re-list); return how many were malformed and skipped.
+
+        Admissions keep being answered during a re-list of 100,000 objects: parsing happens outside the lock, and
+        only the objects that differ are applied, `batch` at a time, each one atomically (as a watch event would).
+        """
+        if kind == "Node":
+            names = {n for n in map(_name_of, objects) if n}
+            with self._lock:
+                self._nodes = names
+            return 0
+        wanted: dict[str, Any] = {}
+        malformed = 0
+        for obj in objects:
+            view = self._parse(kind, obj)
+            if view is None:
+                malformed += 1
             else:
-                for name in list(self._store(kind)):
-                    self._remove(kind, name)
-            return sum(0 if self.upsert(kind, obj) else 1 for obj in objects)
+                wanted[view.name] = view
+        store = self._store(kind)
+        with self._lock:
+            stale = [name for name in store if name not in wanted]
+        changed = [view for name, view in wanted.items() if store.get(name) != view]
+        for start in range(0, max(len(stale), len(changed)), batch):
+            with self._lock:
+                for name in stale[start : start + batch]:
+                    if name not in wanted:
+                        self._remove(kind, name)
+                for view in changed[start : start + batch]:
+                    self._remove(kind, view.name)
+                    self._add(kind, view)
+        return malformed
+
+    def _parse(self, kind: str, obj: Mapping[str, Any]) -> Any:
+        parser = _PARSERS.get(kind)
+        if parser is None:
+            raise ValueError(f"unsupported kind {kind!r}")
+        try:
+            return parser(obj)
+        except MalformedObject:
+            return None
 
     # -- readers ------------------------------------------------------------------------------------------------
 
@@ -286,6 +315,12 @@ class MultiMap(Generic[K]):
         if isinstance(current, str):
             return [current]
         return sorted(current)
+
+
+def _name_of(obj: Mapping[str, Any]) -> str:
+    meta = obj.get("metadata")
+    name = meta.get("name") if isinstance(meta, Mapping) else None
+    return name if isinstance(name, str) else ""
 
 
 _PARSERS: dict[str, Any] = {

@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
@@ -169,3 +170,17 @@ def test_readers_never_see_a_device_half_moved_between_resource_names() -> None:
         stop.set()
         t.join(timeout=10)
     assert errors == []
+
+
+def test_a_relist_reindexes_only_what_changed(monkeypatch: pytest.MonkeyPatch) -> None:
+    devices = [pcidevice(NODE1, f"0000:{i:02x}:00.0", iommu_group=str(i)) for i in range(50)]
+    index = ClusterIndex.from_objects(devices)
+    added: list[str] = []
+    real_add = index._add
+    monkeypatch.setattr(index, "_add", lambda kind, view: (added.append(view.name), real_add(kind, view)))
+    moved = changed(devices[7], "status.iommuGroup", "99")
+    assert index.replace("PCIDevice", [*devices[:7], moved, *devices[8:40]], batch=4) == 0
+    assert added == [moved["metadata"]["name"]]
+    assert index.counts()["PCIDevice"] == 40
+    assert [d.name for d in index.pcidevices_in_group(NODE1, "99")] == [moved["metadata"]["name"]]
+    assert index.pcidevices_in_group(NODE1, "45") == []
