@@ -16,14 +16,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def guest() -> dict[str, Any]:
-    missing = qemu.missing_tools()
-    if missing:
-        pytest.skip(f"kernel tier needs {', '.join(missing)}: run scripts/prepare-kernel")
-    image = qemu.find_image(qemu.default_cache())
-    if image is None:
-        pytest.skip(f"no guest image under {qemu.default_cache()}: run scripts/prepare-kernel")
-    run = qemu.run_guest(image, REPO, "tests/kernel/guest/binding.py", guest_timeout=240, boot_allowance=240)
+def guest(guest_image: qemu.GuestImage) -> dict[str, Any]:
+    run = qemu.run_guest(guest_image, REPO, "tests/kernel/guest/binding.py", guest_timeout=240, boot_allowance=240)
     result = run.result()
     assert result, f"the guest reported nothing ({run.verdict}, {run.seconds:.0f}s):\n{qemu.tail(run.output)}"
     result["_verdict"] = run.verdict
