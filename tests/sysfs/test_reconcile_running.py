@@ -1,0 +1,86 @@
+"""The running agent (threads: runner, watches) on a simulated host against the in-memory API: event-driven
+convergence, restarts of the API's watches, and an idle agent that writes nothing."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from nodeagent import kube
+from nodeagent.wiring import Agent
+from policy import names
+from tests.support.agent_env import build_agent, kubevirt_cr, pci_claim
+from tests.support.fake_kube import FakeKube
+from tests.support.simhost import SimHost
+
+NODE = "node1"
+NIC = "0000:00:02.0"
+
+
+def _until(ok: Callable[[], bool], timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if ok():
+            return True
+        time.sleep(0.01)
+    return ok()
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[tuple[SimHost, FakeKube, Agent]]:
+    host = SimHost(tmp_path)
+    host.pci(NIC, native="e1000e", group=1)
+    api = FakeKube()
+    api.put(kube.NODES, {"metadata": {"name": NODE}})
+    api.put(kube.KUBEVIRTS, kubevirt_cr(), namespace="harvester-system")
+    agent = build_agent(host, api, NODE, resync_s=3600.0).start()
+    try:
+        yield host, api, agent
+    finally:
+        agent.stop()
+
+
+def _enabled(api: FakeKube) -> bool:
+    c = api.peek("pcideviceclaims", names.pcidevice_name(NODE, NIC))
+    return bool(c and (c.get("status") or {}).get("passthroughEnabled"))
+
+
+def test_a_new_claim_is_enabled_by_its_watch_event_without_waiting_for_a_resync(
+    env: tuple[SimHost, FakeKube, Agent],
+) -> None:
+    host, api, agent = env
+    assert _until(lambda: api.peek("pcidevices", names.pcidevice_name(NODE, NIC)) is not None)
+    started = time.monotonic()
+    api.put(kube.PCIDEVICECLAIMS, pci_claim(NODE, NIC))
+    assert _until(lambda: _enabled(api), timeout=2.0)
+    assert time.monotonic() - started < 1.0
+    assert host.sim.driver(NIC) == "vfio-pci"
+
+
+def test_the_agent_converges_after_the_api_drops_every_watch(env: tuple[SimHost, FakeKube, Agent]) -> None:
+    host, api, agent = env
+    assert _until(lambda: agent.runner.stats.passes > 0)
+    api.down = True
+    time.sleep(0.3)
+    api.put(kube.PCIDEVICECLAIMS, pci_claim(NODE, NIC))  # written while the agent cannot see the server
+    api.end_watches()
+    api.down = False
+    assert _until(lambda: _enabled(api), timeout=10.0)
+    assert len([o for o in api.objects("pcidevices")]) == 2
+
+
+def test_an_idle_running_agent_makes_no_writes(env: tuple[SimHost, FakeKube, Agent]) -> None:
+    host, api, agent = env
+    api.put(kube.PCIDEVICECLAIMS, pci_claim(NODE, NIC))
+    assert _until(lambda: _enabled(api))
+    time.sleep(0.5)  # the echoes of our own writes settle
+    before = len(api.writes)
+    passes = agent.runner.stats.passes
+    for _ in range(5):
+        agent.runner.nudge()  # as a resync or a udev event would
+        time.sleep(0.1)
+    assert agent.runner.stats.passes > passes
+    assert api.writes[before:] == []
