@@ -9,6 +9,8 @@ AGENT = "system:serviceaccount:harvester-system:pcidevices-agent"
 CONTROLLER = "system:serviceaccount:harvester-system:pcidevices-controller"
 MIGRATION = "system:serviceaccount:harvester-system:pcidevices-takeover"
 GC = "system:serviceaccount:kube-system:generic-garbage-collector"
+# kube-controller-manager without --use-service-account-credentials runs its garbage collector as itself
+CONTROLLER_MANAGER = "system:kube-controller-manager"
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -19,7 +21,7 @@ class PolicySettings:
     agent_usernames: frozenset[str] = field(default_factory=lambda: frozenset({AGENT}))
     controller_usernames: frozenset[str] = field(default_factory=lambda: frozenset({CONTROLLER}))
     migration_usernames: frozenset[str] = field(default_factory=lambda: frozenset({MIGRATION}))
-    gc_usernames: frozenset[str] = field(default_factory=lambda: frozenset({GC}))
+    gc_usernames: frozenset[str] = field(default_factory=lambda: frozenset({GC, CONTROLLER_MANAGER}))
     enforce_claim: bool = True
     enforce_release: bool = True
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from policy.settings import AGENT, GC, PolicySettings
+from policy.settings import AGENT, CONTROLLER_MANAGER, GC, PolicySettings
 
 
 def test_defaults_name_the_chart_service_accounts_and_enforce_every_check() -> None:
     s = PolicySettings()
-    assert s.agent_usernames == {AGENT} and s.gc_usernames == {GC}
+    assert s.agent_usernames == {AGENT} and s.gc_usernames == {GC, CONTROLLER_MANAGER}
     assert s.enforce_claim and s.enforce_release
 
 
