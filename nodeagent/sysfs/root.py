@@ -267,7 +267,9 @@ class DirHandle:
     def read(self, name: str, size: int = 4096) -> bytes | None:
         """At most `size` bytes of entry `name` in one read(2); None when it does not exist."""
         try:
-            fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=self._fd)
+            fd = os.open(name, _FILE_FLAGS, dir_fd=self._fd)
+        except FileNotFoundError:
+            return None
         except OSError as e:
             if e.errno in _MISSING:
                 return None
@@ -284,7 +286,9 @@ class DirHandle:
     def link_name(self, name: str) -> str | None:
         """Basename of symlink `name`'s target, None when there is none."""
         try:
-            return os.path.basename(os.readlink(name, dir_fd=self._fd))
+            return os.readlink(name, dir_fd=self._fd).rpartition("/")[2]
+        except FileNotFoundError:
+            return None
         except OSError as e:
             if e.errno in _MISSING or e.errno == errno_mod.EINVAL:
                 return None
