@@ -90,7 +90,9 @@ class KubeApi(Protocol):
     """The calls the agent makes. Patches are JSON merge patches; a patch carrying metadata.resourceVersion is
     conditional (Conflict when stale), which is how the KubeVirt CR is updated."""
 
-    def list(self, res: Resource, *, label_selector: str | None = None) -> ObjectList: ...
+    def list(
+        self, res: Resource, *, label_selector: str | None = None, namespace: str | None = None
+    ) -> ObjectList: ...
 
     def get(self, res: Resource, name: str, *, namespace: str | None = None) -> Obj: ...
 
@@ -140,8 +142,8 @@ class CountingKube:
             key = (verb, res.plural)
             self.counts[key] = self.counts.get(key, 0) + 1
 
-    def list(self, res: Resource, *, label_selector: str | None = None) -> ObjectList:
-        return self._inner.list(res, label_selector=label_selector)
+    def list(self, res: Resource, *, label_selector: str | None = None, namespace: str | None = None) -> ObjectList:
+        return self._inner.list(res, label_selector=label_selector, namespace=namespace)
 
     def get(self, res: Resource, name: str, *, namespace: str | None = None) -> Obj:
         return self._inner.get(res, name, namespace=namespace)
@@ -249,9 +251,9 @@ class ApiKube:
         except (urllib3_exceptions.HTTPError, OSError) as e:
             raise KubeError(f"API server connection lost: {e}", status=0) from e
 
-    def list(self, res: Resource, *, label_selector: str | None = None) -> ObjectList:
+    def list(self, res: Resource, *, label_selector: str | None = None, namespace: str | None = None) -> ObjectList:
         query = [("labelSelector", label_selector)] if label_selector else []
-        doc = self._call("GET", res.path(), query=query)
+        doc = self._call("GET", res.path(None, namespace), query=query)
         return ObjectList(list(doc.get("items") or []), str((doc.get("metadata") or {}).get("resourceVersion", "")))
 
     def get(self, res: Resource, name: str, *, namespace: str | None = None) -> Obj:

@@ -31,6 +31,8 @@ class AgentSettings:
     usb_ids: str | None = None
     device_plugins: bool = True
     udev: bool = True
+    kubevirt_namespace: str | None = None
+    allocations_poll_s: float = 5.0
 
     @property
     def plugin_dir(self) -> str:
@@ -43,7 +45,8 @@ class AgentSettings:
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> AgentSettings:
         """NODE_NAME (required), POD_NAMESPACE, HOST_ROOT, HOST_PROC, NODE_IP, KUBECONFIG, KUBELET_DIR,
-        RESOURCE_NAMES (perDevice|pooled), RESYNC_SECONDS, HEALTH_PORT, PCI_IDS, USB_IDS; ValueError when invalid."""
+        RESOURCE_NAMES (perDevice|pooled), RESYNC_SECONDS, HEALTH_PORT, PCI_IDS, USB_IDS, KUBEVIRT_NAMESPACE (default:
+        search every namespace); ValueError when invalid."""
         node = env.get("NODE_NAME", "").strip()
         if not node:
             raise ValueError("NODE_NAME must be set (the downward API's spec.nodeName)")
@@ -64,4 +67,5 @@ class AgentSettings:
             health_port=int(env.get("HEALTH_PORT", "8089")),
             pci_ids=env.get("PCI_IDS") or None,
             usb_ids=env.get("USB_IDS") or None,
+            kubevirt_namespace=env.get("KUBEVIRT_NAMESPACE") or None,
         )

@@ -56,6 +56,7 @@ class Agent:
     registry: CollectorRegistry
     binder: VfioBinder
     plugins: plugin_manager.PluginManager | None = None
+    poller: allocations.AllocationPoller | None = None
     udev: UdevNudger | None = None
     server: HealthServer | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -65,6 +66,8 @@ class Agent:
         self._stop.clear()
         targets: list[tuple[str, Callable[[threading.Event], None]]] = [("reconcile", self.runner.run)]
         targets += [(f"watch {i}", w.run) for i, w in enumerate(self.watchers)]
+        if self.poller is not None:
+            targets.append(("allocations", self.poller.run))
         if self.plugins is not None:
             targets.append(("device plugins", self.plugins.run))
         for name, target in targets:
@@ -166,6 +169,7 @@ def build(
         resource_names=settings.resource_names,
         read_allocations=lambda: allocations.read_allocations(lister, socket_path),
         set_plugins=plugins.set_desired if plugins is not None else None,
+        kubevirt_namespace=settings.kubevirt_namespace,
     )
     holder["pass"] = node_pass
 
@@ -175,6 +179,9 @@ def build(
             plugins.refresh()  # binds may have changed health
 
     runner = Runner(work, clock=clock, resync_s=settings.resync_s)
+    poller = allocations.AllocationPoller(
+        lambda: allocations.read_allocations(lister, socket_path), runner.nudge, interval_s=settings.allocations_poll_s
+    )
     state = HealthState(clock, stale_after_s=max(3 * settings.resync_s, 60.0))
     runner.on_pass = lambda ok: state.passed(ok, root_traced=node_pass.report.root_traced if ok else None)
 
@@ -210,6 +217,7 @@ def build(
         registry=registry,
         binder=binder,
         plugins=plugins,
+        poller=poller if lister is not None else None,
         udev=UdevNudger(runner.nudge) if settings.udev else None,
         server=server,
     )

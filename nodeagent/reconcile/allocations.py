@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -52,3 +53,28 @@ def read_allocations(lister: Lister | None, socket_path: str | None = None) -> A
     except PodResourcesError:
         log.warning("pod resources could not be read", exc_info=True)
         return Allocations({}, known=False)
+
+
+class AllocationPoller:
+    """The kubelet does not announce allocations: poll PodResources and nudge the loop when the reading changes."""
+
+    def __init__(self, read: Callable[[], Allocations], nudge: Callable[[], None], *, interval_s: float) -> None:
+        self._read = read
+        self._nudge = nudge
+        self._interval_s = interval_s
+        self._last: Allocations | None = None
+
+    def poll(self) -> bool:
+        now = self._read()
+        changed = now != self._last  # the first reading counts as a change: the loop may have read before it
+        self._last = now
+        if changed:
+            self._nudge()
+        return changed
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.wait(self._interval_s):
+            try:
+                self.poll()
+            except Exception:  # the poller never dies: allocatedTo would silently go stale
+                log.exception("pod resources poll failed")

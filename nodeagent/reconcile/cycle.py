@@ -65,7 +65,9 @@ class NodePass:
         resource_names: plan.ResourceNameMode = "perDevice",
         read_allocations: Callable[[], allocations.Allocations] = lambda: allocations.Allocations(known=True),
         set_plugins: Callable[[tuple[model.Resource, ...]], None] | None = None,
+        kubevirt_namespace: str | None = None,
     ) -> None:
+        self._kubevirt_namespace = kubevirt_namespace
         self._api = api
         self._root = root
         self._db = db
@@ -142,7 +144,7 @@ class NodePass:
 
         # -- allocations, KubeVirt -----------------------------------------------------------------------------
         self.allocations = self._read_allocations()
-        kv = permits.find_kubevirt(self._api)
+        kv = permits.find_kubevirt(self._api, self._kubevirt_namespace)
         permit = kv.condition()
 
         # -- claims --------------------------------------------------------------------------------------------

@@ -43,9 +43,10 @@ class KubeVirtState:
         return plan.Condition(PERMITTED, True, "Permitted", "listed in KubeVirt permittedHostDevices")
 
 
-def find_kubevirt(api: kube.KubeApi) -> KubeVirtState:
+def find_kubevirt(api: kube.KubeApi, namespace: str | None = None) -> KubeVirtState:
+    """The KubeVirt CR: in `namespace` when configured, else the first one found in any namespace."""
     try:
-        items = api.list(kube.KUBEVIRTS).items
+        items = api.list(kube.KUBEVIRTS, namespace=namespace).items
     except kube.NotFound:  # the KubeVirt CRD is not installed
         return KubeVirtState(None)
     items.sort(key=lambda o: (o["metadata"].get("namespace", ""), o["metadata"]["name"]))

@@ -134,13 +134,13 @@ class FakeKube:
     def _key(self, res: Resource, name: str, namespace: str | None) -> tuple[str, str, str]:
         return (res.plural, (namespace or "") if res.namespaced else "", name)
 
-    def list(self, res: Resource, *, label_selector: str | None = None) -> ObjectList:
+    def list(self, res: Resource, *, label_selector: str | None = None, namespace: str | None = None) -> ObjectList:
         with self._lock:
             self._enter("list", res, None)
             items = [
                 copy.deepcopy(o)
-                for (p, _, _), o in sorted(self._store.items())
-                if p == res.plural and _matches(o, label_selector)
+                for (p, ns, _), o in sorted(self._store.items())
+                if p == res.plural and _matches(o, label_selector) and (not namespace or ns == namespace)
             ]
             return ObjectList(items, str(next(self._rv)))
 

@@ -84,3 +84,31 @@ def test_an_idle_running_agent_makes_no_writes(env: tuple[SimHost, FakeKube, Age
         time.sleep(0.1)
     assert agent.runner.stats.passes > passes
     assert api.writes[before:] == []
+
+
+def test_allocated_to_follows_the_kubelet_without_any_api_event(tmp_path: Path) -> None:
+    from nodeagent.deviceplugin.podresources import DeviceAllocation
+
+    host = SimHost(tmp_path)
+    host.pci(NIC, native="e1000e", group=1)
+    api = FakeKube()
+    api.put(kube.NODES, {"metadata": {"name": NODE}})
+    api.put(kube.PCIDEVICECLAIMS, pci_claim(NODE, NIC))
+    allocs: list[DeviceAllocation] = []
+    agent = build_agent(
+        host, api, NODE, resync_s=3600.0, allocations_poll_s=0.05, pod_resources=lambda: list(allocs)
+    ).start()
+    try:
+        assert _until(lambda: _enabled(api))
+        rn = f"intel.com/{names.pcidevice_name(NODE, NIC)}"
+        allocs.append(DeviceAllocation("vms", "virt-launcher-x", "compute", rn, NIC))
+
+        def allocated() -> object:
+            c = api.peek("pcideviceclaims", names.pcidevice_name(NODE, NIC))
+            return (c or {}).get("status", {}).get("allocatedTo")
+
+        assert _until(lambda: allocated() == [{"pod": "vms/virt-launcher-x", "container": "compute"}])
+        allocs.clear()
+        assert _until(lambda: allocated() == []), agent.runner.stats
+    finally:
+        agent.stop()
