@@ -137,7 +137,7 @@ class Reflector:
             if isinstance(name, str):
                 self._known.add(name)
             if not self._store.upsert(self.watched.kind, event.object):
-                log.warning("skipped malformed object", extra={"kind": self.watched.kind, "name": name})
+                log.warning("skipped malformed object", extra={"kind": self.watched.kind, "object": name})
         elif event.type == "DELETED" and isinstance(name, str):
             self._known.discard(name)
             self._store.delete(self.watched.kind, name)

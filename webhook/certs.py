@@ -296,7 +296,7 @@ class CertManager:
                 log.info("certificate secret changed concurrently; re-reading", extra={"secret": self._secret_name})
                 force_ca = False  # whoever won has rotated already
                 continue
-            log.info("certificate secret written", extra={"secret": self._secret_name, "created": secret is None})
+            log.info("certificate secret written", extra={"secret": self._secret_name, "new_secret": secret is None})
             self.publish(new.ca_bundle)
             return new
         raise kube.KubeError(409, "the certificate secret kept changing concurrently")

@@ -170,3 +170,12 @@ def test_the_file_source_loads_every_kind_into_the_index(tmp_path: Path, form: s
     assert source.ready()
     assert index.pcidevice("node1-000001000") is not None
     assert index.node_exists("node1")
+
+
+def test_a_malformed_watched_object_is_skipped_and_logged(caplog: pytest.LogCaptureFixture) -> None:
+    lister, index, stop = FakeLister(), snapshot.ClusterIndex(), threading.Event()
+    reflector = _reflector(lister, index, stop)
+    bad = {"kind": "PCIDevice", "metadata": {"name": "node1-000001000", "resourceVersion": "3"}, "status": "nope"}
+    assert reflector.apply(kube.WatchEvent("ADDED", bad)) == "3"
+    assert index.pcidevice("node1-000001000") is None
+    assert any(r.getMessage() == "skipped malformed object" for r in caplog.records)

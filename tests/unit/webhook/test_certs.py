@@ -256,3 +256,10 @@ def test_a_rotation_racing_another_replica_uses_the_other_replicas_result() -> N
     got = _manager(api, later).ensure()
     assert got == other[0]
     assert len(got.trusted()) == 2
+
+
+def test_ensure_logs_without_clashing_with_log_record_attributes(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("DEBUG")
+    api = FakeApi()
+    _manager(api).ensure()  # a LogRecord attribute in extra= (e.g. "created") raises KeyError
+    assert any(r.getMessage() == "certificate secret written" for r in caplog.records)
