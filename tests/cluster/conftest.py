@@ -73,6 +73,14 @@ def installed_crds(control_plane: ControlPlane) -> str:
     out = control_plane.kubectl("apply", "-f", str(CRDS)).stdout
     control_plane.kubectl("apply", "-f", str(TEST_CRDS))
     control_plane.wait_for("--for=condition=Established", "crd", "--all")
+    control_plane.forget_discovery()
+    # The OpenAPI document (kubectl explain, field validation) is rebuilt asynchronously after a CRD appears.
+    deadline = time.monotonic() + 60
+    for kind in ("pcidevice", "pcideviceclaim", "usbdevice", "usbdeviceclaim"):
+        while control_plane.kubectl("explain", f"{kind}.status", check=False).returncode != 0:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"kubectl explain {kind} still fails 60s after the CRDs were established")
+            time.sleep(0.5)
     return out
 
 

@@ -30,6 +30,7 @@ import ipaddress
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import ssl
@@ -503,7 +504,9 @@ class ControlPlane:
             server=self.server,
             ca_pem=self.ca_pem,
             user="system:kube-controller-manager",
-            credentials=self._client_credentials("system:kube-controller-manager", ()),
+            # system:masters: with one shared identity (no per-controller service accounts) the bootstrap role
+            # system:kube-controller-manager is too narrow for the garbage collector to delete dependents.
+            credentials=self._client_credentials("system:kube-controller-manager", ("system:masters",)),
         )
         proc = self._spawn(
             "kube-controller-manager",
@@ -655,6 +658,10 @@ class ControlPlane:
         from kubernetes import config  # imported here: only tests that need the Python client pay for it
 
         return config.new_client_from_config(config_file=str(self.kubeconfig_for(user)))  # type: ignore[no-untyped-call]
+
+    def forget_discovery(self) -> None:
+        """Drop kubectl's discovery cache, e.g. after installing CRDs (kubectl reads categories from it)."""
+        shutil.rmtree(self.workdir / "kubectl-cache", ignore_errors=True)
 
     def wait_for(self, *args: str, timeout: str = "60s") -> None:
         """`kubectl wait ...` as admin, e.g. wait_for("--for=condition=Established", "crd/x")."""
