@@ -1,8 +1,11 @@
 """The agent's only door to the API server (and the only `kubernetes` import in nodeagent/).
 
-`KubeApi` holds exactly the calls the reconcilers make, on raw JSON dicts (no generated models: an agent with 1,000
-devices must stay small). `ApiKube` is the real adapter over an explicitly built ApiClient; tests use
-`tests/support/fake_kube.py`. Library exceptions become the small tree below (all are `nodeagent.errors.KubeError`):
+`KubeApi` holds exactly the calls the reconcilers make, on raw JSON dicts. `ApiKube` is the real adapter: JSON over
+a urllib3 pool (the transport the kubernetes client uses), configured from the pod's service account or a kubeconfig
+with certificates or tokens. Importing `kubernetes.client` alone costs ~33 MiB of RSS (every generated model), more
+than a third of the agent's budget, so the `kubernetes` package is imported only to load a kubeconfig that needs its
+exec or auth-provider plugins. Tests use `tests/support/fake_kube.py`. Failures become the tree below (all are
+`nodeagent.errors.KubeError`):
 
     KubeError           any failed call (carries the HTTP status; 0 when the server could not be reached)
     ├── NotFound        404
@@ -12,13 +15,21 @@ devices must stay small). `ApiKube` is the real adapter over an explicitly built
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
+import os
+import ssl
+import tempfile
 import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import urlencode
+
+import urllib3
+import yaml
 
 from nodeagent.errors import KubeError
 
@@ -184,7 +195,7 @@ class CountingKube:
 
 # -- the real adapter -----------------------------------------------------------------------------------------------
 
-_AUTH = ["BearerToken"]
+SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
 
 def _translate(status: int, body: bytes | None) -> KubeError:
@@ -198,25 +209,115 @@ def _translate(status: int, body: bytes | None) -> KubeError:
     return kind(f"{status}: {message}", status=status)
 
 
-class ApiKube:
-    """KubeApi over the kubernetes client's ApiClient, on paths and raw JSON."""
+@dataclass(frozen=True)
+class Endpoint:
+    """Where and how to reach the API server: URL, TLS context, and a bearer token (fixed or re-read from a file)."""
 
-    def __init__(self, api: Any, *, request_timeout_s: float = 10.0) -> None:
-        self._api = api
+    server: str
+    context: ssl.SSLContext
+    token: str | None = None
+    token_file: str | None = None
+
+    def bearer(self) -> str | None:
+        if self.token_file is not None:
+            try:
+                return Path(self.token_file).read_text().strip()  # bound tokens rotate: read it every time
+            except OSError:
+                return self.token
+        return self.token
+
+
+def _tls(ca_file: str | None, ca_data: bytes | None, insecure: bool) -> ssl.SSLContext:
+    if insecure:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        return ctx
+    return ssl.create_default_context(cafile=ca_file, cadata=ca_data.decode() if ca_data else None)
+
+
+def _load_client_cert(ctx: ssl.SSLContext, cert: bytes, key: bytes) -> None:
+    """ssl wants files: write both to a private temporary file that exists only while they are loaded."""
+    fd, path = tempfile.mkstemp(prefix="kubecert")
+    try:
+        os.write(fd, cert + b"\n" + key)
+        os.close(fd)
+        ctx.load_cert_chain(path)
+    finally:
+        os.unlink(path)
+
+
+def in_cluster_endpoint(sa_dir: Path = SA_DIR, env: Mapping[str, str] | None = None) -> Endpoint:
+    env = os.environ if env is None else env
+    host, port = env.get("KUBERNETES_SERVICE_HOST"), env.get("KUBERNETES_SERVICE_PORT", "443")
+    if not host:
+        raise KubeError("not in a cluster: KUBERNETES_SERVICE_HOST is not set", status=0)
+    if ":" in host:
+        host = f"[{host}]"
+    ctx = _tls(str(sa_dir / "ca.crt"), None, False)
+    return Endpoint(f"https://{host}:{port}", ctx, token_file=str(sa_dir / "token"))
+
+
+def kubeconfig_endpoint(path: Path) -> Endpoint:
+    """The current context of a kubeconfig: certificates, CA and tokens inline or as files; plugins via kubernetes."""
+    doc = yaml.safe_load(path.read_text()) or {}
+    ctx_name = doc.get("current-context")
+    context = next((c["context"] for c in doc.get("contexts") or [] if c.get("name") == ctx_name), None)
+    if context is None:
+        raise KubeError(f"{path}: no current context", status=0)
+    cluster = next(c["cluster"] for c in doc.get("clusters") or [] if c.get("name") == context.get("cluster"))
+    user: dict[str, Any] = next((u["user"] for u in doc.get("users") or [] if u.get("name") == context.get("user")), {})
+    if "exec" in user or "auth-provider" in user:
+        return _plugin_endpoint(path)
+    base = path.parent
+
+    def data(key: str) -> bytes | None:
+        if user.get(f"{key}-data") or cluster.get(f"{key}-data"):
+            return base64.b64decode(user.get(f"{key}-data") or cluster.get(f"{key}-data"))
+        f = user.get(key) or cluster.get(key)
+        return (base / f).read_bytes() if f else None
+
+    ca = data("certificate-authority")
+    ctx = _tls(None, ca, bool(cluster.get("insecure-skip-tls-verify")))
+    cert, key = data("client-certificate"), data("client-key")
+    if cert and key:
+        _load_client_cert(ctx, cert, key)
+    token_file = user.get("tokenFile")
+    return Endpoint(
+        str(cluster["server"]).rstrip("/"),
+        ctx,
+        token=user.get("token"),
+        token_file=str(base / token_file) if token_file else None,
+    )
+
+
+def _plugin_endpoint(path: Path) -> Endpoint:
+    """Kubeconfigs with exec/auth-provider plugins: let the kubernetes package run them (a one-off heavy import)."""
+    from kubernetes import client as k8s_client
+    from kubernetes import config as k8s_config
+
+    cfg = k8s_client.Configuration()
+    k8s_config.load_kube_config(config_file=str(path), client_configuration=cfg)  # type: ignore[no-untyped-call]
+    ctx = _tls(cfg.ssl_ca_cert, None, not cfg.verify_ssl)
+    if cfg.cert_file and cfg.key_file:
+        ctx.load_cert_chain(cfg.cert_file, cfg.key_file)
+    auth = str((cfg.api_key or {}).get("authorization", ""))
+    return Endpoint(str(cfg.host).rstrip("/"), ctx, token=auth.removeprefix("Bearer ") or None)
+
+
+class ApiKube:
+    """KubeApi over one urllib3 pool: paths, JSON bodies, merge patches; errors translated."""
+
+    def __init__(self, endpoint: Endpoint, *, request_timeout_s: float = 10.0, pool_size: int = 10) -> None:
+        self._endpoint = endpoint
         self._timeout = request_timeout_s
+        self._pool = urllib3.PoolManager(num_pools=2, maxsize=pool_size, ssl_context=endpoint.context, retries=False)
 
     @classmethod
     def connect(cls, kubeconfig: Path | None, *, request_timeout_s: float = 10.0) -> ApiKube:
         """From a kubeconfig file, or the pod's service account when kubeconfig is None."""
-        from kubernetes import client as k8s_client
-        from kubernetes import config as k8s_config
-
-        cfg = k8s_client.Configuration()
-        if kubeconfig is not None:
-            k8s_config.load_kube_config(config_file=str(kubeconfig), client_configuration=cfg)  # type: ignore[no-untyped-call]
-        else:
-            k8s_config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
-        return cls(k8s_client.ApiClient(cfg), request_timeout_s=request_timeout_s)
+        endpoint = kubeconfig_endpoint(kubeconfig) if kubeconfig is not None else in_cluster_endpoint()
+        return cls(endpoint, request_timeout_s=request_timeout_s)
 
     def _call(
         self,
@@ -226,30 +327,33 @@ class ApiKube:
         query: list[tuple[str, str]] | None = None,
         body: Any = None,
         content_type: str = "application/json",
-        timeout: float | tuple[float, float] | None = None,
+        timeout: urllib3.Timeout | None = None,
         stream: bool = False,
     ) -> Any:
-        from kubernetes.client import exceptions as k8s_exceptions
-        from urllib3 import exceptions as urllib3_exceptions
-
+        url = self._endpoint.server + path + (f"?{urlencode(query)}" if query else "")
         headers = {"Accept": "application/json", "Content-Type": content_type}
-        request = self._api.param_serialize(
-            method, path, query_params=query or [], header_params=headers, body=body, auth_settings=_AUTH
-        )
+        token = self._endpoint.bearer()
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
         try:
-            response = self._api.call_api(*request, _request_timeout=timeout or self._timeout)
-        except k8s_exceptions.ApiException as e:
-            raise _translate(int(e.status or 0), e.body if isinstance(e.body, bytes) else None) from e
-        except (urllib3_exceptions.HTTPError, OSError) as e:
+            resp = self._pool.request(
+                method,
+                url,
+                body=json.dumps(body).encode() if body is not None else None,
+                headers=headers,
+                timeout=timeout or urllib3.Timeout(connect=5.0, read=self._timeout),
+                preload_content=not stream,
+            )
+        except (urllib3.exceptions.HTTPError, OSError) as e:
             raise KubeError(f"API server unreachable: {e}", status=0) from e
-        if not 200 <= response.status <= 299:
-            raise _translate(response.status, response.read())
+        if not 200 <= resp.status <= 299:
+            raw = resp.data if not stream else resp.read()
+            if stream:
+                resp.release_conn()
+            raise _translate(resp.status, raw)
         if stream:
-            return response.response
-        try:
-            return json.loads(response.read() or b"{}")
-        except (urllib3_exceptions.HTTPError, OSError) as e:
-            raise KubeError(f"API server connection lost: {e}", status=0) from e
+            return resp
+        return json.loads(resp.data or b"{}")
 
     def list(self, res: Resource, *, label_selector: str | None = None, namespace: str | None = None) -> ObjectList:
         query = [("labelSelector", label_selector)] if label_selector else []
@@ -294,27 +398,29 @@ class ApiKube:
         stop: threading.Event | None = None,
     ) -> Iterator[WatchEvent]:
         """Events after resource_version until the server ends the watch; raise Expired on 410 Gone."""
-        from kubernetes.watch import watch as k8s_watch
-        from urllib3 import exceptions as urllib3_exceptions
-
         query = [("watch", "true"), ("allowWatchBookmarks", "true"), ("timeoutSeconds", str(timeout_s))]
         if resource_version:
             query.append(("resourceVersion", resource_version))
         if label_selector:
             query.append(("labelSelector", label_selector))
-        resp = self._call("GET", res.path(), query=query, timeout=(10.0, timeout_s + 30.0), stream=True)
+        timeout = urllib3.Timeout(connect=5.0, read=timeout_s + 30.0)
+        resp = self._call("GET", res.path(), query=query, timeout=timeout, stream=True)
         try:
-            for line in k8s_watch.iter_resp_lines(resp):  # type: ignore[no-untyped-call]
-                if stop is not None and stop.is_set():
-                    return
-                if not line:
-                    continue
-                event = json.loads(line)
-                obj = event.get("object") or {}
-                if event.get("type") == "ERROR":
-                    raise _translate(int(obj.get("code", 500)), json.dumps(obj).encode())
-                yield WatchEvent(type=str(event.get("type", "")), object=obj)
-        except (urllib3_exceptions.HTTPError, OSError) as e:
+            pending = b""
+            for chunk in resp.stream(65536, decode_content=True):
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    if stop is not None and stop.is_set():
+                        return
+                    if not line.strip():
+                        continue
+                    event = json.loads(line)
+                    obj = event.get("object") or {}
+                    if event.get("type") == "ERROR":
+                        raise _translate(int(obj.get("code", 500)), json.dumps(obj).encode())
+                    yield WatchEvent(type=str(event.get("type", "")), object=obj)
+        except (urllib3.exceptions.HTTPError, OSError) as e:
             raise KubeError(f"watch of {res.plural} broke: {e}", status=0) from e
         finally:
             resp.release_conn()

@@ -48,9 +48,15 @@ class Env:
     agent: Agent | None = None
 
     def start(self, **kw: Any) -> Agent:
-        agent_api = kube.ApiKube(self.cp.api_client())
+        agent_api = kube.ApiKube.connect(self.cp.admin_kubeconfig)
         self.agent = build_agent(
-            self.host, agent_api, self.node, kubevirt_namespace=self.namespace, watch_timeout_s=5, **kw
+            self.host,
+            agent_api,
+            self.node,
+            kubevirt_namespace=self.namespace,
+            namespace=self.namespace,
+            watch_timeout_s=5,
+            **kw,
         ).start()
         return self.agent
 
@@ -85,7 +91,7 @@ def env(
     garbage_collector: ControlPlane, installed_crds: str, unique: str, tmp_path: Path
 ) -> Iterator[Env]:
     cp = garbage_collector
-    api = kube.ApiKube(cp.api_client())
+    api = kube.ApiKube.connect(cp.admin_kubeconfig)
     node = f"node-{unique}"
     ns = f"kv-{unique}"
     api.create(kube.NODES, {"apiVersion": "v1", "kind": "Node", "metadata": {"name": node}})

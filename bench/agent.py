@@ -1,0 +1,227 @@
+"""The node agent against a real kube-apiserver (the cluster tier's binaries), on simulated hosts.
+
+    .venv/bin/python bench/agent.py [--devices 24] [--rounds 4] [--idle-seconds 60] [--rss-devices 1000]
+
+Prints:
+- claim -> status.passthroughEnabled latency, p50/p99 (agent in-process, fake tree + simulated kernel; each claim is
+  created by a separate client and timed until the status is visible to that client) — target p99 <= 1 s;
+- API writes of an idle node, counted over a bounded window with a reconcile pass every 5 s (60 times more often than
+  the default resync) and extrapolated to one hour — target 0;
+- RSS of a separate agent process whose node has `--rss-devices` PCI functions (fake tree; every device object
+  created through the real API server, then passes until idle) — target <= 80 MiB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from nodeagent import kube  # noqa: E402
+from policy import names  # noqa: E402
+from tests.support.agent_env import build_agent, kubevirt_cr, pci_claim  # noqa: E402
+from tests.support.controlplane import Binaries, ControlPlane  # noqa: E402
+from tests.support.simhost import SimHost  # noqa: E402
+
+NAMESPACE = "kubevirt-bench"
+
+
+def pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+def until(ok: Callable[[], bool], timeout: float = 60.0, every: float = 0.002) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if ok():
+            return True
+        time.sleep(every)
+    return False
+
+
+def setup_cluster(cp: ControlPlane) -> kube.ApiKube:
+    cp.kubectl("apply", "-f", str(REPO / "crds"))
+    cp.kubectl("apply", "-f", str(REPO / "tests" / "fixtures" / "crds"))
+    cp.wait_for("--for=condition=Established", "crd", "--all")
+    api = kube.ApiKube.connect(cp.admin_kubeconfig)
+    api.create(kube.Resource("", "v1", "namespaces", "Namespace"), {"metadata": {"name": NAMESPACE}})
+    api.create(kube.KUBEVIRTS, kubevirt_cr(), namespace=NAMESPACE)
+    return api
+
+
+def add_node(api: kube.ApiKube, node: str) -> None:
+    api.create(kube.NODES, {"apiVersion": "v1", "kind": "Node", "metadata": {"name": node}})
+
+
+def bench_latency_and_idle(cp: ControlPlane, api: kube.ApiKube, devices: int, rounds: int, idle_s: float) -> None:
+    node = "bench-latency"
+    add_node(api, node)
+    base = Path(tempfile.mkdtemp(prefix="agentbench"))
+    host = SimHost(base)
+    addresses = [f"0000:00:{2 + i:02x}.0" for i in range(devices)]
+    for i, a in enumerate(addresses):
+        host.pci(a, native="e1000e", group=10 + i)
+    agent = build_agent(
+        host,
+        kube.ApiKube.connect(cp.admin_kubeconfig),
+        node,
+        kubevirt_namespace=NAMESPACE,
+        namespace=NAMESPACE,
+        resync_s=3600.0,
+    )
+    agent.start()
+    try:
+        selector = f"{names.LABEL_NODENAME}={node}"
+        until(lambda: len(api.list(kube.PCIDEVICES, label_selector=selector).items) == devices + 1, timeout=120)
+        latencies: list[float] = []
+        for _ in range(rounds):
+            for a in addresses:
+                name = names.pcidevice_name(node, a)
+                started = time.monotonic()
+                api.create(kube.PCIDEVICECLAIMS, pci_claim(node, a))
+                ok = until(
+                    lambda n=name: bool(  # type: ignore[misc]
+                        (api.get(kube.PCIDEVICECLAIMS, n).get("status") or {}).get("passthroughEnabled")
+                    )
+                )
+                if not ok:
+                    raise SystemExit(f"claim {name} never enabled")
+                latencies.append(time.monotonic() - started)
+            for a in addresses:
+                api.delete(kube.PCIDEVICECLAIMS, names.pcidevice_name(node, a))
+            until(lambda: not api.list(kube.PCIDEVICECLAIMS).items, timeout=120, every=0.05)
+            until(lambda: all(host.sim.driver(a) == "e1000e" for a in addresses), timeout=60, every=0.05)
+        med, p99 = statistics.median(latencies), pct(latencies, 99)
+        print(
+            f"claim -> passthroughEnabled          n={len(latencies):<4} p50 {med * 1e3:7.1f} ms   "
+            f"p99 {p99 * 1e3:7.1f} ms   max {max(latencies) * 1e3:7.1f} ms   (target p99 <= 1000 ms)"
+        )
+
+        # Idle: half the devices claimed, everything converged; count writes over the window.
+        for a in addresses[: devices // 2]:
+            api.create(kube.PCIDEVICECLAIMS, pci_claim(node, a))
+        until(
+            lambda: all(
+                (api.get(kube.PCIDEVICECLAIMS, names.pcidevice_name(node, a)).get("status") or {}).get(
+                    "passthroughEnabled"
+                )
+                for a in addresses[: devices // 2]
+            ),
+            every=0.05,
+        )
+        time.sleep(3)
+        before, passes = agent.api.writes, agent.runner.stats.passes
+        deadline = time.monotonic() + idle_s
+        while time.monotonic() < deadline:
+            agent.runner.nudge()
+            time.sleep(5)
+        writes = agent.api.writes - before
+        npasses = agent.runner.stats.passes - passes
+        print(
+            f"idle API writes                      {writes} in {idle_s:.0f} s over {npasses} passes "
+            f"({devices + 1} devices, {devices // 2} claimed) -> extrapolated {writes * 3600 / idle_s:.0f} per hour "
+            "(target 0)"
+        )
+    finally:
+        agent.stop(timeout=1.0)
+
+
+def rss_child(kubeconfig: str, node: str, ndev: int) -> None:
+    """Runs in its own process: an agent whose node has `ndev` PCI functions; prints its RSS as JSON."""
+    from nodeagent import wiring
+    from nodeagent.idsdb import NamesDatabases
+    from nodeagent.settings import AgentSettings
+    from tests.support.sysfs_tree import SysfsTree
+
+    base = Path(tempfile.mkdtemp(prefix="agentrss"))
+    tree = SysfsTree(base)
+    tree.pci("0000:00:1f.0", driver="nvme", iommu_group=0, vendor="144d", device="a808", cls="010802")
+    tree.disk("nvme0n1", pci="0000:00:1f.0", partitions=(1,), subpath="nvme/nvme0")
+    tree.mount("nvme0n1p1", "/")
+    for i in range(ndev - 1):
+        bus, rest = divmod(i, 256)
+        dev, fn = divmod(rest, 8)
+        tree.pci(f"0000:{0x10 + bus:02x}:{dev:02x}.{fn}", driver="e1000e", iommu_group=1 + i)
+    settings = AgentSettings(
+        node_name=node,
+        namespace=NAMESPACE,
+        kubevirt_namespace=NAMESPACE,
+        device_plugins=False,
+        udev=False,
+        resync_s=3600.0,
+    )
+    api = kube.ApiKube.connect(Path(kubeconfig))
+    agent = wiring.build(settings, api, root=tree.root(), db=NamesDatabases.load(None, None), serve_health=False)
+    started = time.monotonic()
+    agent.start()
+    until(lambda: agent.runner.stats.passes >= 1 and agent.runner.stats.last_success is not None, timeout=600)
+    first = time.monotonic() - started
+    for _ in range(3):
+        agent.runner.nudge()
+        time.sleep(1)
+    status = Path("/proc/self/status").read_text()
+    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+    out = {
+        "devices": ndev,
+        "first_pass_s": round(first, 2),
+        "passes": agent.runner.stats.passes,
+        "failures": agent.runner.stats.failures,
+        "vm_rss_kib": int(fields["VmRSS"].split()[0]),
+        "vm_hwm_kib": int(fields["VmHWM"].split()[0]),
+    }
+    agent.stop(timeout=1.0)
+    print(json.dumps(out))
+
+
+def bench_rss(cp: ControlPlane, api: kube.ApiKube, ndev: int) -> None:
+    node = "bench-rss"
+    add_node(api, node)
+    proc = subprocess.run(
+        [sys.executable, __file__, "--rss-child", str(cp.admin_kubeconfig), node, str(ndev)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    if proc.returncode != 0:
+        raise SystemExit(f"rss child failed: {proc.stderr[-2000:]}")
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    objects = len(api.list(kube.PCIDEVICES, label_selector=f"{names.LABEL_NODENAME}={node}").items)
+    print(
+        f"agent RSS with {r['devices']} devices           {r['vm_rss_kib'] / 1024:.1f} MiB now, "
+        f"{r['vm_hwm_kib'] / 1024:.1f} MiB peak  ({objects} objects created, first pass {r['first_pass_s']} s, "
+        f"{r['passes']} passes, {r['failures']} failed) (target <= 80 MiB)"
+    )
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--rss-child":
+        rss_child(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+        return
+    p = argparse.ArgumentParser()
+    p.add_argument("--devices", type=int, default=24)
+    p.add_argument("--rounds", type=int, default=4)
+    p.add_argument("--idle-seconds", type=float, default=60.0)
+    p.add_argument("--rss-devices", type=int, default=1000)
+    args = p.parse_args()
+    binaries = Binaries.locate(REPO)
+    with ControlPlane(binaries, Path(tempfile.mkdtemp(prefix="agentbench-cp"))) as cp:
+        api = setup_cluster(cp)
+        bench_latency_and_idle(cp, api, args.devices, args.rounds, args.idle_seconds)
+        bench_rss(cp, api, args.rss_devices)
+
+
+if __name__ == "__main__":
+    main()
