@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
-from tests.support.controlplane import NODE_NAME_EXTRA, Binaries, ControlPlane, ControlPlaneError
+from tests.support.controlplane import NODE_NAME_EXTRA, Binaries, BinariesMissing, ControlPlane, ControlPlaneError
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -186,3 +186,31 @@ def test_components_die_when_the_test_process_is_killed(binaries: Binaries, tmp_
         parent.send_signal(signal.SIGKILL)
         parent.wait()
     assert _eventually(lambda: not any(_alive(k) for k in kids), timeout=15), "components outlived their parent"
+
+
+def test_helm_installs_a_chart_and_sees_the_stamped_kubernetes_version(
+    control_plane: ControlPlane, tmp_path: Path, unique: str
+) -> None:
+    chart = tmp_path / "probe"
+    (chart / "templates").mkdir(parents=True)
+    (chart / "Chart.yaml").write_text("apiVersion: v2\nname: probe\nversion: 0.1.0\n")
+    (chart / "templates" / "cm.yaml").write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {{ .Release.Name }}\n"
+        "data:\n  kubeVersion: {{ .Capabilities.KubeVersion.Version | quote }}\n"
+    )
+
+    control_plane.helm("install", f"probe-{unique}", str(chart), "-n", "default")
+
+    data = control_plane.kubectl("get", "configmap", f"probe-{unique}", "-n", "default", "-o", "json").stdout
+    assert json.loads(data)["data"]["kubeVersion"] == "v1.36.3"
+    releases = json.loads(control_plane.helm("list", "-n", "default", "-o", "json").stdout)
+    assert {"name": f"probe-{unique}", "status": "deployed"}.items() <= next(
+        r for r in releases if r["name"] == f"probe-{unique}"
+    ).items()
+
+
+def test_missing_binaries_are_reported_with_the_command_that_builds_them(tmp_path: Path) -> None:
+    env = {**os.environ, "PCIDEVICES_BIN_CACHE": str(tmp_path / "empty")}
+    with pytest.raises(BinariesMissing, match=r"run .*scripts/cluster-binaries") as raised:
+        Binaries.locate(REPO, env=env)
+    assert "kube-apiserver-v1.36.3/kube-apiserver" in str(raised.value)
