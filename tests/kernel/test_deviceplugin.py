@@ -61,6 +61,7 @@ def test_after_a_real_bind_the_plugin_reports_the_device_healthy(guest: dict[str
     bind = guest["bind"]
     assert (bind["outcome"], bind["driver"]) == ("Bound", "vfio-pci")
     assert bind["list"] == [entry(nic, "Healthy")]
+    assert bind["kernel_viable"] is True
     assert guest["model"][nic] == [int(bind["result_group"]), None]
 
 
@@ -111,8 +112,9 @@ def test_a_pooled_group_is_healthy_only_while_every_member_is_bound(guest: dict[
     assert g["kernel_groups"][0] == g["kernel_groups"][1]
     assert g["initial"] == [entry(a, "Unhealthy"), entry(b, "Unhealthy")]
     assert (g["bind_a"], g["bind_b"]) == ("Bound", "Bound")
-    assert g["one_bound"] == [entry(a, "Unhealthy"), entry(b, "Unhealthy")]
-    assert g["both_bound"] == [entry(a, "Healthy"), entry(b, "Healthy")]
+    # the plugin's verdict agrees with the kernel's (VFIO_GROUP_GET_STATUS viability) both ways
+    assert g["one_bound"] == [entry(a, "Unhealthy"), entry(b, "Unhealthy")] and g["one_bound_viable"] is False
+    assert g["both_bound"] == [entry(a, "Healthy"), entry(b, "Healthy")] and g["both_bound_viable"] is True
     assert g["after_release_b"] == [entry(a, "Unhealthy"), entry(b, "Unhealthy")]
     assert g["allocate_incomplete"]["code"] == "UNAVAILABLE"
     assert f"iommu group {g['kernel_groups'][0]} incomplete: {b}" in g["allocate_incomplete"]["details"]

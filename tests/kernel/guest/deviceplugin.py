@@ -28,7 +28,7 @@ from nodeagent.sysfs import pci
 from nodeagent.sysfs.root import SysfsRoot
 from policy import names
 from tests.support.fake_kubelet import Advertised, FakeKubelet, PodDevices
-from tests.support.guest import emit, wait_until
+from tests.support.guest import emit, group_viable, wait_until
 
 PCI = "/sys/bus/pci/devices"
 NODE = "guest"
@@ -203,6 +203,7 @@ def _bind() -> None:
         "list": listed(got),
         "healthy_after_s": round(time.monotonic() - t, 3),
         "lists_seen": len(kubelet.lists(NIC)),
+        "kernel_viable": group_viable(kernel_group(nic)),  # the kernel's verdict on what we call Healthy
     }
 
 
@@ -255,9 +256,11 @@ def _group() -> None:
     plugins.refresh()
     time.sleep(1.5)  # a full health interval: one bound leg must not make anything Healthy
     g["one_bound"] = listed(kubelet.devices(POOL))
+    g["one_bound_viable"] = group_viable(kernel_group(a))
     g["bind_b"] = str(binder.bind(BindingRecord(b, driver(b))).outcome)
     plugins.refresh()
     g["both_bound"] = listed(kubelet.wait_devices(POOL, healths({a: "Healthy", b: "Healthy"}), timeout=WAIT_S))
+    g["both_bound_viable"] = group_viable(kernel_group(a))
     g["preferred_one_must"] = kubelet.preferred(POOL, [a, b], [b], 2)
     g["preferred_none"] = kubelet.preferred(POOL, [b, a], [], 2)
     g["allocate"] = answer(kubelet.allocate(POOL, [a, b]))
