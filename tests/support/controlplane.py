@@ -16,7 +16,9 @@ Typical use::
         api = cp.api_client(user=agent)                 # a kubernetes.client.ApiClient
 
 Everything listens on 127.0.0.1 only. Child processes die with the test process (PR_SET_PDEATHSIG), and are also
-stopped by `stop()`, the context manager and an atexit hook, so an interrupted run leaves nothing behind.
+stopped by `stop()`, the context manager and an atexit hook, so an interrupted run leaves nothing behind. Linux
+delivers that signal when the *thread* that started a child exits, so start the control plane from a thread that
+outlives it (the main thread, as pytest fixtures do).
 """
 
 from __future__ import annotations
