@@ -149,13 +149,39 @@ def test_the_periodic_probe_notices_a_kernel_change_within_a_few_intervals(guest
     assert guest["group"]["unhealthy_after_s"] < 10
 
 
+def test_a_usb_plugin_hands_out_the_kernels_node_owned_by_qemu_until_the_device_is_unplugged(
+    guest: dict[str, Any],
+) -> None:
+    u, stick = guest["usb"], guest["stick"]
+    device_id = f"usb-{stick['bus']:03d}-{stick['devnum']:03d}"
+    assert (u["owner_changed"], u["owner"], u["owner_changed_again"]) == (True, [107, 107], False)
+    assert u["list"] == [[device_id, "Healthy", []]]
+    (container,) = u["answer"]
+    assert container["envs"] == {
+        names.usb_resource_env_var(guest["resources"]["usb"]): f"{stick['bus']}:{stick['devnum']}"
+    }
+    assert container["devices"] == [[stick["path"], stick["path"], "mrw"]]
+    assert u["node"] == {"exists": True, "char": True, "dev": u["sysfs_dev"]}
+    assert u["after_remove"] == [[device_id, "Unhealthy", []]] and u["node_after_remove"] is False
+    assert u["allocate_removed"]["code"] == "UNAVAILABLE"
+    assert f"{stick['path']} does not exist" in u["allocate_removed"]["details"]
+    assert u["unhealthy_after_s"] < 10
+
+
 def test_metrics_count_registrations_allocations_refusals_and_health_changes(guest: dict[str, Any]) -> None:
     m = guest["metrics"]
     nic, pool = m[guest["resources"]["nic"]], m[guest["resources"]["pool"]]
     assert nic == {"registrations": 1, "allocated_devices": 1, "allocation_failures": 3, "health_changes": 2}
     assert pool == {"registrations": 1, "allocated_devices": 2, "allocation_failures": 1, "health_changes": 4}
+    assert m[guest["resources"]["usb"]] == {
+        "registrations": 1,
+        "allocated_devices": 1,
+        "allocation_failures": 1,
+        "health_changes": 1,
+    }
 
 
 def test_stopping_the_plugins_ends_the_streams_and_removes_the_sockets(guest: dict[str, Any]) -> None:
     s = guest["stop"]
+    assert s["plugins"] == sorted(guest["resources"].values())
     assert (s["streams_ended"], s["sockets_gone"], s["supervisor_alive"], s["left_in_dir"]) == (True, True, False, [])

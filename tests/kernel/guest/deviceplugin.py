@@ -20,11 +20,11 @@ from typing import Any
 import grpc
 from prometheus_client import CollectorRegistry
 
-from nodeagent.deviceplugin import health, manager, metrics, model, podresources, registration
+from nodeagent.deviceplugin import health, manager, metrics, model, podresources, registration, usbowner
 from nodeagent.host.binding import BindingRecord, VfioBinder
 from nodeagent.host.modules import Modprobe
 from nodeagent.idsdb import NamesDatabases
-from nodeagent.sysfs import pci
+from nodeagent.sysfs import pci, usb
 from nodeagent.sysfs.root import SysfsRoot
 from policy import names
 from tests.support.fake_kubelet import Advertised, FakeKubelet, PodDevices
@@ -141,8 +141,15 @@ nic_resource = model.PciResource(names.pci_device_resource_name(vendor, NODE, ni
 pool_resource = model.PciResource(
     names.pci_resource_name(vendor, ids.pci.device("8086", "100e"), "100e"), tuple(model_device(a) for a in legs)
 )
-NIC, POOL = nic_resource.name, pool_resource.name
-out["resources"] = {"nic": NIC, "pool": POOL}
+# The USB stick (mass storage): one plugin for one claimed USB device.
+stick = next(u for u in usb.scan_usb(sysroot) if u.first_interface_class == 8)
+usb_resource = model.UsbResource(
+    names.usb_resource_name(names.usbdevice_name(NODE, stick.vendor_id, stick.product_id, stick.bus, stick.devnum)),
+    model.UsbDevice(stick.bus, stick.devnum),
+)
+NIC, POOL, USB = nic_resource.name, pool_resource.name, usb_resource.name
+out["resources"] = {"nic": NIC, "pool": POOL, "usb": USB}
+out["stick"] = {"port": stick.port_path, "bus": stick.bus, "devnum": stick.devnum, "path": stick.device_path}
 out["model"] = {d.address: [d.iommu_group, d.numa_node] for d in (*nic_resource.devices, *pool_resource.devices)}
 
 kubelet = FakeKubelet().start()
@@ -289,6 +296,30 @@ def _release() -> None:
     }
 
 
+@step("usb")
+def _usb() -> None:
+    """A claimed USB device: owned by qemu, Healthy while the kernel's node exists, gone after a real disconnect."""
+    u: dict[str, Any] = {"owner_changed": usbowner.apply_usb_owner(sysroot, usb_resource.device)}
+    st = os.stat(stick.device_path)
+    u["owner"] = [st.st_uid, st.st_gid]
+    u["owner_changed_again"] = usbowner.apply_usb_owner(sysroot, usb_resource.device)
+    plugins.set_desired([nic_resource, pool_resource, usb_resource])
+    kubelet.registration(USB, timeout=WAIT_S)
+    u["list"] = listed(kubelet.wait_devices(USB, lambda d: len(d) == 1, timeout=WAIT_S))
+    resp = answer(kubelet.allocate(USB, [usb_resource.device.id]))
+    u["answer"] = resp
+    u["node"] = node_facts(stick.device_path)
+    u["sysfs_dev"] = read(f"/sys/bus/usb/devices/{stick.port_path}/dev")
+    with open(f"/sys/bus/usb/devices/{stick.port_path}/remove", "w") as f:  # a logical unplug, in the guest only
+        f.write("1")
+    t = time.monotonic()  # no refresh(): the periodic probe must notice
+    u["after_remove"] = listed(kubelet.wait_devices(USB, healths({usb_resource.device.id: "Unhealthy"}), WAIT_S))
+    u["unhealthy_after_s"] = round(time.monotonic() - t, 3)
+    u["node_after_remove"] = os.path.exists(stick.device_path)
+    u["allocate_removed"] = refused(lambda: kubelet.allocate(USB, [usb_resource.device.id]))
+    out["usb"] = u
+
+
 @step("metrics")
 def _metrics() -> None:
     def sample(name: str, resource: str) -> float | None:
@@ -296,20 +327,21 @@ def _metrics() -> None:
 
     out["metrics"] = {
         r: {n: sample(n, r) for n in ("registrations", "allocated_devices", "allocation_failures", "health_changes")}
-        for r in (NIC, POOL)
+        for r in (NIC, POOL, USB)
     }
 
 
 @step("stop")
 def _stop() -> None:
-    sockets = {r: plugins.status()[r].socket_path for r in (NIC, POOL)}
+    sockets = {r: s.socket_path for r, s in plugins.status().items()}
     plugins.set_desired([])
-    ended = wait_until(lambda: kubelet.stream_ended(NIC) and kubelet.stream_ended(POOL), WAIT_S)
+    ended = wait_until(lambda: all(kubelet.stream_ended(r) for r in sockets), WAIT_S)
     gone = wait_until(lambda: not any(os.path.exists(p) for p in sockets.values()), WAIT_S)
     stop.set()
     plugins.wake()
     supervisor.join(WAIT_S)
     out["stop"] = {
+        "plugins": sorted(sockets),
         "streams_ended": ended,
         "sockets_gone": gone,
         "supervisor_alive": supervisor.is_alive(),
