@@ -590,3 +590,47 @@ def test_kubevirt_and_harvester_objects_of_real_shape_are_stored_unchanged(
         "virtualmachineclusterinstancetypes.instancetype.kubevirt.io",
     ):
         assert control_plane.kubectl("get", resource, "-A").returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("status", "field"),
+    [
+        ({"vendorID": "0951X"}, "status.vendorID"),
+        ({"productID": "ABCD"}, "status.productID"),
+        ({"devicePath": "/dev/../etc/shadow"}, "status.devicePath"),
+        ({"pciAddress": "0000:00:14"}, "status.pciAddress"),
+        ({"portPath": "1-2/../3"}, "status.portPath"),
+        ({"busNum": 0}, "status.busNum"),
+    ],
+    ids=[
+        "forbid a 5-digit vendor id",
+        "forbid an upper-case product id",
+        "forbid a device path outside /dev/bus/usb",
+        "forbid a truncated controller address",
+        "forbid a path as port path",
+        "forbid bus number 0",
+    ],
+)
+def test_usb_device_status_is_validated(
+    control_plane: ControlPlane, node: str, status: dict[str, Any], field: str
+) -> None:
+    device = full_usbdevice(node)
+    _create_with_status(control_plane, device)
+    result = control_plane.kubectl(
+        "patch", "usbd", device["metadata"]["name"], "--subresource=status", "--type=merge",
+        "-p", json.dumps({"status": status}), check=False,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert f"{field}: Invalid value" in result.stderr
+
+
+def test_a_usb_claim_with_a_bad_informational_address_is_rejected(control_plane: ControlPlane, node: str) -> None:
+    claim = {
+        "apiVersion": API,
+        "kind": "USBDeviceClaim",
+        "metadata": {"name": f"{node}-0951-1666-002004"},
+        "spec": {"userName": "admin", "pciAddress": "../../x", "nodeName": node},
+    }
+    result = _apply(control_plane, claim, check=False)
+    assert result.returncode == 1
+    assert 'spec.pciAddress: Invalid value: "../../x"' in result.stderr
