@@ -16,6 +16,17 @@ from policy.rules.identity import Role, identify
 from policy.settings import PolicySettings
 from policy.snapshot import ClusterView
 
+# Part 2 (A9, A9v, A12): kinds that name host devices, as (group, plural, operations the validator judges);
+# matchConditions in the chart narrow UPDATEs to those that change hostDevices or gpus.
+VM_LIKE: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("kubevirt.io", "virtualmachines", ("CREATE", "UPDATE")),
+    ("kubevirt.io", "virtualmachineinstances", ("CREATE",)),
+    ("kubevirt.io", "virtualmachineinstancereplicasets", ("CREATE", "UPDATE")),
+    ("pool.kubevirt.io", "virtualmachinepools", ("CREATE", "UPDATE")),
+    ("instancetype.kubevirt.io", "virtualmachineinstancetypes", ("CREATE", "UPDATE")),
+    ("instancetype.kubevirt.io", "virtualmachineclusterinstancetypes", ("CREATE", "UPDATE")),
+)
+
 # (group, resource, subresource) the validator and mutator understand.
 KINDS: frozenset[tuple[str, str, str]] = frozenset(
     {
@@ -28,6 +39,8 @@ KINDS: frozenset[tuple[str, str, str]] = frozenset(
         (names.GROUP, "usbdevices", ""),
         (names.GROUP, "usbdevices", "status"),
         ("kubevirt.io", "kubevirts", ""),
+        *((group, plural, "") for group, plural, _ in VM_LIKE),
+        ("", "pods", ""),
     }
 )
 
@@ -44,10 +57,13 @@ VALIDATING_RULES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     (names.GROUP, "usbdevices", _CRUD),
     (names.GROUP, "usbdevices/status", ("UPDATE",)),
     ("kubevirt.io", "kubevirts", _CRUD),
+    *VM_LIKE,
+    ("", "pods", ("CREATE",)),
 )
 MUTATING_RULES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     (names.GROUP, "pcideviceclaims", ("CREATE",)),
     (names.GROUP, "usbdeviceclaims", ("CREATE",)),
+    *((group, plural, ops) for group, plural, ops in VM_LIKE if plural != "virtualmachineinstances"),
 )
 
 

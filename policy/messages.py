@@ -207,3 +207,70 @@ KUBEVIRT_REMOVE = (
     "{resource} is needed by claimed devices {devices}"
 )
 KUBEVIRT_MALFORMED = "kubevirt {name} can only hold lists of objects in {field}; got {value}"
+
+# -- VMs, VMIs, pools, replica sets, instancetypes (A9, A9v) and pods (A12) -----------------------------------
+
+VM_DEVICE_NAME = (
+    "{kind} {name} can only name {device_kind} {device} by its resource name {expected}; its {field} entry {entry} "
+    "asks for {device_name}; set deviceName to {expected}"
+)
+VM_UNCLAIMED = (
+    "{kind} {name} can only use claimed devices; {device_kind} {device} (resource {resource}) has no claim; "
+    "create {claim_kind} {device} first"
+)
+VM_NODES = "{kind} {name} can only use devices of one node; it names devices on nodes {nodes}"
+VM_USE = (
+    "{kind} {name} can only use devices its requester may use in namespace {namespace}; user {user} lacks the verb "
+    "use on {device_resource} {device}; ask an administrator for a RoleBinding in {namespace} that grants it"
+)
+VM_TAKEN = (
+    "{kind} {name} can only use devices no other VM names; {device_kind} {device} is named by {other}; "
+    "remove it from {other} first"
+)
+VM_GROUP_UNKNOWN = (
+    "{kind} {name} can only use complete IOMMU groups; pcidevice {device} shares group {group} on node {node} with "
+    "{address}, which has no pcidevice object; wait until the node agent reports it"
+)
+VM_GROUP_UNCLAIMED = (
+    "{kind} {name} can only use complete IOMMU groups; pcidevice {device} shares group {group} on node {node} with "
+    "unclaimed pcidevice {member}; create pcideviceclaim {member} for {owner}"
+)
+VM_GROUP_OWNER = (
+    "{kind} {name} can only use complete IOMMU groups of one owner; pcidevice {device} shares group {group} with "
+    "pcidevice {member}, claimed by {other}; ask {other} to release pcideviceclaim {member}"
+)
+VM_GROUP_MISSING = (
+    "{kind} {name} can only use complete IOMMU groups; pcidevice {device} shares group {group} with pcidevice "
+    "{member}, which it does not name; add a hostDevices entry with deviceName {resource}"
+)
+VM_POOL_NODE = (
+    "{kind} {name} can only ask for pooled resources one node holds claimed; no node has {count} claimed devices of "
+    "{resource} that {user} may use{pinned}"
+)
+VMI_OWNER_MISMATCH = (
+    "virtualmachineinstance {name} can only carry the devices of the {owner_kind} that owns it; it names {devices} "
+    "but {owner_kind} {owner} names {owner_devices}"
+)
+VMI_OWNER_UNKNOWN = (
+    "{kind} {name} can only name devices when {user} creates it for a known owner; {why}; retry once the owner "
+    "is visible"
+)
+POD_DEVICE = (
+    "pod {name} can only request device resources when virt-controller creates it for an admitted "
+    "virtualmachineinstance; {user} requested {resources}{why}; create a VirtualMachine instead"
+)
+POOL_OWNER = (
+    "pcideviceclaim {name} can only join a resource pool of one owner; node {node} pools devices {model} and "
+    "pcideviceclaim {other_claim} belongs to {other}; set spec.disableResourcePooling: true or ask {other}"
+)
+
+# -- claim DELETE while in use (A7) ---------------------------------------------------------------------------
+
+CLAIM_NAMED_BY_VM = (
+    "{kind} {name} can only be deleted while no VM or VMI names {device_kind} {name}; {holders} name it; "
+    "remove the device from them or delete them first"
+)
+CLAIM_ALLOCATED = (
+    "{kind} {name} can only be deleted while the kubelet has not handed the device out; pods {pods} hold it; "
+    "stop them first"
+)

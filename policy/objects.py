@@ -202,6 +202,8 @@ class PCIDeviceClaim:
     user_name: str
     finalizers: tuple[str, ...]
     owner_references: tuple[OwnerReference, ...]
+    allocated_to: tuple[str, ...] = ()  # status.allocatedTo pods ("<ns>/<name>"): the kubelet handed the device out
+    disable_resource_pooling: bool = False
 
     @classmethod
     def from_dict(cls, obj: object) -> PCIDeviceClaim:
@@ -216,6 +218,8 @@ class PCIDeviceClaim:
             user_name=_s(sp, "userName", "spec.userName"),
             finalizers=meta.finalizers,
             owner_references=meta.owner_references,
+            allocated_to=_allocated_to(obj),
+            disable_resource_pooling=_b(sp, "disableResourcePooling", "spec.disableResourcePooling"),
         )
 
 
@@ -229,6 +233,7 @@ class USBDeviceClaim:
     pci_address: str  # spec.pciAddress (UI) or status.pciAddress; "" when neither
     finalizers: tuple[str, ...]
     owner_references: tuple[OwnerReference, ...]
+    allocated_to: tuple[str, ...] = ()
 
     @classmethod
     def from_dict(cls, obj: object) -> USBDeviceClaim:
@@ -244,11 +249,26 @@ class USBDeviceClaim:
             pci_address=_s(sp, "pciAddress", "spec.pciAddress") or _s(st, "pciAddress", "status.pciAddress"),
             finalizers=meta.finalizers,
             owner_references=meta.owner_references,
+            allocated_to=_allocated_to(obj),
         )
 
 
 Claim = PCIDeviceClaim | USBDeviceClaim
 Device = PCIDevice | USBDevice
+
+
+def _allocated_to(obj: object) -> tuple[str, ...]:
+    """The pods of status.allocatedTo (entries without a usable pod count as "(unknown pod)": still in use)."""
+    raw = _status(obj).get("allocatedTo")
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise MalformedObject("status.allocatedTo must be a list")
+    out = []
+    for item in raw:
+        pod = item.get("pod") if isinstance(item, Mapping) else None
+        out.append(pod if isinstance(pod, str) and pod else "(unknown pod)")
+    return tuple(out)
 
 
 def _as_mapping(value: object, where: str) -> Mapping[str, Any]:

@@ -11,6 +11,8 @@ import threading
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Generic, Protocol, TypeVar
 
+from policy import hostdevices
+from policy.hostdevices import Workload
 from policy.objects import (
     Claim,
     Device,
@@ -23,7 +25,9 @@ from policy.objects import (
 
 K = TypeVar("K")
 
-KINDS = ("PCIDevice", "PCIDeviceClaim", "USBDevice", "USBDeviceClaim", "Node")
+KINDS = ("PCIDevice", "PCIDeviceClaim", "USBDevice", "USBDeviceClaim", "Node", *hostdevices.WORKLOAD_KINDS)
+# kinds whose objects hold devices while they run: indexed by the resource names they ask for (A7, A9)
+_HOLDERS = (hostdevices.VM, hostdevices.VMI)
 
 
 class ClusterView(Protocol):
@@ -44,6 +48,17 @@ class ClusterView(Protocol):
 
     def claims_of_owner(self, owner: str) -> Sequence[Claim]: ...
     def node_exists(self, name: str) -> bool: ...
+    def workload(self, kind: str, namespace: str, name: str) -> Workload | None:
+        """A VM, VMI, pool, replica set or instancetype (namespace "" for cluster instancetypes)."""
+        ...
+
+    def workloads_naming(self, resource_name: str) -> Sequence[Workload]:
+        """VMs and VMIs with a hostDevices or gpus entry whose deviceName is resource_name."""
+        ...
+
+    def pcidevices_of_model(self, node: str, vendor_id: str, device_id: str) -> Sequence[PCIDevice]:
+        """PCI devices of one vendor:device on a node (one pool when resource names are pooled)."""
+        ...
 
 
 class ClusterIndex:
@@ -63,6 +78,10 @@ class ClusterIndex:
         self._by_resource: dict[str, MultiMap[str]] = {"PCIDevice": MultiMap(), "USBDevice": MultiMap()}
         self._claimed_by_resource: dict[str, MultiMap[str]] = {"PCIDevice": MultiMap(), "USBDevice": MultiMap()}
         self._claims_by_owner: dict[str, MultiMap[str]] = {"PCIDeviceClaim": MultiMap(), "USBDeviceClaim": MultiMap()}
+        self._pci_by_model: MultiMap[tuple[str, str, str]] = MultiMap()
+        # kind -> "<namespace>/<name>" -> view; resource name -> "<kind>|<key>" of VMs and VMIs naming it
+        self._workloads: dict[str, dict[str, Workload]] = {k: {} for k in hostdevices.WORKLOAD_KINDS}
+        self._naming: MultiMap[str] = MultiMap()
 
     @classmethod
     def from_objects(cls, objects: Iterable[Mapping[str, Any]]) -> ClusterIndex:
@@ -93,11 +112,11 @@ class ClusterIndex:
         view = self._parse(kind, obj)
         with self._lock:
             if view is None:
-                name = _name_of(obj)
+                name = _key_of(kind, obj)
                 if name:
                     self._remove(kind, name)
                 return False
-            self._remove(kind, view.name)
+            self._remove(kind, _key(view))
             self._add(kind, view)
             return True
 
@@ -106,7 +125,7 @@ class ClusterIndex:
             if kind == "Node":
                 self._nodes.discard(name)
             elif kind in _PARSERS:
-                self._remove(kind, name)
+                self._remove(kind, name)  # workloads: name is "<namespace>/<name>"
             else:
                 raise ValueError(f"unsupported kind {kind!r}")
 
@@ -128,7 +147,7 @@ class ClusterIndex:
             if view is None:
                 malformed += 1
             else:
-                wanted[view.name] = view
+                wanted[_key(view)] = view
         store = self._store(kind)
         with self._lock:
             stale = [name for name in store if name not in wanted]
@@ -139,7 +158,7 @@ class ClusterIndex:
                     if name not in wanted:
                         self._remove(kind, name)
                 for view in changed[start : start + batch]:
-                    self._remove(kind, view.name)
+                    self._remove(kind, _key(view))
                     self._add(kind, view)
         return malformed
 
@@ -201,6 +220,23 @@ class ClusterIndex:
         with self._lock:
             return name in self._nodes
 
+    def workload(self, kind: str, namespace: str, name: str) -> Workload | None:
+        with self._lock:
+            store = self._workloads.get(kind)
+            return store.get(f"{namespace}/{name}") if store is not None else None
+
+    def workloads_naming(self, resource_name: str) -> Sequence[Workload]:
+        with self._lock:
+            out = []
+            for ref in self._naming.get(resource_name):
+                kind, _, key = ref.partition("|")
+                out.append(self._workloads[kind][key])
+            return out
+
+    def pcidevices_of_model(self, node: str, vendor_id: str, device_id: str) -> Sequence[PCIDevice]:
+        with self._lock:
+            return [self._pci[n] for n in self._pci_by_model.get((node, vendor_id, device_id))]
+
     def counts(self) -> Mapping[str, int]:
         with self._lock:
             return {
@@ -209,6 +245,7 @@ class ClusterIndex:
                 "USBDevice": len(self._usb),
                 "USBDeviceClaim": len(self._usb_claims),
                 "Node": len(self._nodes),
+                **{kind: len(store) for kind, store in self._workloads.items()},
             }
 
     # -- index maintenance (called with the lock held) ----------------------------------------------------------
@@ -220,7 +257,7 @@ class ClusterIndex:
             "PCIDeviceClaim": self._pci_claims,
             "USBDeviceClaim": self._usb_claims,
         }
-        return stores[kind]
+        return stores[kind] if kind in stores else self._workloads[kind]
 
     def _devices(self, index: dict[str, MultiMap[str]], resource_name: str) -> list[Device]:
         out: list[Device] = [self._pci[n] for n in index["PCIDevice"].get(resource_name)]
@@ -231,9 +268,15 @@ class ClusterIndex:
         return name in (self._pci_claims if device_kind == "PCIDevice" else self._usb_claims)
 
     def _add(self, kind: str, view: Any) -> None:
-        self._store(kind)[view.name] = view
+        self._store(kind)[_key(view)] = view
+        if isinstance(view, Workload):
+            if kind in _HOLDERS:
+                for device_name in set(view.device_names):
+                    self._naming.add(device_name, f"{kind}|{view.key}")
+            return
         if isinstance(view, PCIDevice):
             self._pci_by_address[(view.node_name, view.address)] = view.name
+            self._pci_by_model.add((view.node_name, view.vendor_id, view.device_id), view.name)
             if view.iommu_group:
                 self._pci_by_group.add((view.node_name, view.iommu_group), view.name)
             self._add_resource("PCIDevice", view.name, view.resource_name)
@@ -259,9 +302,14 @@ class ClusterIndex:
         view = self._store(kind).pop(name, None)
         if view is None:
             return
+        if isinstance(view, Workload):
+            for device_name in set(view.device_names):
+                self._naming.discard(device_name, f"{kind}|{view.key}")
+            return
         if isinstance(view, PCIDevice):
             if self._pci_by_address.get((view.node_name, view.address)) == name:
                 del self._pci_by_address[(view.node_name, view.address)]
+            self._pci_by_model.discard((view.node_name, view.vendor_id, view.device_id), name)
             self._pci_by_group.discard((view.node_name, view.iommu_group), name)
             self._by_resource["PCIDevice"].discard(view.resource_name, name)
             self._claimed_by_resource["PCIDevice"].discard(view.resource_name, name)
@@ -323,9 +371,24 @@ def _name_of(obj: Mapping[str, Any]) -> str:
     return name if isinstance(name, str) else ""
 
 
+def _key(view: Any) -> str:
+    """The store key of a view: workloads are namespaced, our kinds are not."""
+    return view.key if isinstance(view, Workload) else str(view.name)
+
+
+def _key_of(kind: str, obj: Mapping[str, Any]) -> str:
+    name = _name_of(obj)
+    if kind not in hostdevices.DEVICE_PATHS or not name or "/" in name:
+        return name
+    meta = obj.get("metadata")
+    namespace = meta.get("namespace") if isinstance(meta, Mapping) else None
+    return f"{namespace if isinstance(namespace, str) else ''}/{name}"
+
+
 _PARSERS: dict[str, Any] = {
     "PCIDevice": PCIDevice.from_dict,
     "USBDevice": USBDevice.from_dict,
     "PCIDeviceClaim": PCIDeviceClaim.from_dict,
     "USBDeviceClaim": USBDeviceClaim.from_dict,
+    **{kind: Workload.from_dict for kind in hostdevices.WORKLOAD_KINDS},
 }

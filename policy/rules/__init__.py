@@ -10,7 +10,20 @@ from typing import Protocol
 
 from policy import names
 from policy.decision import Decision
-from policy.rules import kubevirts, pcideviceclaims, pcidevices, usbdeviceclaims, usbdevices
+from policy.rules import (
+    kubevirts,
+    pcideviceclaims,
+    pcidevices,
+    pods,
+    usbdeviceclaims,
+    usbdevices,
+    virtualmachineclusterinstancetypes,
+    virtualmachineinstancereplicasets,
+    virtualmachineinstances,
+    virtualmachineinstancetypes,
+    virtualmachinepools,
+    virtualmachines,
+)
 from policy.rules.context import Context
 
 
@@ -25,6 +38,13 @@ RULES: dict[tuple[str, str], RuleModule] = {
     (names.GROUP, "pcidevices"): pcidevices,
     (names.GROUP, "usbdevices"): usbdevices,
     ("kubevirt.io", "kubevirts"): kubevirts,
+    ("kubevirt.io", "virtualmachines"): virtualmachines,
+    ("kubevirt.io", "virtualmachineinstances"): virtualmachineinstances,
+    ("kubevirt.io", "virtualmachineinstancereplicasets"): virtualmachineinstancereplicasets,
+    ("pool.kubevirt.io", "virtualmachinepools"): virtualmachinepools,
+    ("instancetype.kubevirt.io", "virtualmachineinstancetypes"): virtualmachineinstancetypes,
+    ("instancetype.kubevirt.io", "virtualmachineclusterinstancetypes"): virtualmachineclusterinstancetypes,
+    ("", "pods"): pods,
 }
 
 __all__ = ["RULES", "Context", "RuleModule"]

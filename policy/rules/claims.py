@@ -252,8 +252,29 @@ def validate_delete(
 
 
 def check_in_use(ctx: Context, ck: ClaimKind, claim: Claim, node: str) -> Decision | None:
-    """Hook for A7's in-use check (a VM or VMI names the device, or status.allocatedTo is set): part 2 fills it."""
-    return None
+    """A7's in-use check: the kubelet has the device allocated (status.allocatedTo), or a VM or VMI names it.
+
+    With a pooled resource name only VMs and VMIs on (or pinned to) the claim's node count: another node's pool
+    does not hold this device.
+    """
+    f = ck.fields(claim.name)
+    if claim.allocated_to:
+        return decision.deny("A7", messages.CLAIM_ALLOCATED.format(**f, pods=messages.listed(claim.allocated_to)))
+    view = ctx.view
+    device: Device | None = (
+        view.pcidevice(claim.name) if ck.device_api_kind == "PCIDevice" else view.usbdevice(claim.name)
+    )
+    if device is None or not device.resource_name:
+        return None
+    holders = [w for w in view.workloads_naming(device.resource_name) if not w.deleting]
+    if len(view.devices_with_resource(device.resource_name)) > 1:
+        holders = [w for w in holders if w.node == node]
+    if not holders:
+        return None
+    shown = ", ".join(f"{w.kind.lower()} {messages.shown(w.key)}" for w in holders[:5])
+    if len(holders) > 5:
+        shown += f" and {len(holders) - 5} more"
+    return decision.deny("A7", messages.CLAIM_NAMED_BY_VM.format(**f, holders=shown))
 
 
 # -- mutation ---------------------------------------------------------------------------------------------------

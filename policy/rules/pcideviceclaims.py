@@ -113,6 +113,10 @@ def validate_create(ctx: Context) -> Decision:
     group = check_group(view, claim, device)
     if isinstance(group, Decision):
         return group
+    if ctx.settings.pooled and not claim.disable_resource_pooling:
+        denial = check_pool_owner(view, claim, device)
+        if denial is not None:
+            return denial
     if not group:
         return decision.allow()
     return decision.allow(
@@ -176,6 +180,24 @@ def check_group(view: ClusterView, claim: PCIDeviceClaim, device: PCIDevice) -> 
         if member_claim is None:
             siblings.append(member.name)
     return siblings
+
+
+def check_pool_owner(view: ClusterView, claim: PCIDeviceClaim, device: PCIDevice) -> Decision | None:
+    """Pooled resource names: the devices of one vendor:device on a node form one pool, and a pool has one owner."""
+    for other in view.pcidevices_of_model(device.node_name, device.vendor_id, device.device_id):
+        other_claim = view.pcideviceclaim(other.name) if other.name != device.name else None
+        if other_claim is not None and other_claim.owner != claim.owner and not other_claim.disable_resource_pooling:
+            return decision.deny(
+                "pool",
+                messages.POOL_OWNER.format(
+                    name=messages.shown(claim.name),
+                    node=messages.shown(device.node_name),
+                    model=messages.shown(f"{device.vendor_id}:{device.device_id}"),
+                    other_claim=messages.shown(other.name),
+                    other=messages.shown(other_claim.owner),
+                ),
+            )
+    return None
 
 
 def _usb_claims_behind(view: ClusterView, controller: PCIDevice) -> list[str]:

@@ -1,0 +1,65 @@
+"""Pod CREATE (A12): only virt-controller, for a VMI the view holds, may request one of our resource names.
+
+The webhook configuration sends only pods that someone other than virt-controller creates and that request an
+extended resource outside devices.kubevirt.io, so ordinary pods and VM starts never wait on the webhook; the check
+of virt-controller's pods is kept here so the rule does not depend on that filter.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping
+from typing import Any
+
+from policy import decision, hostdevices, messages
+from policy.decision import Decision
+from policy.objects import OwnerReference
+from policy.rules import vmlike
+from policy.rules.context import Context
+
+
+def validate(ctx: Context) -> Decision:
+    r = ctx.request
+    if r.operation != "CREATE" or r.sub_resource:
+        return decision.allow()
+    obj = ctx.new()
+    if isinstance(obj, Decision):
+        return obj
+    view = ctx.view
+    wanted = [res for res in hostdevices.pod_resources(obj) if view.devices_with_resource(res)]
+    if not wanted:
+        return decision.allow()
+    raw_meta = obj.get("metadata")
+    meta: Mapping[str, Any] = raw_meta if isinstance(raw_meta, Mapping) else {}
+    name = r.name or str(meta.get("name") or meta.get("generateName") or "")
+    why = ""
+    if r.user.username in ctx.settings.virt_controller_usernames:
+        vmi_ref = _controller(meta.get("ownerReferences"))
+        vmi = view.workload(hostdevices.VMI, r.namespace, vmi_ref.name) if vmi_ref is not None else None
+        if vmi is None or vmi_ref is None or (vmi.uid and vmi.uid != vmi_ref.uid):
+            why = " for no virtualmachineinstance the webhook knows"
+        else:
+            have = Counter(vmlike.ours(view, vmlike.expanded(view, vmi)))
+            if not Counter(wanted) - have:
+                return decision.allow()
+            why = f" beyond those of virtualmachineinstance {messages.shown(vmi.name)}"
+    return decision.deny(
+        "A12",
+        messages.POD_DEVICE.format(
+            name=messages.shown(name), user=ctx.user, resources=messages.listed(wanted), why=why
+        ),
+    )
+
+
+def mutate(ctx: Context) -> Decision:
+    return decision.allow()
+
+
+def _controller(refs: object) -> OwnerReference | None:
+    for ref in refs if isinstance(refs, list) else ():
+        if isinstance(ref, dict) and ref.get("controller") is True and ref.get("kind") == hostdevices.VMI:
+            try:
+                return OwnerReference.from_dict(ref)
+            except ValueError:
+                return None
+    return None
