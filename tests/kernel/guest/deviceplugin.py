@@ -142,6 +142,7 @@ pool_resource = model.PciResource(
     names.pci_resource_name(vendor, ids.pci.device("8086", "100e"), "100e"), tuple(model_device(a) for a in legs)
 )
 # The USB stick (mass storage): one plugin for one claimed USB device.
+wait_until(lambda: any(u.first_interface_class == 8 for u in usb.scan_usb(sysroot)), 30)
 stick = next(u for u in usb.scan_usb(sysroot) if u.first_interface_class == 8)
 usb_resource = model.UsbResource(
     names.usb_resource_name(names.usbdevice_name(NODE, stick.vendor_id, stick.product_id, stick.bus, stick.devnum)),
