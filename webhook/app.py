@@ -19,7 +19,7 @@ from policy import access as policy_access
 from policy import decision, dispatch, review, snapshot
 from policy import settings as policy_settings
 from webhook import access as webhook_access
-from webhook import cache, kube, routes
+from webhook import cache, kube, routes, workloads
 from webhook import metrics as metrics_mod
 from webhook import settings as settings_mod
 
@@ -115,12 +115,22 @@ def create_app(
             if settings.view_source.startswith("file:"):
                 source = cache.FileSource(Path(settings.view_source[len("file:") :]), index)
             elif settings.view_source == "watch":
-                source = cache.WatchSource(
-                    connection.get,
-                    index,
-                    metrics=metrics,
-                    watch_timeout_s=settings.watch_timeout_s,
-                    backoff_s=settings.resync_backoff_s,
+                source = workloads.Sources(
+                    cache.WatchSource(
+                        connection.get,
+                        index,
+                        metrics=metrics,
+                        watch_timeout_s=settings.watch_timeout_s,
+                        backoff_s=settings.resync_backoff_s,
+                    ),
+                    # part 2: VMs, VMIs, pools, replica sets and instancetypes (A7, A9, A9v, A12)
+                    workloads.WorkloadSource(
+                        connection.get,
+                        index,
+                        metrics=metrics,
+                        watch_timeout_s=settings.watch_timeout_s,
+                        backoff_s=settings.resync_backoff_s,
+                    ),
                 )
             else:
                 raise ValueError(f"view_source must be 'watch' or 'file:<path>'; got {settings.view_source!r}")

@@ -1,0 +1,85 @@
+"""The KubeVirt watches of part 2: namespaced keys through the shared reflectors, and absent APIs as empty."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from policy import hostdevices, snapshot
+from tests.support.vms import vm
+from webhook import cache, kube, metrics, workloads
+
+VM_PATH = workloads.WATCHED[0].path
+
+
+class PathLister:
+    """Lists per path (or an error), one scripted watch per path, then nothing."""
+
+    def __init__(self, lists: dict[str, list[dict[str, Any]] | Exception], events: list[kube.WatchEvent]) -> None:
+        self.lists = lists
+        self.events = events
+
+    def list_pages(self, path: str, limit: int) -> Iterator[tuple[list[dict[str, Any]], str]]:
+        value = self.lists.get(path, kube.NotFound(404, "the server could not find the requested resource"))
+        if isinstance(value, Exception):
+            raise value
+        yield value, "10"
+
+    def watch(self, path: str, resource_version: str, timeout_s: int) -> Iterator[kube.WatchEvent]:
+        events, self.events = (self.events, []) if path == VM_PATH else ([], self.events)
+        yield from events
+
+
+def _reflect(lister: cache.Lister, index: snapshot.ClusterIndex, kind: cache.WatchedKind) -> cache.Reflector:
+    stop = threading.Event()
+    keyed = workloads.KeyedLister(lister, absent_retry_s=0.01, stop=stop)
+    return cache.Reflector(kind, keyed, index, metrics=metrics.Metrics(), watch_timeout_s=1, backoff_s=0.01, stop=stop)
+
+
+def test_vms_of_the_same_name_in_two_namespaces_are_kept_apart_and_deleted_exactly() -> None:
+    a, b = vm("gpu-vm", "ns-a", host=[("x", "nvidia.com/a")]), vm("gpu-vm", "ns-b", host=[("y", "nvidia.com/b")])
+    index = snapshot.ClusterIndex()
+    lister = PathLister({VM_PATH: [a, b]}, [kube.WatchEvent("DELETED", a)])
+    keyed = workloads.KeyedLister(lister, absent_retry_s=0.01, stop=threading.Event())
+    reflector = _reflect(lister, index, workloads.WATCHED[0])
+    rv = reflector._relist()
+    assert index.workload(hostdevices.VM, "ns-a", "gpu-vm") is not None
+    assert [w.key for w in index.workloads_naming("nvidia.com/b")] == ["ns-b/gpu-vm"]
+    for event in keyed.watch(VM_PATH, rv, 1):
+        reflector.apply(event)
+    assert index.workload(hostdevices.VM, "ns-a", "gpu-vm") is None
+    assert index.workloads_naming("nvidia.com/a") == []
+    assert index.workload(hostdevices.VM, "ns-b", "gpu-vm") is not None
+
+
+@pytest.mark.parametrize("status", [404, 403])
+def test_an_api_that_is_missing_or_forbidden_counts_as_listed_and_empty(status: int) -> None:
+    index = snapshot.ClusterIndex()
+    error = kube.NotFound(404, "missing") if status == 404 else kube.KubeError(403, "forbidden")
+    reflector = _reflect(PathLister({VM_PATH: error}, []), index, workloads.WATCHED[0])
+    reflector._relist()
+    assert reflector.synced.is_set()
+    assert index.counts()[hostdevices.VM] == 0
+
+
+def test_a_missing_api_is_listed_again_after_the_retry_wait() -> None:
+    stop = threading.Event()
+    lister = PathLister({VM_PATH: kube.NotFound(404, "missing")}, [])
+    keyed = workloads.KeyedLister(lister, absent_retry_s=0.01, stop=stop)
+    assert list(keyed.list_pages(VM_PATH, 10)) == [([], "")]
+    with pytest.raises(kube.Expired):
+        list(keyed.watch(VM_PATH, "", 5))
+    lister.lists[VM_PATH] = [vm("late")]
+    pages = list(keyed.list_pages(VM_PATH, 10))
+    assert pages[0][0][0]["metadata"]["name"] == "ns-a/late"
+
+
+def test_other_api_errors_are_not_hidden() -> None:
+    keyed = workloads.KeyedLister(
+        PathLister({VM_PATH: kube.KubeError(500, "boom")}, []), absent_retry_s=0, stop=threading.Event()
+    )
+    with pytest.raises(kube.KubeError):
+        list(keyed.list_pages(VM_PATH, 10))
