@@ -27,11 +27,16 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from typing import TYPE_CHECKING  # noqa: E402
+
 from nodeagent import kube  # noqa: E402
 from policy import names  # noqa: E402
-from tests.support.agent_env import build_agent, kubevirt_cr, pci_claim  # noqa: E402
-from tests.support.controlplane import Binaries, ControlPlane  # noqa: E402
-from tests.support.simhost import SimHost  # noqa: E402
+
+if TYPE_CHECKING:
+    from tests.support.controlplane import ControlPlane
+
+# The RSS child imports only what the agent itself imports (plus the fake-tree builder): the harness's imports
+# (cryptography for certificates, the simulated kernel) are made by the parent process alone.
 
 NAMESPACE = "kubevirt-bench"
 
@@ -51,6 +56,8 @@ def until(ok: Callable[[], bool], timeout: float = 60.0, every: float = 0.002) -
 
 
 def setup_cluster(cp: ControlPlane) -> kube.ApiKube:
+    from tests.support.agent_env import kubevirt_cr
+
     cp.kubectl("apply", "-f", str(REPO / "crds"))
     cp.kubectl("apply", "-f", str(REPO / "tests" / "fixtures" / "crds"))
     cp.wait_for("--for=condition=Established", "crd", "--all")
@@ -65,6 +72,9 @@ def add_node(api: kube.ApiKube, node: str) -> None:
 
 
 def bench_latency_and_idle(cp: ControlPlane, api: kube.ApiKube, devices: int, rounds: int, idle_s: float) -> None:
+    from tests.support.agent_env import build_agent, pci_claim
+    from tests.support.simhost import SimHost
+
     node = "bench-latency"
     add_node(api, node)
     base = Path(tempfile.mkdtemp(prefix="agentbench"))
@@ -170,6 +180,7 @@ def rss_child(kubeconfig: str, node: str, ndev: int) -> None:
     for _ in range(3):
         agent.runner.nudge()
         time.sleep(1)
+    imported = sorted(m for m in sys.modules if m.split(".")[0] in ("kubernetes", "cryptography", "tests"))
     status = Path("/proc/self/status").read_text()
     fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
     out = {
@@ -179,6 +190,7 @@ def rss_child(kubeconfig: str, node: str, ndev: int) -> None:
         "failures": agent.runner.stats.failures,
         "vm_rss_kib": int(fields["VmRSS"].split()[0]),
         "vm_hwm_kib": int(fields["VmHWM"].split()[0]),
+        "extra_modules": imported,
     }
     agent.stop(timeout=1.0)
     print(json.dumps(out))
@@ -216,6 +228,8 @@ def main() -> None:
     p.add_argument("--idle-seconds", type=float, default=60.0)
     p.add_argument("--rss-devices", type=int, default=1000)
     args = p.parse_args()
+    from tests.support.controlplane import Binaries, ControlPlane
+
     binaries = Binaries.locate(REPO)
     with ControlPlane(binaries, Path(tempfile.mkdtemp(prefix="agentbench-cp"))) as cp:
         api = setup_cluster(cp)

@@ -305,11 +305,23 @@ def _plugin_endpoint(path: Path) -> Endpoint:
     return Endpoint(str(cfg.host).rstrip("/"), ctx, token=auth.removeprefix("Bearer ") or None)
 
 
+def _slim(obj: Any) -> Obj:
+    """Drop metadata.managedFields (often half an object's size; the agent never reads them)."""
+    if isinstance(obj, dict):
+        meta = obj.get("metadata")
+        if isinstance(meta, dict):
+            meta.pop("managedFields", None)
+    return obj  # type: ignore[no-any-return]
+
+
 class ApiKube:
     """KubeApi over one urllib3 pool: paths, JSON bodies, merge patches; errors translated."""
 
-    def __init__(self, endpoint: Endpoint, *, request_timeout_s: float = 10.0, pool_size: int = 10) -> None:
+    def __init__(
+        self, endpoint: Endpoint, *, request_timeout_s: float = 10.0, pool_size: int = 10, page: int = 250
+    ) -> None:
         self._endpoint = endpoint
+        self._page = page
         self._timeout = request_timeout_s
         self._pool = urllib3.PoolManager(num_pools=2, maxsize=pool_size, ssl_context=endpoint.context, retries=False)
 
@@ -356,17 +368,26 @@ class ApiKube:
         return json.loads(resp.data or b"{}")
 
     def list(self, res: Resource, *, label_selector: str | None = None, namespace: str | None = None) -> ObjectList:
-        query = [("labelSelector", label_selector)] if label_selector else []
-        doc = self._call("GET", res.path(None, namespace), query=query)
-        return ObjectList(list(doc.get("items") or []), str((doc.get("metadata") or {}).get("resourceVersion", "")))
+        """The whole collection, read in pages (one consistent snapshot) so a big node never parses it at once."""
+        items: list[Obj] = []
+        token, rv = "", ""
+        while True:
+            query = [("limit", str(self._page))] + ([("labelSelector", label_selector)] if label_selector else [])
+            if token:
+                query.append(("continue", token))
+            doc = self._call("GET", res.path(None, namespace), query=query)
+            items.extend(_slim(o) for o in doc.get("items") or [])
+            meta = doc.get("metadata") or {}
+            rv = rv or str(meta.get("resourceVersion", ""))
+            token = str(meta.get("continue") or "")
+            if not token:
+                return ObjectList(items, rv)
 
     def get(self, res: Resource, name: str, *, namespace: str | None = None) -> Obj:
-        result: Obj = self._call("GET", res.path(name, namespace))
-        return result
+        return _slim(self._call("GET", res.path(name, namespace)))
 
     def create(self, res: Resource, body: Mapping[str, Any], *, namespace: str | None = None) -> Obj:
-        result: Obj = self._call("POST", res.path(None, namespace), body=dict(body))
-        return result
+        return _slim(self._call("POST", res.path(None, namespace), body=dict(body)))
 
     def patch(
         self,
@@ -377,13 +398,14 @@ class ApiKube:
         namespace: str | None = None,
         subresource: str | None = None,
     ) -> Obj:
-        result: Obj = self._call(
-            "PATCH",
-            res.path(name, namespace, subresource),
-            body=dict(patch),
-            content_type="application/merge-patch+json",
+        return _slim(
+            self._call(
+                "PATCH",
+                res.path(name, namespace, subresource),
+                body=dict(patch),
+                content_type="application/merge-patch+json",
+            )
         )
-        return result
 
     def delete(self, res: Resource, name: str, *, namespace: str | None = None) -> None:
         self._call("DELETE", res.path(name, namespace))

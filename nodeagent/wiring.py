@@ -115,7 +115,7 @@ def build(
     db = db or NamesDatabases.load(settings.pci_ids, settings.usb_ids)
     counting = api if isinstance(api, kube.CountingKube) else kube.CountingKube(api)
     registry = CollectorRegistry()
-    events = EventRecorder(counting, namespace=settings.namespace, node=settings.node_name, now=now)
+    events = EventRecorder(counting, node=settings.node_name, now=now)
 
     lister = pod_resources
     socket_path: str | None = None

@@ -130,6 +130,12 @@ def test_a_claim_is_bound_and_permitted_and_its_delete_restores_the_driver(env: 
     rn = f"intel.com/{names.pcidevice_name(env.node, NIC)}"
     assert env.api.get(kube.PCIDEVICES, names.pcidevice_name(env.node, NIC))["status"]["resourceName"] == rn
     assert env.permitted() == ["nvidia.com/MLX_VF", rn]
+    reasons = {
+        e["reason"]
+        for e in env.api.list(kube.EVENTS, namespace="default").items
+        if e["involvedObject"]["name"] == names.pcidevice_name(env.node, NIC)
+    }
+    assert {"Appeared", "PassthroughEnabled"} <= reasons
     env.api.delete(kube.PCIDEVICECLAIMS, names.pcidevice_name(env.node, NIC))
 
     def gone() -> bool:
