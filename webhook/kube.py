@@ -157,6 +157,14 @@ class Kube:
         result: dict[str, Any] = self._call("PUT", path, body=dict(body))
         return result
 
+    def delete(self, path: str) -> None:
+        """DELETE (background propagation); NotFound when it is already gone."""
+        self._call("DELETE", path, body={"propagationPolicy": "Background"})
+
+    def list_all(self, path: str, limit: int = 500) -> list[dict[str, Any]]:
+        """Every item of a collection (the controller's level-based passes; admissions never list)."""
+        return [item for items, _ in self.list_pages(path, limit) for item in items]
+
     def json_patch(self, path: str, ops: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         result: dict[str, Any] = self._call(
             "PATCH", path, body=[dict(op) for op in ops], content_type="application/json-patch+json"

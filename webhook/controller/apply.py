@@ -1,0 +1,142 @@
+"""The controller's effects: observe (list claims, devices, nodes), plan (plan.py), apply; one pass at a time.
+
+Level-based: a pass reads everything afresh, so a failed write is simply planned again on the next pass. The
+webhook judges every write (the controller is the trusted on-behalf-of identity of the owner rule, and the janitor
+may drop the finalizer only once the webhook, too, sees the node gone).
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from policy import names
+from policy.objects import FINALIZER_AGENT, MalformedObject, PCIDevice
+from webhook import kube
+from webhook.controller import plan
+
+log = logging.getLogger(__name__)
+
+API = f"/apis/{names.API_VERSION}"
+PLURALS = {"PCIDeviceClaim": "pcideviceclaims", "USBDeviceClaim": "usbdeviceclaims"}
+
+
+class ControllerApi(Protocol):
+    def list_all(self, path: str, limit: int = 500) -> list[dict[str, Any]]: ...
+    def get(self, path: str) -> dict[str, Any]: ...
+    def create(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]: ...
+    def replace(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]: ...
+    def json_patch(self, path: str, ops: Sequence[Mapping[str, Any]]) -> dict[str, Any]: ...
+    def delete(self, path: str) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Observed:
+    claims: list[plan.ClaimFacts]
+    devices: list[PCIDevice]
+    nodes: set[str]
+
+
+def observe(api: ControllerApi) -> Observed:
+    claims: list[plan.ClaimFacts] = []
+    for kind, plural in PLURALS.items():
+        for obj in api.list_all(f"{API}/{plural}"):
+            try:
+                claims.append(plan.ClaimFacts.from_dict({**obj, "kind": kind}))
+            except MalformedObject:
+                continue
+    devices: list[PCIDevice] = []
+    for obj in api.list_all(f"{API}/pcidevices"):
+        try:
+            devices.append(PCIDevice.from_dict(obj))
+        except MalformedObject:
+            continue
+    nodes = {str((n.get("metadata") or {}).get("name")) for n in api.list_all("/api/v1/nodes")}
+    return Observed(claims, devices, nodes)
+
+
+@dataclass
+class Controller:
+    api: ControllerApi
+    namespace: str  # where Events go
+    mode: str
+    grace: datetime.timedelta
+    clock: Callable[[], datetime.datetime]
+    component: str = "pcidevices-controller"
+
+    def reconcile(self) -> list[plan.Action]:
+        """One pass; returns the actions it tried (tests and logs)."""
+        seen = observe(self.api)
+        actions = plan.plan_janitor(seen.claims, seen.nodes) + plan.plan_groups(
+            seen.claims, seen.devices, seen.nodes, now=self.clock(), grace=self.grace, mode=self.mode
+        )
+        for action in actions:
+            try:
+                self._apply(action)
+            except kube.KubeError as e:
+                log.warning("action failed; retrying next pass", extra={"action": repr(action), "status": e.status})
+        return actions
+
+    def _apply(self, action: plan.Action) -> None:
+        if isinstance(action, plan.CreateClaim):
+            try:
+                created = self.api.create(f"{API}/pcideviceclaims", plan.build_claim(action))
+            except kube.Conflict:
+                return  # claimed meanwhile (the UI's own "Enable Group"): nothing to do
+            log.info(
+                "claimed IOMMU sibling",
+                extra={"claim": action.device.name, "owner": action.owner, "trigger": action.trigger},
+            )
+            self._event(
+                created,
+                "SiblingClaimed",
+                f"claimed for {action.owner} because pcideviceclaim {action.trigger} shares IOMMU group "
+                f"{action.device.iommu_group} on node {action.device.node_name}; a VM needs the whole group",
+            )
+        elif isinstance(action, plan.MarkSiblingsDone):
+            self.api.json_patch(f"{API}/pcideviceclaims/{action.claim}", plan.siblings_patch(action))
+        elif isinstance(action, plan.DeleteClaim):
+            try:
+                self.api.delete(f"{API}/{PLURALS[action.kind]}/{action.name}")
+            except kube.NotFound:
+                return
+            log.info("deleted claim of a vanished node", extra={"claim": action.name, "node": action.node})
+        elif isinstance(action, plan.RemoveFinalizer):
+            path = f"{API}/{PLURALS[action.kind]}/{action.name}"
+            try:
+                obj = self.api.get(path)
+            except kube.NotFound:
+                return
+            meta = obj.get("metadata") or {}
+            finalizers = [f for f in meta.get("finalizers") or () if f != FINALIZER_AGENT]
+            self.api.replace(path, {**obj, "metadata": {**meta, "finalizers": finalizers}})
+            log.info("removed the agent finalizer of a vanished node's claim", extra={"claim": action.name})
+
+    def _event(self, obj: Mapping[str, Any], reason: str, message: str) -> None:
+        meta = obj.get("metadata") or {}
+        now = self.clock().strftime("%Y-%m-%dT%H:%M:%SZ")
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{meta.get('name', 'claim')}.", "namespace": self.namespace},
+            "involvedObject": {
+                "apiVersion": names.API_VERSION,
+                "kind": "PCIDeviceClaim",
+                "name": meta.get("name", ""),
+                "uid": meta.get("uid", ""),
+            },
+            "reason": reason,
+            "message": message,
+            "type": "Normal",
+            "source": {"component": self.component},
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        try:
+            self.api.create(f"/api/v1/namespaces/{self.namespace}/events", event)
+        except kube.KubeError as e:
+            log.warning("could not record an event", extra={"status": e.status, "reason": reason})
