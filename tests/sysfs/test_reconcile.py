@@ -491,3 +491,27 @@ def test_a_usb_controller_with_claimed_usb_devices_cannot_be_bound(host: SimHost
     bound = _cond(_claim_status(api, XHCI), "Bound")
     assert bound["reason"] == "Refused" and "USB controller" in bound["message"]
     assert host.sim.driver(XHCI) == "xhci_hcd"
+
+
+def test_a_blocked_unbind_shows_unbind_pending_until_the_holder_lets_go(host: SimHost, api: FakeKube) -> None:
+    api.put(kube.PCIDEVICECLAIMS, pci_claim(NODE, NIC))
+    agent = _agent(host, api)
+    agent.node_pass()
+    pid = host.sim.hold(NIC)
+    # The holder's group-node fd is not visible to the scan (as when /proc is not the host's): only the kernel knows.
+    for fd in (host.base / "proc" / str(pid) / "fd").iterdir():
+        fd.unlink()
+    api.remove(kube.PCIDEVICECLAIMS, _name(NIC))
+    agent.node_pass()  # returns although the unbind is still blocked in the kernel
+    pending = _cond(_claim_status(api, NIC), "UnbindPending")
+    assert pending["status"] == "True"
+    assert api.peek("pcideviceclaims", _name(NIC)) is not None
+    agent.node_pass()
+    assert _cond(_claim_status(api, NIC), "UnbindPending")["status"] == "True"
+    host.sim.exit_process(pid)
+    for _ in range(50):
+        agent.node_pass()
+        if api.peek("pcideviceclaims", _name(NIC)) is None:
+            break
+    assert api.peek("pcideviceclaims", _name(NIC)) is None
+    assert host.sim.driver(NIC) == "e1000e"
