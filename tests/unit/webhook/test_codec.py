@@ -203,3 +203,37 @@ def test_the_routes_answer_every_review_shaped_body_with_a_review(client: FlaskC
         review["request"].get("uid") if isinstance(review["request"].get("uid"), str) else ""
     )
     assert doc["response"]["status"]["code"] != 500
+
+
+def test_readyz_answers_503_until_the_view_has_synced_and_then_200() -> None:
+    import threading
+    import time
+
+    from policy import access, snapshot
+    from webhook import settings as settings_mod
+
+    synced = threading.Event()
+
+    class Source:
+        def start(self) -> None:
+            pass
+
+        def ready(self) -> bool:
+            return synced.is_set()
+
+        def stop(self) -> None:
+            pass
+
+    app = app_mod.create_app(
+        settings_mod.WebhookSettings(), view=snapshot.ClusterIndex(), access=access.StaticAccess(), source=Source()
+    )
+    client = app.test_client()
+    assert client.get("/readyz").status_code == 503  # not started
+    app_mod.runtime(app).start()
+    assert client.get("/readyz").status_code == 503  # started, not synced
+    synced.set()
+    deadline = time.monotonic() + 5
+    while client.get("/readyz").status_code != 200:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert client.get("/healthz").status_code == 200
