@@ -170,6 +170,7 @@ def build(
         read_allocations=lambda: allocations.read_allocations(lister, socket_path),
         set_plugins=plugins.set_desired if plugins is not None else None,
         kubevirt_namespace=settings.kubevirt_namespace,
+        now=now,
     )
     holder["pass"] = node_pass
 

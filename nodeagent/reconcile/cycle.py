@@ -66,7 +66,9 @@ class NodePass:
         read_allocations: Callable[[], allocations.Allocations] = lambda: allocations.Allocations(known=True),
         set_plugins: Callable[[tuple[model.Resource, ...]], None] | None = None,
         kubevirt_namespace: str | None = None,
+        now: Callable[[], str] = lambda: "",
     ) -> None:
+        self._now = now
         self._kubevirt_namespace = kubevirt_namespace
         self._api = api
         self._root = root
@@ -131,12 +133,15 @@ class NodePass:
         live_usb = {c["metadata"]["name"] for c in my_usb_claims if not c["metadata"].get("deletionTimestamp")}
 
         # -- device objects ------------------------------------------------------------------------------------
-        pci_actions = pcidevices.plan_pcidevices(inv.pci_devices, have_pci, claimed_pci, node=node, owner=owner)
+        now = self._now()
+        pci_actions = pcidevices.plan_pcidevices(
+            inv.pci_devices, have_pci, claimed_pci, node=node, owner=owner, now=now
+        )
         have_pci = apply_device_actions(
             self._api, kube.PCIDEVICES, pci_actions, have_pci, self._events, plan.PCI_STATUS_KEYS
         )
         usb_actions = usbdevices.plan_usbdevices(
-            inv.usb_devices, have_usb, claimed_usb, live_usb, node=node, owner=owner
+            inv.usb_devices, have_usb, claimed_usb, live_usb, node=node, owner=owner, now=now
         )
         have_usb = apply_device_actions(
             self._api, kube.USBDEVICES, usb_actions, have_usb, self._events, plan.USB_STATUS_KEYS

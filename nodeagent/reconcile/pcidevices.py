@@ -30,8 +30,15 @@ def plan_pcidevices(
     *,
     node: str,
     owner: Obj | None,
+    now: str = "",
 ) -> list[plan.DeviceAction]:
     """`claimed`: object name -> effective resource name for every live or releasing claim of this node."""
     return plan.plan_devices(
-        build_desired(found, claimed), existing, set(claimed), node=node, owner=owner, owned_keys=plan.PCI_STATUS_KEYS
+        build_desired(found, claimed),
+        existing,
+        set(claimed),
+        node=node,
+        owner=owner,
+        owned_keys=plan.PCI_STATUS_KEYS,
+        now=now,
     )

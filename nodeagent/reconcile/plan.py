@@ -106,11 +106,12 @@ def plan_devices(
     owner: Obj | None,
     owned_keys: Set[str],
     usb: bool = False,
+    now: str = "",
 ) -> list[DeviceAction]:
     """Device objects of one kind on one node: create the new, patch the changed, delete the gone.
 
     A device that is gone but still claimed is kept and marked `absent` (USB also `status: orphaned`, as upstream),
-    so garbage collection never takes the user's claim with it.
+    so garbage collection never takes the user's claim with it. Condition `Present` says which, since when.
     """
     actions: list[DeviceAction] = []
     for name in sorted(desired):
@@ -118,11 +119,15 @@ def plan_devices(
         have = existing.get(name)
         if have is None:
             obj = dict(want)
+            obj["status"] = dict(want.get("status") or {}, conditions=set_conditions([], [PRESENT], now))
             if owner is not None:
                 obj["metadata"] = dict(want["metadata"], ownerReferences=[owner])
             actions.append(Create(obj))
             continue
-        status = diff_status(have.get("status") or {}, want.get("status") or {}, owned_keys)
+        have_st = have.get("status") or {}
+        want_st = dict(want.get("status") or {})
+        want_st["conditions"] = set_conditions(have_st.get("conditions") or [], [PRESENT], now)
+        status = diff_status(have_st, want_st, owned_keys)
         meta = metadata_patch(have, node, owner)
         drv = None
         if "kernelDriverInUse" in status:
@@ -142,6 +147,9 @@ def plan_devices(
         if usb and st.get("status") != ORPHANED:
             patch["status"] = ORPHANED
             patch["message"] = "device disconnected while claimed"
+        conditions = set_conditions(st.get("conditions") or [], [VANISHED], now)
+        if conditions != (st.get("conditions") or []):
+            patch["conditions"] = conditions
         if patch:
             actions.append(Patch(name, None, patch, became_absent=st.get("absent") is not True))
     return actions
@@ -176,6 +184,10 @@ class Condition:
     status: bool
     reason: str
     message: str = ""
+
+
+PRESENT = Condition("Present", True, "Discovered", "the device is present on the node")
+VANISHED = Condition("Present", False, "Vanished", "the device disappeared while claimed; kept for its claim")
 
 
 def set_conditions(current: Sequence[Mapping[str, Any]], wanted: Iterable[Condition], now: str) -> list[Obj]:

@@ -19,6 +19,7 @@ def plan_usbdevices(
     *,
     node: str,
     owner: Obj | None,
+    now: str = "",
 ) -> list[plan.DeviceAction]:
     """`claimed`: names with a claim (live or releasing) — kept when gone; `enabled`: names with a live claim."""
     desired: dict[str, Obj] = {}
@@ -26,5 +27,5 @@ def plan_usbdevices(
         name = d["metadata"]["name"]
         desired[name] = dict(d, status=dict(d["status"], enabled=name in enabled))
     return plan.plan_devices(
-        desired, existing, claimed, node=node, owner=owner, owned_keys=plan.USB_STATUS_KEYS, usb=True
+        desired, existing, claimed, node=node, owner=owner, owned_keys=plan.USB_STATUS_KEYS, usb=True, now=now
     )

@@ -80,6 +80,7 @@ def test_first_pass_creates_device_objects_with_node_owner_label_and_appearance_
     assert nic["metadata"]["labels"] == {names.LABEL_NODENAME: NODE}
     assert nic["metadata"]["ownerReferences"] == [{"apiVersion": "v1", "kind": "Node", "name": NODE, "uid": node_uid}]
     assert nic["status"]["kernelDriverInUse"] == "e1000e"
+    assert [(c["type"], c["status"]) for c in nic["status"]["conditions"]] == [("Present", "True")]
     assert objs[_name(ROOT_DISK_CONTROLLER)]["status"]["hostCritical"] is True
     reasons = {e["reason"] for e in api.objects("events")}
     assert reasons == {"Appeared"}
@@ -275,6 +276,7 @@ def test_a_device_vanishing_while_claimed_is_kept_absent_and_its_claim_can_be_re
     agent.node_pass()
     kept = api.peek("pcidevices", _name(NIC))
     assert kept is not None and kept["status"]["absent"] is True
+    assert _cond(kept["status"], "Present")["reason"] == "Vanished"
     assert api.peek("pcidevices", _name(NIC2)) is None
     assert api.peek("pcideviceclaims", _name(NIC)) is not None
     assert "Absent" in {e["reason"] for e in api.objects("events")}

@@ -16,7 +16,12 @@ OWNER = plan.node_owner_reference(NODE, "uid-1")
 def _dev(name: str, **status: Any) -> dict[str, Any]:
     return {
         "metadata": {"name": name, "labels": {names.LABEL_NODENAME: NODE}, "ownerReferences": [OWNER]},
-        "status": {"address": "0000:01:00.0", "kernelDriverInUse": "e1000e", **status},
+        "status": {
+            "address": "0000:01:00.0",
+            "kernelDriverInUse": "e1000e",
+            "conditions": plan.set_conditions([], [plan.PRESENT], "t0"),
+            **status,
+        },
     }
 
 
@@ -50,10 +55,18 @@ def test_a_changed_driver_is_patched_and_reported_as_a_driver_change() -> None:
 
 
 def test_status_keys_we_own_are_dropped_and_others_kept() -> None:
-    have = _dev("a", numaNode=0, conditions=[{"type": "X"}], futureField=1)
+    have = _dev("a", numaNode=0, futureField=1)
     (action,) = _plan({"a": _dev("a")}, {"a": have})
     assert isinstance(action, plan.Patch)
     assert action.status == {"numaNode": None}
+
+
+def test_conditions_set_by_others_are_kept_beside_present() -> None:
+    foreign = {"type": "Healthy", "status": "True", "reason": "X", "message": "", "lastTransitionTime": "t"}
+    have = _dev("a", conditions=[foreign])
+    (action,) = _plan({"a": _dev("a")}, {"a": have})
+    assert isinstance(action, plan.Patch) and action.status is not None
+    assert [c["type"] for c in action.status["conditions"]] == ["Healthy", "Present"]
 
 
 def test_a_missing_nodename_label_is_added_by_merge_without_touching_other_labels() -> None:
@@ -81,9 +94,11 @@ def test_a_gone_unclaimed_device_is_deleted() -> None:
 
 def test_a_gone_claimed_device_is_marked_absent_once() -> None:
     (action,) = _plan({}, {"a": _dev("a")}, {"a"})
-    assert isinstance(action, plan.Patch) and action.became_absent
-    assert action.status == {"absent": True}
-    assert _plan({}, {"a": _dev("a", absent=True)}, {"a"}) == []
+    assert isinstance(action, plan.Patch) and action.became_absent and action.status is not None
+    assert action.status["absent"] is True
+    (present,) = action.status["conditions"]
+    assert (present["type"], present["status"], present["reason"]) == ("Present", "False", "Vanished")
+    assert _plan({}, {"a": _dev("a", absent=True, conditions=action.status["conditions"])}, {"a"}) == []
 
 
 def test_a_gone_claimed_usb_device_is_orphaned_as_upstream_marks_it() -> None:
