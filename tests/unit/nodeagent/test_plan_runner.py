@@ -156,3 +156,14 @@ def test_settings_come_from_the_environment_and_reject_bad_values() -> None:
         AgentSettings.from_env({})
     with pytest.raises(ValueError, match="RESOURCE_NAMES"):
         AgentSettings.from_env({"NODE_NAME": "n1", "RESOURCE_NAMES": "shared"})
+
+
+def test_run_without_a_node_name_exits_with_a_usage_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    from nodeagent.__main__ import main
+
+    monkeypatch.delenv("NODE_NAME", raising=False)
+    err = io.StringIO()
+    assert main(["run"], out=io.StringIO(), err=err) == 2
+    assert "NODE_NAME must be set" in err.getvalue()
