@@ -23,6 +23,7 @@ from nodeagent.host.errors import BindError, NotOurs
 from nodeagent.reconcile import plan
 from nodeagent.sysfs.root import SysfsRoot
 from policy import names
+from policy.takeover import ANNOTATION_ADOPTED
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,8 @@ def claim_owner(claim: Obj) -> str:
 
 def is_adopted(claim: Obj) -> bool:
     """A claim taken over from upstream keeps its pooled name (its VMs already use it)."""
-    return claim_owner(claim).startswith("legacy:")
+    annotations = (claim.get("metadata") or {}).get("annotations") or {}
+    return ANNOTATION_ADOPTED in annotations or claim_owner(claim).startswith("legacy:")
 
 
 class PCIClaimReconciler:
@@ -90,8 +92,15 @@ class PCIClaimReconciler:
         return self._write_status(claim, {"conditions": plan.set_conditions(current, wanted, self._now())})
 
     def _refuse(self, claim: Obj, reason: str, message: str) -> None:
-        before = plan.condition(claim.get("status") or {}, BOUND)
-        self._conditions(claim, [plan.Condition(BOUND, False, reason, message)])
+        st = claim.get("status") or {}
+        before = plan.condition(st, BOUND)
+        conditions = plan.set_conditions(
+            st.get("conditions") or [], [plan.Condition(BOUND, False, reason, message)], self._now()
+        )
+        desired: Obj = {"conditions": conditions}
+        if st.get("passthroughEnabled"):
+            desired["passthroughEnabled"] = False  # e.g. after a reboot, when the re-check no longer holds
+        self._write_status(claim, desired)
         if before is None or before.get("reason") != reason or before.get("message") != message:
             log.warning("claim refused on the node", extra={"claim": claim["metadata"]["name"], "reason": reason})
             self._events.record(claim, "Warning", reason, message)

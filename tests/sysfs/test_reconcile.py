@@ -517,3 +517,20 @@ def test_a_blocked_unbind_shows_unbind_pending_until_the_holder_lets_go(host: Si
             break
     assert api.peek("pcideviceclaims", _name(NIC)) is None
     assert host.sim.driver(NIC) == "e1000e"
+
+
+def test_after_a_reboot_a_claim_whose_group_became_host_critical_is_refused_and_not_enabled(
+    host: SimHost, api: FakeKube
+) -> None:
+    api.put(kube.PCIDEVICECLAIMS, pci_claim(NODE, GPU))
+    api.put(kube.PCIDEVICECLAIMS, pci_claim(NODE, GPU_AUDIO))
+    _agent(host, api).node_pass()
+    assert _claim_status(api, GPU)["passthroughEnabled"] is True
+    host.reboot()
+    host.tree.disk("sda", pci=GPU_AUDIO)
+    host.tree.mount("sda", "/var/lib/longhorn")
+    _agent(host, api).node_pass()
+    st = _claim_status(api, GPU)
+    assert st["passthroughEnabled"] is False
+    assert _cond(st, "Bound")["reason"] == "Refused"
+    assert host.sim.driver(GPU) == "nouveau" and host.sim.driver(GPU_AUDIO) == "snd_hda_intel"
