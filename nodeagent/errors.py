@@ -4,8 +4,7 @@
     ├── SysfsError              a host file under the root could not be read or written (carries path and errno)
     │   └── RootUnavailable     the root directory itself is missing or unreadable (the CLI exits 2)
     ├── DiscoveryError          discovery could not produce a result at all (one bad device never raises this)
-    ├── KubeError               an API call failed (nodeagent.kube: NotFound, Conflict, Expired)
-    └── TerminalError           a reconcile step that retrying cannot fix (shown as a condition)
+    └── KubeError               an API call failed (nodeagent.kube: NotFound, Conflict, Expired)
 """
 
 from __future__ import annotations
@@ -38,7 +37,3 @@ class KubeError(AgentError):
     def __init__(self, message: str, *, status: int = 0) -> None:
         super().__init__(message)
         self.status = status
-
-
-class TerminalError(AgentError):
-    """A reconcile step that retrying cannot fix; recorded as a condition and not retried until the object changes."""

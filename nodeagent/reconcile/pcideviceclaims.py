@@ -15,7 +15,7 @@ from typing import Any
 
 from nodeagent import kube
 from nodeagent.deviceplugin import model
-from nodeagent.errors import KubeError, SysfsError
+from nodeagent.errors import SysfsError
 from nodeagent.events import EventRecorder
 from nodeagent.host import groups
 from nodeagent.host.binding import BindingRecord, Outcome, VfioBinder
@@ -233,7 +233,7 @@ class PCIClaimReconciler:
                 result = self._binder.release(record)
             except (SysfsError, BindError) as e:
                 log.error("release failed", extra={"claim": name}, exc_info=True)
-                raise KubeError(f"release of {address} failed: {e}") from e
+                raise BindError(f"release of {address} failed: {e}", address=address) from e
             if result.outcome in (Outcome.IN_USE, Outcome.UNBIND_PENDING):
                 ctype = IN_USE if result.outcome == Outcome.IN_USE else UNBIND_PENDING
                 before = plan.condition(st, ctype)
@@ -245,7 +245,7 @@ class PCIClaimReconciler:
                     self._events.record(claim, "Warning", ctype, msg)
                 return
             if result.outcome == Outcome.FAILED:
-                raise KubeError(f"release of {address} failed: {result.message}")
+                raise BindError(f"release of {address} failed: {result.message}", address=address)
             if result.outcome == Outcome.NOT_RESTORED:
                 self._events.record(claim, "Warning", "NotRestored", result.message)
             elif result.outcome == Outcome.RELEASED:
