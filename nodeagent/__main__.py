@@ -2,6 +2,8 @@
 
     pcidevices-agent discover [--root DIR] [--node-name NAME] [--node-ip IP] [-o table|wide|yaml|json]
     pcidevices-agent run      (the DaemonSet process; configured from the environment, see nodeagent.settings)
+    pcidevices-agent takeover [--root DIR] [--node-name NAME] [--claimed ADDRESS ...] [--dry-run]
+                              (one-shot: remove_id for the vfio-pci new_id entries upstream left on this node)
 """
 
 from __future__ import annotations
@@ -36,7 +38,69 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--pci-ids", default=None, help="pci.ids file (default: the system's)")
     d.add_argument("--usb-ids", default=None, help="usb.ids file (default: the system's)")
     sub.add_parser("run", help="run the node agent (settings from the environment: NODE_NAME, HOST_ROOT, ...)")
+    t = sub.add_parser("takeover", help="remove the vfio-pci dynamic ids upstream left; bound devices stay bound")
+    t.add_argument("--root", default="/", help="directory that stands for / (sys); default /")
+    t.add_argument("--node-name", default=None, help="this node (default: $NODE_NAME or the host name)")
+    t.add_argument(
+        "--claimed", action="append", default=None, metavar="ADDRESS", help="a claimed PCI address (skips the API)"
+    )
+    t.add_argument("--kubeconfig", default=None, help="kubeconfig for listing claims (default: in-cluster)")
+    t.add_argument("--dry-run", action="store_true", help="print what would be removed, write nothing")
     return parser
+
+
+def _takeover(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    import os
+    from pathlib import Path
+
+    from nodeagent import kube
+    from nodeagent.errors import KubeError, SysfsError
+    from nodeagent.host import dynids
+    from policy import names
+
+    root = SysfsRoot(args.root)
+    try:
+        root.check()
+    except RootUnavailable as e:
+        print(f"pcidevices-agent: --root: {e}", file=err)
+        return EXIT_USAGE
+    node = args.node_name or os.environ.get("NODE_NAME") or socket.gethostname()
+    if args.claimed is not None:
+        claimed = set(args.claimed)
+    else:
+        try:
+            api = kube.ApiKube.connect(Path(args.kubeconfig) if args.kubeconfig else None)
+            items = api.list(kube.PCIDEVICECLAIMS).items
+        except (KubeError, OSError, ValueError) as e:
+            print(f"pcidevices-agent: cannot list claims: {e}", file=err)
+            return EXIT_USAGE
+        claimed = {
+            str((c.get("spec") or {}).get("address", ""))
+            for c in items
+            if (c.get("spec") or {}).get("nodeName") == node
+        }
+    bad = sorted(a for a in claimed if not names.is_pci_address(a))
+    if bad:
+        print(f"pcidevices-agent: not PCI addresses: {', '.join(bad)}", file=err)
+        return EXIT_USAGE
+    try:
+        bindings = dynids.scan(root)
+        p = dynids.plan(bindings, claimed)
+        out.write(f"node {node}: {len(bindings)} devices bound to vfio-pci by id, {len(claimed)} claimed\n")
+        for vendor, device, why in p.skipped:
+            out.write(f"  kept {vendor} {device}: {why}\n")
+        if args.dry_run:
+            for vendor, device in p.remove:
+                out.write(f"  would remove_id {vendor} {device}\n")
+            return 0
+        for vendor, device, outcome in dynids.remove_ids(root, p.remove):
+            out.write(f"  remove_id {vendor} {device}: {outcome}\n")
+    except SysfsError as e:
+        print(f"pcidevices-agent: {e}", file=err)
+        return 1
+    if not p.remove:
+        out.write("  nothing to remove\n")
+    return 0
 
 
 def _run(err: TextIO) -> int:
@@ -97,6 +161,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
     if args.command == "run":
         logging.getLogger().setLevel(logging.DEBUG if args.verbose else logging.INFO)
         return _run(err)
+    if args.command == "takeover":
+        return _takeover(args, out, err)
     return EXIT_USAGE  # pragma: no cover - argparse rejects unknown commands
 
 
