@@ -123,7 +123,8 @@ def test_self_signed_mode_lets_the_webhook_manage_its_secret_and_ca_bundle(rende
         assert "annotations" not in conf["metadata"]
         assert all("caBundle" not in h["clientConfig"] for h in conf["webhooks"])  # upgrades keep the patched one
     role = _one(docs, "Role", "pcidevices-webhook")
-    assert {"get", "update", "create"} == {v for r in role["rules"] for v in r["verbs"]}
+    assert {"get", "update"} == {v for r in role["rules"] for v in r["verbs"]}
+    assert _one(docs, "Secret", "pcidevices-webhook-certs").get("data") is None  # the webhook fills it
 
 
 def test_cert_manager_mode_issues_a_certificate_for_the_service_and_injects_its_ca(render: Render) -> None:
@@ -224,6 +225,14 @@ def test_the_agent_is_privileged_on_the_host_network_with_only_the_host_paths_it
     assert _env(c)["NODE_NAME"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
 
 
+def test_the_agent_may_record_events_in_default_and_the_release_namespace_only(render: Render) -> None:
+    docs = render("agent.extraEventNamespaces={kubevirt}")
+    roles = [d for d in docs if d["kind"] == "Role" and d["metadata"]["name"] == "pcidevices-agent"]
+    assert sorted(r["metadata"]["namespace"] for r in roles) == ["default", NS, "kubevirt"]
+    bindings = [d for d in docs if d["kind"] == "RoleBinding" and d["metadata"]["name"] == "pcidevices-agent"]
+    assert {b["subjects"][0]["namespace"] for b in bindings} == {NS}
+
+
 # -- RBAC ------------------------------------------------------------------------------------------------------------
 
 # Every (role, apiGroup, resource, resourceName, verb) the chart grants, reviewed. A new grant must be added here.
@@ -242,12 +251,16 @@ REVIEWED = (
     # webhook: its cache, SubjectAccessReviews, its Secret and the caBundle of its own configurations
     _grants("ClusterRole/pcidevices-webhook", GROUP, _DEV + _CLAIMS, _READ)
     | _grants("ClusterRole/pcidevices-webhook", "", ("nodes",), _READ)
+    | _grants("ClusterRole/pcidevices-webhook", "kubevirt.io",
+              ("virtualmachines", "virtualmachineinstances", "virtualmachineinstancereplicasets"), _READ)
+    | _grants("ClusterRole/pcidevices-webhook", "pool.kubevirt.io", ("virtualmachinepools",), _READ)
+    | _grants("ClusterRole/pcidevices-webhook", "instancetype.kubevirt.io",
+              ("virtualmachineinstancetypes", "virtualmachineclusterinstancetypes"), _READ)
     | _grants("ClusterRole/pcidevices-webhook", "authorization.k8s.io", ("subjectaccessreviews",), ("create",))
     | _grants("ClusterRole/pcidevices-webhook", "admissionregistration.k8s.io", ("validatingwebhookconfigurations",),
               ("get", "patch"), "pcidevices-validating")
     | _grants("ClusterRole/pcidevices-webhook", "admissionregistration.k8s.io", ("mutatingwebhookconfigurations",),
               ("get", "patch"), "pcidevices-mutating")
-    | _grants("Role/pcidevices-webhook", "", ("secrets",), ("create",))
     | _grants("Role/pcidevices-webhook", "", ("secrets",), ("get", "update"), "pcidevices-webhook-certs")
     # agent: device objects, claim finalizers and status, the KubeVirt CR (all node-restricted by the webhook)
     | _grants("ClusterRole/pcidevices-agent", GROUP, _DEV, _CRUD)
@@ -297,8 +310,8 @@ def test_no_role_uses_wildcards_or_reaches_into_pods(render: Render) -> None:
         for _, group, res, name, verb in _granted(render(f"certificates.mode={mode}")):
             assert "*" not in (group, res, name, verb)
             assert not res.startswith("pods")
-            if res == "secrets":  # only the webhook's own Secret (create cannot be limited by name)
-                assert name == "pcidevices-webhook-certs" or verb == "create"
+            if res == "secrets":  # only the webhook's own Secret
+                assert name == "pcidevices-webhook-certs"
 
 
 def test_rancher_role_templates_grant_what_the_chart_user_roles_grant(render: Render) -> None:
