@@ -87,7 +87,7 @@ class TakeoverSettings:
 
 @dataclass(frozen=True, slots=True)
 class Observed:
-    """Raw objects as listed (missing APIs are empty); `kubevirt` and `addon` are None when absent."""
+    """Raw objects as listed (missing APIs are empty); `addon` is None when absent."""
 
     pci_claims: Sequence[Mapping[str, Any]] = ()
     usb_claims: Sequence[Mapping[str, Any]] = ()
@@ -99,7 +99,7 @@ class Observed:
     webhook_configurations: Sequence[tuple[str, str]] = ()  # (plural, name) present
     secrets: Sequence[str] = ()  # names present in the upstream namespace
     crds: Sequence[Mapping[str, Any]] = ()  # our CRDs as they are
-    kubevirt: Mapping[str, Any] | None = None
+    kubevirts: Sequence[Mapping[str, Any]] = ()  # normally one; every one is repaired
     addon: Mapping[str, Any] | None = None
     # upstream-only kinds: plural -> objects (sriovnetworkdevices, sriovgpudevices, vgpudevices, migconfigurations)
     upstream_only: Mapping[str, Sequence[Mapping[str, Any]]] = field(default_factory=dict)
@@ -252,9 +252,12 @@ def plan(observed: Observed, settings: TakeoverSettings) -> Plan:
             )
 
     changes += _crd_changes(observed.crds, settings, found)
-    permits = _permit_change(observed, found)
-    if permits is not None:
-        changes.append(permits)
+    if not observed.kubevirts:
+        found.append("no KubeVirt CR")
+    for kv in observed.kubevirts:
+        permits = _permit_change(observed, kv, found)
+        if permits is not None:
+            changes.append(permits)
     addon = _addon_change(observed.addon, settings.addon, found, refusals)
     if addon is not None:
         changes.append(addon)
@@ -382,11 +385,7 @@ def repair_permits(
     return out, notes
 
 
-def _permit_change(observed: Observed, found: list[str]) -> Change | None:
-    kv = observed.kubevirt
-    if kv is None:
-        found.append("no KubeVirt CR")
-        return None
+def _permit_change(observed: Observed, kv: Mapping[str, Any], found: list[str]) -> Change | None:
     config = _section(_section(kv, "spec"), "configuration")
     permitted = _section(config, "permittedHostDevices")
     ours, selectors = _our_resources(observed)

@@ -83,7 +83,6 @@ def observe(kube: KubeLike, not_found: type[Exception]) -> Observed:
     ]
     secrets = [name for name in UPSTREAM_SECRETS if got(path_of(Target("v1", "secrets", name, UPSTREAM_NAMESPACE)))]
     crds = [c for c in (got(f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{n}") for n in OUR_CRDS) if c]
-    kubevirts = listed("/apis/kubevirt.io/v1/kubevirts")
     return Observed(
         pci_claims=listed(f"{_DEVICES}/pcideviceclaims"),
         usb_claims=listed(f"{_DEVICES}/usbdeviceclaims"),
@@ -95,7 +94,7 @@ def observe(kube: KubeLike, not_found: type[Exception]) -> Observed:
         webhook_configurations=webhooks,
         secrets=secrets,
         crds=crds,
-        kubevirt=kubevirts[0] if kubevirts else None,
+        kubevirts=listed("/apis/kubevirt.io/v1/kubevirts"),
         addon=got(ADDON_PATH),
         upstream_only={plural: listed(f"{_DEVICES}/{plural}") for plural in UPSTREAM_ONLY},
     )

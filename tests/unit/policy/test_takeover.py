@@ -79,7 +79,7 @@ def apply(observed: Observed, p: Plan) -> Observed:
         "virtualmachineinstances": copy.deepcopy(list(observed.vmis)),
         "customresourcedefinitions": copy.deepcopy(list(observed.crds)),
     }
-    kv = copy.deepcopy(observed.kubevirt)
+    kvs = copy.deepcopy(list(observed.kubevirts))
     node_devices = list(observed.node_devices)
     webhooks = list(observed.webhook_configurations)
     secrets = list(observed.secrets)
@@ -92,7 +92,7 @@ def apply(observed: Observed, p: Plan) -> Observed:
             secrets = [s for s in secrets if not (t.plural == "secrets" and s == t.name)]
             continue
         if t.plural == "kubevirts":
-            kv = jsonpatch.apply_patch(kv, list(c.patch))
+            kvs = [jsonpatch.apply_patch(k, list(c.patch)) if k["metadata"]["name"] == t.name else k for k in kvs]
         elif t.plural == "addons":
             addon = jsonpatch.apply_patch(addon, list(c.patch))
         else:
@@ -111,7 +111,7 @@ def apply(observed: Observed, p: Plan) -> Observed:
         webhook_configurations=webhooks,
         secrets=secrets,
         crds=objs["customresourcedefinitions"],
-        kubevirt=kv,
+        kubevirts=kvs,
         addon=addon,
         upstream_only=observed.upstream_only,
     )
@@ -141,13 +141,15 @@ def upstream_cluster(**over: Any) -> Observed:
         ],
         secrets=["pcidevices-webhook-ca", "pcidevices-webhook-tls"],
         crds=[{"metadata": {"name": "pcideviceclaims.devices.harvesterhci.io", "resourceVersion": "4"}}],
-        kubevirt=kubevirt(
-            [
-                {"pciVendorSelector": "8086:10d3", "resourceName": POOLED},
-                {"pciVendorSelector": "8086:10d3", "resourceName": POOLED, "externalResourceProvider": True},
-                {"pciVendorSelector": "10de:1eb8", "resourceName": "nvidia.com/TU104GL_TESLA_T4"},
-            ]
-        ),
+        kubevirts=[
+            kubevirt(
+                [
+                    {"pciVendorSelector": "8086:10d3", "resourceName": POOLED},
+                    {"pciVendorSelector": "8086:10d3", "resourceName": POOLED, "externalResourceProvider": True},
+                    {"pciVendorSelector": "10de:1eb8", "resourceName": "nvidia.com/TU104GL_TESLA_T4"},
+                ]
+            )
+        ],
         addon={
             "metadata": {"name": "pcidevices-controller", "namespace": "harvester-system", "resourceVersion": "5"},
             "spec": {
@@ -241,8 +243,7 @@ def test_our_crds_get_helm_ownership_metadata_keeping_other_entries() -> None:
 def test_permits_lose_duplicates_gain_external_provider_and_keep_every_resource_name() -> None:
     before = upstream_cluster()
     after = apply(before, plan(before, SETTINGS))
-    assert after.kubevirt is not None
-    pci = after.kubevirt["spec"]["configuration"]["permittedHostDevices"]["pciHostDevices"]
+    pci = after.kubevirts[0]["spec"]["configuration"]["permittedHostDevices"]["pciHostDevices"]
     assert pci == [
         {"pciVendorSelector": "8086:10d3", "resourceName": POOLED, "externalResourceProvider": True},
         # not a resource of a claimed device here: kept as it is
