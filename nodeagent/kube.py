@@ -83,6 +83,7 @@ USBDEVICECLAIMS = Resource("devices.harvesterhci.io", "v1beta1", "usbdeviceclaim
 KUBEVIRTS = Resource("kubevirt.io", "v1", "kubevirts", "KubeVirt", namespaced=True)
 NODES = Resource("", "v1", "nodes", "Node")
 EVENTS = Resource("", "v1", "events", "Event", namespaced=True)
+PODS = Resource("", "v1", "pods", "Pod", namespaced=True)
 
 
 @dataclass(frozen=True, slots=True)

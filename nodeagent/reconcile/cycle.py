@@ -69,6 +69,7 @@ class NodePass:
         now: Callable[[], str] = lambda: "",
     ) -> None:
         self._now = now
+        self._vmi_of = allocations.VmiResolver(api)
         self._kubevirt_namespace = kubevirt_namespace
         self._api = api
         self._root = root
@@ -184,6 +185,9 @@ class NodePass:
                 )
             return out
 
+        def allocated_to(resource_name: str, device_id: str) -> list[Any]:
+            return self.allocations.allocated_to_with_vmi(resource_name, device_id, self._vmi_of)
+
         pci_results: list[ClaimResult] = []
         for c in my_pci_claims:
             cname = c["metadata"]["name"]
@@ -194,14 +198,14 @@ class NodePass:
                     peers=peers,
                     resource_name=claimed_pci[cname],
                     permit=permit,
-                    allocated_to=self.allocations.allocated_to,
+                    allocated_to=allocated_to,
                 )
             )
         usb_results: list[USBClaimResult] = []
         for c in my_usb_claims:
             dev = have_usb.get(c["metadata"]["name"]) or {"status": {"absent": True}}
             usb_results.append(
-                self._usb_claims.reconcile(c, dev, permit=permit, allocated_to=self.allocations.allocated_to)
+                self._usb_claims.reconcile(c, dev, permit=permit, allocated_to=allocated_to)
             )
 
         # -- KubeVirt permits ----------------------------------------------------------------------------------

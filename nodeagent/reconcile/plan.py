@@ -352,10 +352,3 @@ def plan_permits(
         added=tuple(add_p + add_u),
         removed=tuple(rem_p + rem_u),
     )
-
-
-# -- allocation truth ---------------------------------------------------------------------------------------------
-
-
-def allocated_to_changed(current: Sequence[Mapping[str, Any]] | None, wanted: Sequence[Mapping[str, Any]]) -> bool:
-    return list(current or []) != list(wanted)

@@ -208,8 +208,12 @@ def test_release_waits_while_the_kubelet_has_the_device_allocated(host: SimHost,
     agent.node_pass()
     rn = f"intel.com/{_name(NIC)}"
     allocs.append(DeviceAllocation("vms", "virt-launcher-a", "compute", rn, NIC))
+    vmi_ref = {"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance", "name": "vm1", "uid": "u1"}
+    api.put(kube.PODS, {"metadata": {"name": "virt-launcher-a", "ownerReferences": [vmi_ref]}}, namespace="vms")
     agent.node_pass()
-    assert _claim_status(api, NIC)["allocatedTo"] == [{"pod": "vms/virt-launcher-a", "container": "compute"}]
+    assert _claim_status(api, NIC)["allocatedTo"] == [
+        {"pod": "vms/virt-launcher-a", "container": "compute", "vmi": "vms/vm1"}
+    ]
     api.remove(kube.PCIDEVICECLAIMS, _name(NIC))
     agent.node_pass()
     assert "pod vms/virt-launcher-a" in _cond(_claim_status(api, NIC), "InUse")["message"]
