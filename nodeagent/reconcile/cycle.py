@@ -20,6 +20,7 @@ from typing import Any
 
 from nodeagent import discovery, kube
 from nodeagent.deviceplugin import model
+from nodeagent.errors import KubeError
 from nodeagent.events import EventRecorder
 from nodeagent.idsdb import NamesDatabases
 from nodeagent.reconcile import allocations, pcidevices, permits, plan, usbdevices
@@ -93,6 +94,11 @@ class NodePass:
                 self._node_uid = str(self._api.get(kube.NODES, self._node)["metadata"]["uid"])
             except kube.NotFound:
                 log.warning("node object not found; device objects get no owner yet", extra={"node": self._node})
+                return None
+            except KubeError as e:
+                if e.status != 403:
+                    raise
+                log.warning("not allowed to read the node; device objects get no owner", extra={"node": self._node})
                 return None
         return plan.node_owner_reference(self._node, self._node_uid)
 

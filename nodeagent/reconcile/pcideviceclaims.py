@@ -139,6 +139,11 @@ class PCIClaimReconciler:
         if claim["metadata"].get("deletionTimestamp"):
             self._release(claim, address)
             return ClaimResult(name, False)
+        if name != names.pcidevice_name(self._node, address):
+            # The webhook's A1 keeps these out; the agent never binds a device under another device's name.
+            self._refuse(claim, "NameMismatch", f"a claim for {address} on {self._node} must be named "
+                         f"{names.pcidevice_name(self._node, address)}")
+            return ClaimResult(name, False)
         got = self._set_finalizer(claim, True)
         if got is None:
             return ClaimResult(name, False)

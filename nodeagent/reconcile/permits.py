@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from nodeagent import kube
+from nodeagent.errors import KubeError
 from nodeagent.reconcile import plan
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,11 @@ def find_kubevirt(api: kube.KubeApi, namespace: str | None = None) -> KubeVirtSt
     try:
         items = api.list(kube.KUBEVIRTS, namespace=namespace).items
     except kube.NotFound:  # the KubeVirt CRD is not installed
+        return KubeVirtState(None)
+    except KubeError as e:
+        if e.status != 403:
+            raise
+        log.warning("not allowed to list KubeVirt CRs; permits are not managed", extra={"error": str(e)})
         return KubeVirtState(None)
     items.sort(key=lambda o: (o["metadata"].get("namespace", ""), o["metadata"]["name"]))
     return KubeVirtState(items[0] if items else None)

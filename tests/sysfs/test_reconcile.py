@@ -538,3 +538,24 @@ def test_after_a_reboot_a_claim_whose_group_became_host_critical_is_refused_and_
     assert st["passthroughEnabled"] is False
     assert _cond(st, "Bound")["reason"] == "Refused"
     assert host.sim.driver(GPU) == "nouveau" and host.sim.driver(GPU_AUDIO) == "snd_hda_intel"
+
+
+def test_a_claim_named_after_another_device_binds_nothing(host: SimHost, api: FakeKube) -> None:
+    claim = pci_claim(NODE, NIC)
+    claim["spec"]["address"] = NIC2
+    api.put(kube.PCIDEVICECLAIMS, claim)
+    _agent(host, api).node_pass()
+    assert _cond(_claim_status(api, NIC), "Bound")["reason"] == "NameMismatch"
+    assert host.sim.driver(NIC) == host.sim.driver(NIC2) == "e1000e"
+
+
+def test_a_forbidden_kubevirt_list_or_node_read_does_not_stop_the_node(host: SimHost, api: FakeKube) -> None:
+    from nodeagent.errors import KubeError
+
+    api.fail_next("list", "kubevirts", KubeError("403: forbidden", status=403))
+    api.fail_next("get", "nodes", KubeError("403: forbidden", status=403))
+    api.put(kube.PCIDEVICECLAIMS, pci_claim(NODE, NIC))
+    _agent(host, api).node_pass()
+    st = _claim_status(api, NIC)
+    assert st["passthroughEnabled"] is True
+    assert _cond(st, "Permitted")["reason"] == "NoKubeVirt"
