@@ -65,22 +65,14 @@ def garbage_collector(control_plane: ControlPlane, pytestconfig: pytest.Config) 
 
 
 @pytest.fixture(scope="session")
-def installed_crds(control_plane: ControlPlane) -> str:
-    """Our CRDs (crds/) and the test-only KubeVirt/Harvester CRDs, applied with kubectl and Established.
+def installed_crds(control_plane: ControlPlane, pytestconfig: pytest.Config) -> str:
+    """Our CRDs (crds/) and the test-only KubeVirt/Harvester CRDs, applied with kubectl and ready to be watched.
 
-    Returns kubectl's output for crds/ so a test can check how they were applied.
+    Returns kubectl's output so a test can check how they were applied.
     """
-    out = control_plane.kubectl("apply", "-f", str(CRDS)).stdout
-    control_plane.kubectl("apply", "-f", str(TEST_CRDS))
-    control_plane.wait_for("--for=condition=Established", "crd", "--all")
-    control_plane.forget_discovery()
-    # The OpenAPI document (kubectl explain, field validation) is rebuilt asynchronously after a CRD appears.
-    deadline = time.monotonic() + 60
-    for kind in ("pcidevice", "pcideviceclaim", "usbdevice", "usbdeviceclaim"):
-        while control_plane.kubectl("explain", f"{kind}.status", check=False).returncode != 0:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"kubectl explain {kind} still fails 60s after the CRDs were established")
-            time.sleep(0.5)
+    started = time.monotonic()
+    out = control_plane.install_crds(CRDS, TEST_CRDS)
+    _report(pytestconfig, f"CRDs installed and watchable in {time.monotonic() - started:.1f}s")
     return out
 
 

@@ -106,6 +106,18 @@ def test_a_node_bound_token_carries_the_node_name_and_dies_with_its_pod(
     assert _eventually(revoked, timeout=30), "the token still works 30s after its pod was deleted"
 
 
+def test_the_api_server_restarts_on_the_same_url_and_keeps_the_data(binaries: Binaries, tmp_path: Path) -> None:
+    # A control plane of its own: a restart would disturb clients other tests keep on the session's one.
+    with ControlPlane(binaries, tmp_path / "cp") as cp:
+        cp.kubectl("create", "configmap", "kept", "-n", "default", "--from-literal=k=v")
+        server = cp.server
+
+        cp.restart_apiserver()
+
+        assert cp.server == server
+        assert cp.kubectl("get", "configmap", "kept", "-n", "default", "-o", "jsonpath={.data.k}").stdout == "v"
+
+
 def test_deleting_an_owner_deletes_its_dependents_once_the_garbage_collector_runs(
     garbage_collector: ControlPlane, unique: str
 ) -> None:

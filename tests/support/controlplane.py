@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import atexit
 import base64
+import concurrent.futures
 import contextlib
 import ctypes
 import datetime
@@ -466,8 +467,18 @@ class ControlPlane:
         )
         self._wait(proc, f"{self._etcd_url}/health")
 
-    def _start_apiserver(self) -> None:
-        self._port = free_port()
+    def restart_apiserver(self) -> None:
+        """Stop kube-apiserver and start it again on the same port: etcd keeps the data, clients keep their URL.
+
+        For tests of clients that must survive an API-server restart (watches break, requests fail for a while).
+        """
+        proc = next(p for p in self._processes if p.name == "kube-apiserver")
+        proc.stop()
+        self._processes.remove(proc)
+        self._start_apiserver(port=self._port)
+
+    def _start_apiserver(self, *, port: int | None = None) -> None:
+        self._port = port or free_port()
         pki = self.workdir / "pki"
         proc = self._spawn(
             "kube-apiserver",
@@ -660,6 +671,45 @@ class ControlPlane:
         from kubernetes import config  # imported here: only tests that need the Python client pay for it
 
         return config.new_client_from_config(config_file=str(self.kubeconfig_for(user)))  # type: ignore[no-untyped-call]
+
+    def install_crds(self, *paths: Path, timeout: float = 90.0) -> str:
+        """`kubectl apply -f` CRD files or folders, wait until every CRD in them is usable; return kubectl's output.
+
+        Usable means more than Established: the OpenAPI document (`kubectl explain`, field validation) is rebuilt
+        asynchronously, and a watch sent before the resource's watch cache has initialised is answered with 429
+        "storage is (re)initializing", which clients without retries (our agent's adapter) see as an error.
+        """
+        out = "".join(self.kubectl("apply", "-f", str(p)).stdout for p in paths)
+        crds = [
+            doc
+            for p in paths
+            for f in (sorted(p.glob("*.yaml")) if p.is_dir() else [p])
+            for doc in yaml.safe_load_all(f.read_text())
+            if isinstance(doc, dict) and doc.get("kind") == "CustomResourceDefinition"
+        ]
+        names = [f"crd/{c['metadata']['name']}" for c in crds]
+        self.wait_for("--for=condition=Established", *names, timeout=f"{int(timeout)}s")
+        self.forget_discovery()
+        deadline = time.monotonic() + timeout
+
+        def usable(crd: dict[str, Any]) -> None:
+            spec = crd["spec"]
+            version = next(v["name"] for v in spec["versions"] if v.get("storage"))
+            api = f"/apis/{spec['group']}/{version}/{spec['names']['plural']}"
+            checks = [
+                ("get", "--raw", f"{api}?watch=true&timeoutSeconds=1"),
+                ("explain", spec["names"]["plural"], f"--api-version={spec['group']}/{version}"),
+            ]
+            for args in checks:
+                while (result := self.kubectl(*args, check=False)).returncode != 0:
+                    if time.monotonic() > deadline:
+                        raise ControlPlaneError(f"{crd['metadata']['name']} not usable: {result.stderr.strip()}")
+                    time.sleep(0.25)
+
+        with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+            for future in [pool.submit(usable, c) for c in crds]:
+                future.result()
+        return out
 
     def forget_discovery(self) -> None:
         """Drop kubectl's discovery cache, e.g. after installing CRDs (kubectl reads categories from it)."""
