@@ -256,6 +256,11 @@ REVIEWED = (
     | _grants("ClusterRole/pcidevices-webhook", "pool.kubevirt.io", ("virtualmachinepools",), _READ)
     | _grants("ClusterRole/pcidevices-webhook", "instancetype.kubevirt.io",
               ("virtualmachineinstancetypes", "virtualmachineclusterinstancetypes"), _READ)
+    | _grants("ClusterRole/pcidevices-webhook", "kubevirt.io",
+              ("virtualmachines", "virtualmachineinstances", "virtualmachineinstancereplicasets"), _READ)
+    | _grants("ClusterRole/pcidevices-webhook", "pool.kubevirt.io", ("virtualmachinepools",), _READ)
+    | _grants("ClusterRole/pcidevices-webhook", "instancetype.kubevirt.io",
+              ("virtualmachineinstancetypes", "virtualmachineclusterinstancetypes"), _READ)
     | _grants("ClusterRole/pcidevices-webhook", "authorization.k8s.io", ("subjectaccessreviews",), ("create",))
     | _grants("ClusterRole/pcidevices-webhook", "admissionregistration.k8s.io", ("validatingwebhookconfigurations",),
               ("get", "patch"), "pcidevices-validating")
@@ -276,7 +281,7 @@ REVIEWED = (
     | _grants("Role/pcidevices-controller", "coordination.k8s.io", ("leases",), ("create",))
     | _grants("Role/pcidevices-controller", "coordination.k8s.io", ("leases",), ("get", "update"),
               "pcidevices-controller")
-    | _grants("Role/pcidevices-controller", "", ("events",), ("create", "patch"))
+    | _grants("Role/pcidevices-controller-events", "", ("events",), ("create", "patch"))
     # people
     | _grants("ClusterRole/pcidevices-admin", GROUP, _DEV, _READ + ("update", "claim", "use", "release"))
     | _grants("ClusterRole/pcidevices-admin", GROUP, _CLAIMS, _CRUD)

@@ -14,9 +14,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+import yaml
 
 from policy import messages
-from tests.cluster.test_webhook import Webhook, webhook  # noqa: F401  (the module-scoped webhook fixture)
+from tests.cluster.test_webhook import (  # noqa: F401  (webhook: the module-scoped webhook fixture)
+    Webhook,
+    render_webhook_configurations,
+    webhook,
+)
 from tests.support import vmcluster as vc
 from tests.support import vms
 from tests.support.controlplane import ControlPlane, KubeUser
@@ -229,3 +234,14 @@ def test_starting_an_ordinary_vm_never_reaches_the_webhook(lab: Lab, wh: Webhook
     vc.create(cp, _vm_body(lab, "counted", lab.ns_a, ["gpu", "audio"]), lab.tenant_a, "--dry-run=server")
     vc.create(cp, vms.pod("counted", lab.ns_a, resources=[lab.resource("gpu")]), lab.tenant_a, "--dry-run=server")
     assert seen() == before + 3  # the VM: mutated and validated; the pod: validated
+
+
+def test_the_pod_entry_takes_its_failure_policy_from_the_values_and_the_others_fail_closed(
+    control_plane: ControlPlane,
+) -> None:
+    rendered = render_webhook_configurations(control_plane, **{"webhook.podFailurePolicy": "Ignore"})
+    hooks = {h["name"]: h for doc in yaml.safe_load_all(rendered) if doc for h in doc["webhooks"]}
+    assert hooks["pods.validate.devices.harvesterhci.io"]["failurePolicy"] == "Ignore"
+    part2 = [n for n in hooks if n.split(".")[0] in ("vms", "pools", "vmis", "instancetypes")]
+    assert len(part2) == 6 and all(hooks[n]["failurePolicy"] == "Fail" for n in part2)
+    assert all(hooks[n]["matchConditions"] for n in part2)

@@ -100,7 +100,7 @@ def controller_rbac() -> list[dict[str, Any]]:
             {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]},
             {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]},
         ]),
-        bind(CONTROLLER, "pcidevices-controller-test"),
+        bind(CONTROLLER, "pcidevices-controller-test"),  # the chart: events in "default" only (a Role there)
     ]  # fmt: skip
 
 
@@ -168,11 +168,11 @@ class ControllerReplicas:
             "PCIDEVICES_CONTROLLER_LOG_JSON": "false",
             **env,
         }
-        out = (self.workdir / f"{identity}.log").open("wb")
-        self.procs[identity] = subprocess.Popen(
-            [sys.executable, "-m", "webhook.controller"], cwd=REPO, env=full, stdout=out, stderr=out,
-            start_new_session=True,
-        )  # fmt: skip
+        with (self.workdir / f"{identity}.log").open("wb") as out:
+            self.procs[identity] = subprocess.Popen(
+                [sys.executable, "-m", "webhook.controller"], cwd=REPO, env=full, stdout=out, stderr=out,
+                start_new_session=True,
+            )  # fmt: skip
 
     def holder(self) -> str:
         lease = get(self.cp, "lease", self.lease, NS)

@@ -31,6 +31,7 @@ class ControllerSettings:
     namespace: str = "harvester-system"
     identity: str = ""
     lease_name: str = "pcidevices-controller"
+    events_namespace: str = "default"  # Events of cluster-scoped objects must live in "default"
     complete_groups: str = plan.AUTO
     grace_s: float = 10.0
     resync_s: float = 2.0
@@ -76,7 +77,7 @@ def run(settings: ControllerSettings, stop: threading.Event) -> int:
         api, settings.namespace, settings.lease_name, settings.identity, settings.lease_duration_s, _now
     )
     controller = apply.Controller(
-        api, settings.namespace, settings.complete_groups, datetime.timedelta(seconds=settings.grace_s), _now
+        api, settings.events_namespace, settings.complete_groups, datetime.timedelta(seconds=settings.grace_s), _now
     )
     renew_every = max(1.0, settings.lease_duration_s / 3)
     leading_until = 0.0

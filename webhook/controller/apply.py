@@ -61,7 +61,7 @@ def observe(api: ControllerApi) -> Observed:
 @dataclass
 class Controller:
     api: ControllerApi
-    namespace: str  # where Events go
+    namespace: str  # where Events go: "default" for our cluster-scoped claims (the API server requires it)
     mode: str
     grace: datetime.timedelta
     clock: Callable[[], datetime.datetime]

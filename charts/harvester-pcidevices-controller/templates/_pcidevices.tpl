@@ -35,6 +35,10 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
   value: {{ join "," .Values.policy.garbageCollectorUsernames | quote }}
 - name: PCIDEVICES_POLICY_USE_EXEMPT_USERNAMES
   value: {{ join "," .Values.policy.useExemptUsernames | quote }}
+- name: PCIDEVICES_POLICY_VIRT_CONTROLLER_USERNAMES
+  value: {{ join "," .Values.policy.virtControllerUsernames | quote }}
+- name: PCIDEVICES_POLICY_RESOURCE_NAMES
+  value: {{ .Values.policy.resourceNames | quote }}
 - name: PCIDEVICES_POLICY_ENFORCE_CLAIM
   value: {{ .Values.policy.enforce.claim | quote }}
 - name: PCIDEVICES_POLICY_ENFORCE_RELEASE
