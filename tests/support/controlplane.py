@@ -392,6 +392,9 @@ class ControlPlane:
         while self._processes:
             proc = self._processes.pop()
             proc.stop()
+        if self._atexit_registered:
+            atexit.unregister(self.stop)
+            self._atexit_registered = False
 
     def _write_pki(self) -> None:
         self._ca = CertificateAuthority()
