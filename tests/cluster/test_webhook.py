@@ -889,3 +889,118 @@ def test_two_replicas_starting_together_end_up_with_one_certificate(webhook: Web
     assert files[0] == files[1]
     data = json.loads(webhook.cp.kubectl("get", "secret", secret, "-n", NS, "-o", "json").stdout)["data"]
     assert base64.b64decode(data["tls.crt"]) == files[0]
+
+
+def test_a_cluster_role_with_resource_names_grants_claim_on_exactly_those_devices(webhook: Webhook, site: Site) -> None:
+    cp = webhook.cp
+    granted, other = "0000:47:00.0", "0000:48:00.0"
+    _report(cp, site.agent1, _pci_device(site.node1, granted, iommuGroup="47"))
+    _report(cp, site.agent1, _pci_device(site.node1, other, iommuGroup="48"))
+    user = site.tenant_b.name + "-single"
+    role = f"{user}-one-device"
+    _apply(cp, [
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": role},
+         "rules": [{"apiGroups": [names.GROUP], "resources": ["pcideviceclaims"], "verbs": ["create", "get"]},
+                   {"apiGroups": [names.GROUP], "resources": ["pcidevices"], "verbs": ["claim"],
+                    "resourceNames": [_device_name(site.node1, granted)]}]},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": {"name": role},
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+         "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}]},
+    ])  # fmt: skip
+    single = cp.mint_user(user)
+    _settle()
+    assert _create(cp, _pci_claim(site.node1, granted), single).returncode == 0
+    refused = _create(cp, _pci_claim(site.node1, other), single)
+    name = _device_name(site.node1, other)
+    _denied(
+        refused,
+        messages.CLAIM_PERMISSION.format(
+            kind="pcideviceclaim", name=_q(name), device_kind="pcidevice", device_resource="pcidevices", user=_q(user)
+        ),
+    )
+
+
+def test_a_host_critical_device_cannot_be_claimed(webhook: Webhook, site: Site) -> None:
+    cp = webhook.cp
+    address = "0000:49:00.0"
+    _report(
+        cp,
+        site.agent1,
+        _pci_device(
+            site.node1,
+            address,
+            iommuGroup="49",
+            classId="0200",
+            hostCritical=True,
+            hostCriticalReasons=["carries the default route (eno1)"],
+        ),
+    )
+    _settle()
+    result = _create(cp, _pci_claim(site.node1, address), site.tenant_a)
+    _denied(
+        result,
+        messages.HOST_CRITICAL.format(
+            name=_q(_device_name(site.node1, address)), reasons="carries the default route (eno1)"
+        ),
+    )
+
+
+def test_only_the_nodes_agent_removes_the_agent_finalizer_of_a_claim(webhook: Webhook, site: Site) -> None:
+    cp = webhook.cp
+    address = "0000:4a:00.0"
+    _report(cp, site.agent1, _pci_device(site.node1, address, iommuGroup="74"))
+    _settle()
+    name = _device_name(site.node1, address)
+    assert _create(cp, _pci_claim(site.node1, address), site.tenant_a).returncode == 0
+    add = [{"op": "add", "path": "/metadata/finalizers", "value": [f"{names.GROUP}/agent"]}]
+    remove = [{"op": "remove", "path": "/metadata/finalizers"}]
+    assert (
+        cp.kubectl(
+            "patch", "pcideviceclaim", name, "--type=json", "-p", json.dumps(add), user=site.agent1, check=False
+        ).returncode
+        == 0
+    )
+    by_owner = cp.kubectl(
+        "patch", "pcideviceclaim", name, "--type=json", "-p", json.dumps(remove), user=site.tenant_a, check=False
+    )
+    _denied(
+        by_owner,
+        messages.FINALIZER_REMOVAL.format(
+            kind="pcideviceclaim",
+            name=_q(name),
+            finalizer=f"{names.GROUP}/agent",
+            node=_q(site.node1),
+            user=_q(site.tenant_a.name),
+        ),
+    )
+    by_other_agent = cp.kubectl(
+        "patch", "pcideviceclaim", name, "--type=json", "-p", json.dumps(remove), user=site.agent2, check=False
+    )
+    assert by_other_agent.returncode != 0 and DENIED in by_other_agent.stderr, by_other_agent.stderr
+    assert (
+        cp.kubectl(
+            "patch", "pcideviceclaim", name, "--type=json", "-p", json.dumps(remove), user=site.agent1, check=False
+        ).returncode
+        == 0
+    )
+    assert cp.kubectl("delete", "pcideviceclaim", name, user=site.tenant_a, check=False).returncode == 0
+
+
+def test_a_usb_claim_of_a_missing_device_is_rejected(webhook: Webhook, site: Site) -> None:
+    name = names.usbdevice_name(site.node1, "dead", "beef", 9, 9)
+    result = _create(webhook.cp, _usb_claim(name), site.tenant_a)
+    _denied(
+        result,
+        messages.DEVICE_MISSING.format(
+            kind="usbdeviceclaim", name=_q(name), device_kind="usbdevice", device_resource="usbdevices"
+        ),
+    )
+
+
+def test_a_claim_with_a_malformed_address_is_rejected_before_anything_is_stored(webhook: Webhook, site: Site) -> None:
+    claim = _pci_claim(site.node1, "0000:4b:00.0")
+    claim["spec"]["address"] = "0000:4b:00.0/../../x"
+    result = _create(webhook.cp, claim, site.tenant_a)
+    assert result.returncode != 0
+    assert "0000:4b:00.0/../../x" in result.stderr or "spec.address" in result.stderr, result.stderr
+    assert webhook.cp.kubectl("get", "pcideviceclaim", claim["metadata"]["name"], check=False).returncode != 0
