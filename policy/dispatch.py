@@ -63,7 +63,12 @@ VALIDATING_RULES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
 MUTATING_RULES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     (names.GROUP, "pcideviceclaims", ("CREATE",)),
     (names.GROUP, "usbdeviceclaims", ("CREATE",)),
-    *((group, plural, ops) for group, plural, ops in VM_LIKE if plural != "virtualmachineinstances"),
+    # the mutator completes IOMMU groups and pins pooled VMs of the kinds that schedule VMIs
+    *(
+        (group, plural, ops)
+        for group, plural, ops in VM_LIKE
+        if group != "instancetype.kubevirt.io" and plural != "virtualmachineinstances"
+    ),
 )
 
 

@@ -49,7 +49,7 @@ def validate(ctx: Context, kind: str) -> Decision:
     if isinstance(parsed, Decision) or parsed is None:
         return parsed or decision.allow()
     workload, obj = parsed
-    if ctx.request.user.username in ctx.settings.virt_controller_usernames and kind in OWNER_KINDS:
+    if _made_for_owner(ctx, workload):
         return _validate_for_owner(ctx, workload)
     entries = expanded(ctx.view, workload)
     plan = _plan(ctx, workload, entries)
@@ -61,12 +61,12 @@ def mutate(ctx: Context, kind: str) -> Decision:
     r = ctx.request
     if r.sub_resource or r.operation not in ("CREATE", "UPDATE") or kind not in hostdevices.POD_SPEC_PATHS:
         return decision.allow()
-    if ctx.request.user.username in ctx.settings.virt_controller_usernames and kind in OWNER_KINDS:
-        return decision.allow()  # an owner's copy: must equal the owner, not be completed
     parsed = _subject(ctx, kind)
     if isinstance(parsed, Decision) or parsed is None:
         return decision.allow()
     workload, obj = parsed
+    if _made_for_owner(ctx, workload):
+        return decision.allow()  # an owner's copy: must equal the owner, not be completed
     plan = _plan(ctx, workload, expanded(ctx.view, workload), for_mutation=True)
     if isinstance(plan, Decision):
         return decision.allow()
@@ -131,6 +131,19 @@ def ours(view: ClusterView, entries: Sequence[HostDevice]) -> tuple[str, ...]:
 
 
 # -- A9v --------------------------------------------------------------------------------------------------------
+
+
+def _made_for_owner(ctx: Context, w: Workload) -> bool:
+    """virt-controller creating an owner's copy: any VMI it creates, and a VM its pool controller creates.
+
+    A VM virt-controller creates or changes without a pool (KubeVirt's restore and clone run there) gets the A9
+    checks, with virt-controller exempt from `use`.
+    """
+    if ctx.request.user.username not in ctx.settings.virt_controller_usernames or w.kind not in OWNER_KINDS:
+        return False
+    if w.kind == hostdevices.VMI:
+        return ctx.request.operation == "CREATE"
+    return w.controller is not None and w.controller.kind in OWNER_KINDS[w.kind]
 
 
 def _validate_for_owner(ctx: Context, w: Workload) -> Decision:

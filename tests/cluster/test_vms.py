@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from policy import messages
+from policy.dispatch import MUTATING_RULES, VALIDATING_RULES
 from tests.cluster.test_webhook import (  # noqa: F401  (webhook: the module-scoped webhook fixture)
     Webhook,
     render_webhook_configurations,
@@ -245,3 +246,22 @@ def test_the_pod_entry_takes_its_failure_policy_from_the_values_and_the_others_f
     part2 = [n for n in hooks if n.split(".")[0] in ("vms", "pools", "vmis", "instancetypes")]
     assert len(part2) == 6 and all(hooks[n]["failurePolicy"] == "Fail" for n in part2)
     assert all(hooks[n]["matchConditions"] for n in part2)
+
+
+def test_the_chart_sends_exactly_the_part_2_rules_the_policy_judges(control_plane: ControlPlane) -> None:
+    rendered = render_webhook_configurations(control_plane)
+    sent: dict[str, set[tuple[str, str, str]]] = {"ValidatingWebhookConfiguration": set(),
+                                                  "MutatingWebhookConfiguration": set()}  # fmt: skip
+    for doc in yaml.safe_load_all(rendered):
+        for hook in (doc or {}).get("webhooks", []):
+            for rule in hook["rules"]:
+                for g in rule["apiGroups"]:
+                    for r in rule["resources"]:
+                        sent[doc["kind"]].update((g, r, op) for op in rule["operations"])
+    for kind, rules in (("ValidatingWebhookConfiguration", VALIDATING_RULES), ("MutatingWebhookConfiguration",
+                                                                             MUTATING_RULES)):  # fmt: skip
+        judged = {(g, r, op) for g, r, ops in rules for op in ops}
+        part2 = {t for t in judged if t[0] != "devices.harvesterhci.io" and t[1] != "kubevirts"}
+        assert part2 and part2 <= sent[kind], part2 - sent[kind]
+        sent_part2 = {t for t in sent[kind] if t[0] != "devices.harvesterhci.io" and t[1] != "kubevirts"}
+        assert sent_part2 <= judged, sent_part2 - judged

@@ -221,6 +221,24 @@ TABLE = [
         True,
         extra=(RS,),
     ),
+    case(
+        "allow create of vm by virt-controller without a pool (kubevirt's restore) without use",
+        review("CREATE", vm("restored", "ns-b", host=[GPU, AUDIO]), user_info=virt_controller()),
+        True,
+    ),
+    case(
+        "forbid create of vm by virt-controller without a pool naming a device another vm names",
+        review("CREATE", vm("restored", "ns-b", host=[GPU, AUDIO]), user_info=virt_controller()),
+        False,
+        'is named by virtualmachine "ns-a/gpu-vm"',
+        extra=(OWNED_VM,),
+    ),
+    case(
+        "forbid create of vmi by virt-controller without a controller ownerReference",
+        review("CREATE", vmi("orphan", host=[GPU, AUDIO]), user_info=virt_controller()),
+        False,
+        "it has no controller ownerReference to a virtualmachine or virtualmachineinstancereplicaset",
+    ),
     # -- pools, replica sets, instancetypes -------------------------------------------------------------------
     case(
         "forbid create of vm pool naming someone else's device",
