@@ -106,8 +106,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     agent.start()
     log.info("agent started", extra={"node": settings.node_name, "mode": args.mode})
     stop.wait()
-    agent.stop()
-    return 0
+    agent.stop(timeout=3.0)
+    log.info("agent stopped", extra={"node": settings.node_name})
+    logging.shutdown()
+    os._exit(0)  # watch threads blocked in a long-poll read must not hold the process up
 
 
 if __name__ == "__main__":

@@ -53,6 +53,13 @@ class Process:
     def log_tail(self, chars: int = 3000) -> str:
         return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else ""
 
+    def terminate(self) -> None:
+        if self.popen.poll() is None:
+            try:
+                os.killpg(self.popen.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
     def stop(self, timeout: float = 15.0) -> None:
         """SIGTERM to the process group (gunicorn's workers, the certificate keeper), then SIGKILL."""
         if self.popen.poll() is None:
@@ -228,7 +235,10 @@ class Stack:
             time.sleep(0.5)
         raise StackError(f"no PCIDevice of {node} appeared:\n{agent.log_tail()}")
 
-    def stop(self) -> None:
-        """Stop every process, newest first. Safe to call more than once."""
+    def stop(self, timeout: float = 15.0) -> None:
+        """SIGTERM to every process group at once, then wait (SIGKILL after `timeout`). Safe to call more than once."""
+        for proc in self.processes:
+            proc.terminate()
+        deadline = time.monotonic() + timeout
         while self.processes:
-            self.processes.pop().stop()
+            self.processes.pop().stop(max(0.1, deadline - time.monotonic()))
