@@ -53,7 +53,6 @@ def _takeover(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     import os
     from pathlib import Path
 
-    from nodeagent import kube
     from nodeagent.errors import KubeError, SysfsError
     from nodeagent.host import dynids
     from policy import names
@@ -68,6 +67,8 @@ def _takeover(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if args.claimed is not None:
         claimed = set(args.claimed)
     else:
+        from nodeagent import kube  # only when the API is asked (the kernel-tier guest has no HTTP client)
+
         try:
             api = kube.ApiKube.connect(Path(args.kubeconfig) if args.kubeconfig else None)
             items = api.list(kube.PCIDEVICECLAIMS).items
