@@ -43,7 +43,7 @@ def apply_device_actions(
             if status:
                 created = api.patch(res, name, {"status": status}, subresource="status")
             out[name] = created
-            log.info("device object created", extra={"kind": res.kind, "name": name})
+            log.info("device object created", extra={"kind": res.kind, "object": name})
             events.record(created, "Normal", "Appeared", f"{res.kind} {name} appeared on the node")
         elif isinstance(a, plan.Patch):
             obj = out[a.name]
@@ -57,7 +57,7 @@ def apply_device_actions(
                 continue
             out[a.name] = obj
             if a.became_absent:
-                log.info("claimed device vanished; kept as absent", extra={"kind": res.kind, "name": a.name})
+                log.info("claimed device vanished; kept as absent", extra={"kind": res.kind, "object": a.name})
                 events.record(obj, "Warning", "Absent", f"{res.kind} {a.name} disappeared while claimed; kept")
             if a.driver_changed is not None:
                 old, new = a.driver_changed
@@ -73,6 +73,6 @@ def apply_device_actions(
             except KubeError:
                 out[a.name] = obj
                 raise
-            log.info("device object deleted", extra={"kind": res.kind, "name": a.name})
+            log.info("device object deleted", extra={"kind": res.kind, "object": a.name})
             events.record(obj, "Normal", "Disappeared", f"{res.kind} {a.name} disappeared from the node")
     return out

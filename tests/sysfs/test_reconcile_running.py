@@ -20,7 +20,7 @@ NODE = "node1"
 NIC = "0000:00:02.0"
 
 
-def _until(ok: Callable[[], bool], timeout: float = 5.0) -> bool:
+def _until(ok: Callable[[], bool], timeout: float = 15.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if ok():
@@ -55,8 +55,8 @@ def test_a_new_claim_is_enabled_by_its_watch_event_without_waiting_for_a_resync(
     assert _until(lambda: api.peek("pcidevices", names.pcidevice_name(NODE, NIC)) is not None)
     started = time.monotonic()
     api.put(kube.PCIDEVICECLAIMS, pci_claim(NODE, NIC))
-    assert _until(lambda: _enabled(api), timeout=2.0)
-    assert time.monotonic() - started < 1.0
+    assert _until(lambda: _enabled(api), timeout=3.0)
+    assert time.monotonic() - started < 3.0  # the resync is an hour away: only the watch event can explain this
     assert host.sim.driver(NIC) == "vfio-pci"
 
 

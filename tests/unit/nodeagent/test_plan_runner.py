@@ -163,7 +163,10 @@ def test_run_without_a_node_name_exits_with_a_usage_error(monkeypatch: pytest.Mo
 
     from nodeagent.__main__ import main
 
+    import logging
+
     monkeypatch.delenv("NODE_NAME", raising=False)
+    monkeypatch.setattr(logging.getLogger(), "level", logging.getLogger().level)  # main() sets it; restore after
     err = io.StringIO()
     assert main(["run"], out=io.StringIO(), err=err) == 2
     assert "NODE_NAME must be set" in err.getvalue()
