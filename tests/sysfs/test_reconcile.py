@@ -559,3 +559,20 @@ def test_a_forbidden_kubevirt_list_or_node_read_does_not_stop_the_node(host: Sim
     st = _claim_status(api, NIC)
     assert st["passthroughEnabled"] is True
     assert _cond(st, "Permitted")["reason"] == "NoKubeVirt"
+
+
+def test_every_step_logs_constant_messages_with_valid_extras(
+    host: SimHost, api: FakeKube, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    api.put(kube.PCIDEVICECLAIMS, pci_claim(NODE, NIC))
+    agent = _agent(host, api)
+    agent.node_pass()
+    host.unplug(NIC2)
+    api.remove(kube.PCIDEVICECLAIMS, _name(NIC))
+    agent.node_pass()
+    messages = {r.getMessage() for r in caplog.records}
+    assert {"device object created", "bound device to vfio-pci", "claim released", "device object deleted"} <= messages
+    assert all(getattr(r, "object", None) for r in caplog.records if r.getMessage() == "device object created")
