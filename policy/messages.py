@@ -152,6 +152,10 @@ WARN_SIBLINGS = (
 
 SPEC_IMMUTABLE = "{kind} {name} can only keep the spec it was created with; spec changed; delete and re-create it"
 OWNER_IMMUTABLE = "{kind} {name} can only keep its owner; the annotation {annotation} changed from {old} to {new}"
+ADOPTED_ANNOTATION = (
+    "{kind} {name} can only carry the annotation {annotation} as the takeover set it when it adopted the claim from "
+    "upstream (it keeps the pooled resource name); {user} added, changed or removed it"
+)
 OWNER_REFERENCES_IMMUTABLE = "{kind} {name} can only keep the ownerReferences it was created with; they changed"
 FINALIZER_REMOVAL = (
     "{kind} {name} can only lose the finalizer {finalizer} through the node agent of node {node}, or the cluster "

@@ -15,6 +15,7 @@ from policy.decision import Decision
 from policy.objects import FINALIZER_AGENT, Claim, Device, MalformedObject, Meta, OwnerReference
 from policy.rules.context import Context
 from policy.rules.identity import Role
+from policy.takeover import ANNOTATION_ADOPTED
 
 OWNER_PATH = "/metadata/annotations/" + names.ANNOTATION_REQUESTED_BY.replace("~", "~0").replace("/", "~1")
 
@@ -59,6 +60,8 @@ def check_creator(ctx: Context, ck: ClaimKind, claim: Claim) -> Decision | None:
     annotation = names.ANNOTATION_REQUESTED_BY
     if not claim.owner:
         return decision.deny("owner", messages.OWNER_MISSING.format(**f, annotation=annotation))
+    if role is not Role.MIGRATION and ANNOTATION_ADOPTED in _annotations(ctx.request.object or {}):
+        return _adopted_denial(ctx, ck, claim.name)
     if role in (Role.CONTROLLER, Role.MIGRATION):
         return None
     if claim.owner != ctx.request.user.username:
@@ -140,6 +143,10 @@ def validate_update(ctx: Context, ck: ClaimKind, node_of: Callable[[Claim], str]
                 new=messages.shown(new.owner) if new.owner else "none",
             ),
         )
+    if identity.role is not Role.MIGRATION and _annotations(old_obj).get(ANNOTATION_ADOPTED) != _annotations(
+        new_obj
+    ).get(ANNOTATION_ADOPTED):
+        return _adopted_denial(ctx, ck, old.name)
     if identity.role is not Role.GC and _meta(old_obj).get("ownerReferences") != _meta(new_obj).get("ownerReferences"):
         return decision.deny("A6", messages.OWNER_REFERENCES_IMMUTABLE.format(**f))
     if FINALIZER_AGENT in old.finalizers and FINALIZER_AGENT not in new.finalizers:
@@ -193,6 +200,18 @@ def _changes(old: Mapping[str, Any], new: Mapping[str, Any], *, ignore_finalizer
 def _finalizers(meta: Mapping[str, Any]) -> set[str]:
     raw = meta.get("finalizers")
     return {f for f in raw if isinstance(f, str)} if isinstance(raw, list) else set()
+
+
+def _annotations(obj: Mapping[str, Any]) -> Mapping[str, Any]:
+    raw = _meta(obj).get("annotations")
+    return raw if isinstance(raw, Mapping) else {}
+
+
+def _adopted_denial(ctx: Context, ck: ClaimKind, name: str) -> Decision:
+    """Only the takeover marks a claim adopted: the mark keeps a pooled resource name under perDevice."""
+    return decision.deny(
+        "A6", messages.ADOPTED_ANNOTATION.format(**ck.fields(name), annotation=ANNOTATION_ADOPTED, user=ctx.user)
+    )
 
 
 def _section(obj: Mapping[str, Any], key: str) -> Any:
