@@ -169,7 +169,9 @@ def main(
     out: TextIO | None = None,
     *,
     connect: Callable[[Path | None, str | None], KubeLike] | None = None,
+    not_found: type[Exception] | None = None,
 ) -> int:
+    """The command; tests pass `connect` (an in-memory API) and the exception it raises for a missing object."""
     out = out or sys.stdout
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, stream=sys.stderr)
@@ -191,7 +193,7 @@ def main(
 
     try:
         client = (connect or _connect)(args.kubeconfig, args.as_user)
-        return run(client, settings, out, dry_run=args.dry_run, not_found=kube.NotFound)
+        return run(client, settings, out, dry_run=args.dry_run, not_found=not_found or kube.NotFound)
     except kube.KubeError as e:
         print(f"pcidevices-takeover: the API server answered {e}", file=sys.stderr)
         return EXIT_USAGE

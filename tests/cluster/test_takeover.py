@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from nodeagent.reconcile.pcideviceclaims import is_adopted
+from nodeagent.reconcile.plan import effective_resource_name
 from policy import names
 from policy.objects import FINALIZER_AGENT
 from policy.settings import MIGRATION
@@ -430,8 +431,11 @@ def test_the_vms_pooled_device_name_stays_permitted_and_the_agent_keeps_serving_
     } in pci
     names_ = [e["resourceName"] for e in pci]
     assert len(names_) == len(set(names_))
-    # the agent keeps the pooled name of an adopted claim whatever its owner (its VM already uses it)
-    assert is_adopted(_get(cp, "pcideviceclaims", upstream.claims["pooled"]))
+    # the agent offers an adopted claim's device under its pooled name whatever its owner (its VM already uses it)
+    claim = _get(cp, "pcideviceclaims", upstream.claims["pooled"])
+    assert claim["metadata"]["annotations"][OWNER] == upstream.owner_a.name  # a real user, not legacy:
+    offered = effective_resource_name(POOLED, claim["metadata"]["name"], mode="perDevice", adopted=is_adopted(claim))
+    assert offered == POOLED
 
 
 def test_upstream_webhooks_secrets_and_node_objects_are_gone(upstream: Upstream) -> None:
