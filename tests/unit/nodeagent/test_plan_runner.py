@@ -160,10 +160,9 @@ def test_settings_come_from_the_environment_and_reject_bad_values() -> None:
 
 def test_run_without_a_node_name_exits_with_a_usage_error(monkeypatch: pytest.MonkeyPatch) -> None:
     import io
+    import logging
 
     from nodeagent.__main__ import main
-
-    import logging
 
     monkeypatch.delenv("NODE_NAME", raising=False)
     monkeypatch.setattr(logging.getLogger(), "level", logging.getLogger().level)  # main() sets it; restore after
