@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
+from policy import names
 from tests.support.controlplane import ControlPlane
 
 REPO = Path(__file__).resolve().parents[2]
@@ -634,3 +635,24 @@ def test_a_usb_claim_with_a_bad_informational_address_is_rejected(control_plane:
     result = _apply(control_plane, claim, check=False)
     assert result.returncode == 1
     assert 'spec.pciAddress: Invalid value: "../../x"' in result.stderr
+
+
+def _patterns(schema: Any) -> set[str]:
+    if isinstance(schema, dict):
+        found = {schema["pattern"]} if isinstance(schema.get("pattern"), str) else set()
+        return found.union(*(_patterns(v) for v in schema.values()))
+    if isinstance(schema, list):
+        return set().union(*(_patterns(v) for v in schema))
+    return set()
+
+
+def test_the_crd_address_pattern_and_owner_column_follow_policy_names() -> None:
+    # The schema is the first line of defence (A11); it must agree with the pattern the webhook and agent use.
+    for plural in ("pcidevices", "pcideviceclaims"):
+        address_patterns = {p for p in _patterns(_crd(plural)) if p.startswith("^[0-9a-f]{4,8}")}
+        assert address_patterns == {names.PCI_ADDRESS_PATTERN}
+
+    for plural in ("pcideviceclaims", "usbdeviceclaims"):
+        columns = _crd(plural)["spec"]["versions"][0]["additionalPrinterColumns"]
+        owner = next(c for c in columns if c["name"] == "Owner")
+        assert owner["jsonPath"] == ".metadata.annotations." + names.ANNOTATION_REQUESTED_BY.replace(".", "\\.")
