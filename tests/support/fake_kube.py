@@ -6,7 +6,8 @@ only through `/status`, everything else only through the main resource), finaliz
 `deletionTimestamp`; the object goes when the last finalizer is removed), equality label selectors, watches.
 
 It records every call (`calls`, `writes`) and can inject errors: `fail_next(verb, plural, error)` makes the next
-matching call raise, `down = True` makes every call raise KubeError (the API server is unreachable).
+matching call raise, `fail_write_at = n` makes the n-th write from now fail, `down = True` makes every call raise
+KubeError (the API server is unreachable).
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ class FakeKube:
         self.calls: list[Call] = []
         self._failures: list[tuple[str, str, Exception]] = []
         self.down = False
+        self.fail_write_at: int | None = None  # the n-th write from now on (1-based) fails, once
         self.status_subresource = status_subresource or frozenset(
             {"pcidevices", "pcideviceclaims", "usbdevices", "usbdeviceclaims"}
         )
@@ -124,6 +126,11 @@ class FakeKube:
         self, verb: str, res: Resource, name: str | None, subresource: str | None = None, body: Any = None
     ) -> None:
         self.calls.append(Call(verb, res.plural, name, subresource, copy.deepcopy(body)))
+        if verb in WRITES and self.fail_write_at is not None:
+            self.fail_write_at -= 1
+            if self.fail_write_at == 0:
+                self.fail_write_at = None
+                raise KubeError("injected failure of this write", status=500)
         if self.down:
             raise KubeError("API server unreachable (fake)", status=0)
         for i, (v, p, err) in enumerate(self._failures):

@@ -576,3 +576,30 @@ def test_every_step_logs_constant_messages_with_valid_extras(
     messages = {r.getMessage() for r in caplog.records}
     assert {"device object created", "bound device to vfio-pci", "claim released", "device object deleted"} <= messages
     assert all(getattr(r, "object", None) for r in caplog.records if r.getMessage() == "device object created")
+
+
+@pytest.mark.parametrize("failing_write", range(1, 9))  # a claim takes 8 writes, its release 5
+def test_a_failed_api_write_at_any_step_of_claim_and_release_converges(
+    host: SimHost, api: FakeKube, failing_write: int
+) -> None:
+    agent = _agent(host, api)
+    agent.node_pass()
+    api.put(kube.PCIDEVICECLAIMS, pci_claim(NODE, NIC))
+    api.fail_write_at = failing_write
+    for _ in range(3):
+        agent.runner.step()
+        assert host.sim.driver(NIC) in ("e1000e", "vfio-pci")  # never driverless
+    assert api.fail_write_at is None  # the failure did happen (a failed Event is logged, not retried)
+    st = _claim_status(api, NIC)
+    assert st["passthroughEnabled"] is True and host.sim.driver(NIC) == "vfio-pci"
+    assert _permitted(api).count(f"intel.com/{_name(NIC)}") == 1
+    api.remove(kube.PCIDEVICECLAIMS, _name(NIC))
+    api.fail_write_at = min(failing_write, 5)
+    for _ in range(3):
+        agent.runner.step()
+        assert host.sim.driver(NIC) in ("e1000e", "vfio-pci")
+    assert api.fail_write_at is None
+    assert api.peek("pcideviceclaims", _name(NIC)) is None
+    assert host.sim.driver(NIC) == "e1000e"
+    assert _permitted(api) == ["nvidia.com/MLX_VF"]
+    assert len(api.objects("pcidevices")) == 5
