@@ -20,7 +20,7 @@ from pathlib import Path
 
 from webhook import kube
 from webhook import logging as webhook_logging
-from webhook.controller import apply, lease, plan
+from webhook.controller import apply, lease, plan, store
 
 log = logging.getLogger("webhook.controller")
 PREFIX = "PCIDEVICES_CONTROLLER_"
@@ -76,8 +76,20 @@ def run(settings: ControllerSettings, stop: threading.Event) -> int:
     elector = lease.Elector(
         api, settings.namespace, settings.lease_name, settings.identity, settings.lease_duration_s, _now
     )
+    facts = store.Store()
+    watches = store.Watches(lambda: api, facts)
+    watches.start()
+
+    def view() -> apply.Observed:
+        return apply.Observed(*facts.snapshot())
+
     controller = apply.Controller(
-        api, settings.events_namespace, settings.complete_groups, datetime.timedelta(seconds=settings.grace_s), _now
+        api,
+        settings.events_namespace,
+        settings.complete_groups,
+        datetime.timedelta(seconds=settings.grace_s),
+        _now,
+        view=view,
     )
     renew_every = max(1.0, settings.lease_duration_s / 3)
     leading_until = 0.0
@@ -90,7 +102,7 @@ def run(settings: ControllerSettings, stop: threading.Event) -> int:
                 leading_until = 0.0
         except kube.KubeError:
             log.warning("lease round failed", exc_info=True)
-        if clock() < leading_until:
+        if clock() < leading_until and watches.synced():
             try:
                 controller.reconcile()
             except kube.KubeError:
@@ -98,6 +110,7 @@ def run(settings: ControllerSettings, stop: threading.Event) -> int:
             stop.wait(min(settings.resync_s, renew_every))
         else:
             stop.wait(renew_every)
+    watches.stop()
     return 0
 
 

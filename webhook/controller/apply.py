@@ -41,6 +41,7 @@ class Observed:
 
 
 def observe(api: ControllerApi) -> Observed:
+    """A fresh read of everything (tests, and a controller run without watches)."""
     claims: list[plan.ClaimFacts] = []
     for kind, plural in PLURALS.items():
         for obj in api.list_all(f"{API}/{plural}"):
@@ -66,10 +67,11 @@ class Controller:
     grace: datetime.timedelta
     clock: Callable[[], datetime.datetime]
     component: str = "pcidevices-controller"
+    view: Callable[[], Observed] | None = None  # the watch-fed store; None: list everything each pass
 
     def reconcile(self) -> list[plan.Action]:
         """One pass; returns the actions it tried (tests and logs)."""
-        seen = observe(self.api)
+        seen = self.view() if self.view is not None else observe(self.api)
         actions = plan.plan_janitor(seen.claims, seen.nodes) + plan.plan_groups(
             seen.claims, seen.devices, seen.nodes, now=self.clock(), grace=self.grace, mode=self.mode
         )

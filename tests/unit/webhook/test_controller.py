@@ -15,7 +15,7 @@ from policy import names
 from policy.objects import FINALIZER_AGENT, PCIDevice
 from tests.support.objects import NODE1, NODE1A, TENANT_A, Lab, pciclaim
 from webhook import kube
-from webhook.controller import apply, lease, plan
+from webhook.controller import apply, lease, plan, store
 
 T0 = datetime.datetime(2026, 11, 27, 6, 0, tzinfo=datetime.UTC)
 GRACE = datetime.timedelta(seconds=10)
@@ -210,3 +210,25 @@ def test_a_replica_takes_over_an_expired_lease_and_counts_the_transition() -> No
     assert spec["holderIdentity"] == "me" and spec["leaseTransitions"] == 1
     follower = lease.Elector(api, "ns", "l", "other", 15, lambda: T0)
     assert not follower.try_acquire_or_renew()
+
+
+def test_the_watch_fed_store_gives_a_pass_the_same_facts_as_a_fresh_read() -> None:
+    api = cluster_api(claim(Lab.gpu), claim(Lab.gpu_1a, finalizers=[FINALIZER_AGENT]), nodes=(NODE1,))
+    facts = store.Store()
+    for collection, kind in ((f"{API}/pcideviceclaims", "PCIDeviceClaim"), (f"{API}/pcidevices", "PCIDevice"),
+                             ("/api/v1/nodes", "Node")):  # fmt: skip
+        for obj in api.list_all(collection):
+            assert facts.upsert(kind, obj)
+    assert not facts.upsert("PCIDevice", {"metadata": {"name": "broken"}, "status": {"address": 7}})
+    fresh = apply.observe(api)
+    claims, devices, nodes = facts.snapshot()
+    assert sorted(claims, key=lambda c: c.name) == sorted(fresh.claims, key=lambda c: c.name)
+    assert {d.name for d in devices} == {d.name for d in fresh.devices} and nodes == fresh.nodes
+    facts.delete("PCIDeviceClaim", GPU)
+    assert GPU not in {c.name for c in facts.snapshot()[0]}
+    watched = apply.Controller(
+        api, "default", plan.AUTO, GRACE, lambda: T0, view=lambda: apply.Observed(*facts.snapshot())
+    )
+    actions = watched.reconcile()
+    assert not any(isinstance(a, plan.CreateClaim) for a in actions), "the deleted trigger is gone from the view"
+    assert any(isinstance(a, plan.DeleteClaim) for a in actions)
