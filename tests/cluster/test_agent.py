@@ -24,6 +24,7 @@ from tests.support.simhost import SimHost
 
 NIC, NIC2 = "0000:00:02.0", "0000:00:03.0"
 IDLE_WINDOW_S = 60.0
+_NAMESPACES = kube.Resource("", "v1", "namespaces", "Namespace")
 
 
 def _until(ok: Callable[[], bool], timeout: float = 20.0, every: float = 0.02) -> bool:
@@ -95,7 +96,7 @@ def env(
     node = f"node-{unique}"
     ns = f"kv-{unique}"
     api.create(kube.NODES, {"apiVersion": "v1", "kind": "Node", "metadata": {"name": node}})
-    api.create(kube.Resource("", "v1", "namespaces", "Namespace"), {"metadata": {"name": ns}})
+    api.create(_NAMESPACES, {"metadata": {"name": ns}})
     api.create(kube.KUBEVIRTS, kubevirt_cr(pci=[_foreign()]), namespace=ns)
     host = SimHost(tmp_path)
     host.pci(NIC, native="e1000e", group=1)
@@ -104,8 +105,29 @@ def env(
     try:
         yield e
     finally:
+        _clean_up(e)
+
+
+def _clean_up(e: Env) -> None:
+    """Leave nothing for other tests on the shared API server: claims released by the still-running agent, then
+    the Node (its device objects go with it through garbage collection) and the namespace with the KubeVirt CR."""
+    try:
+        for c in e.api.list(kube.PCIDEVICECLAIMS).items:
+            if (c.get("spec") or {}).get("nodeName") == e.node:
+                e.api.delete(kube.PCIDEVICECLAIMS, c["metadata"]["name"])
+        _until(
+            lambda: not [c for c in e.api.list(kube.PCIDEVICECLAIMS).items if c["spec"].get("nodeName") == e.node],
+            timeout=20.0,
+            every=0.1,
+        )
+    finally:
         if e.agent is not None:
             e.agent.stop(timeout=1.0)
+        for res, name, ns in ((kube.NODES, e.node, None), (_NAMESPACES, e.namespace, None)):
+            try:
+                e.api.delete(res, name, namespace=ns)
+            except kube.KubeError:
+                pass
 
 
 def _foreign() -> dict[str, Any]:
