@@ -8,9 +8,12 @@ from typing import Any
 
 import pytest
 
-from policy import hostdevices, snapshot
-from tests.support.vms import vm
+from policy import access, hostdevices, names, snapshot
+from tests.support.objects import TENANT_A, Lab, pciclaim
+from tests.support.vms import entry, review, vm
+from webhook import app as app_mod
 from webhook import cache, kube, metrics, workloads
+from webhook import settings as settings_mod
 
 VM_PATH = workloads.WATCHED[0].path
 
@@ -83,3 +86,19 @@ def test_other_api_errors_are_not_hidden() -> None:
     )
     with pytest.raises(kube.KubeError):
         list(keyed.list_pages(VM_PATH, 10))
+
+
+def test_a_vm_review_goes_through_the_routes_patched_then_judged() -> None:
+    index = snapshot.ClusterIndex.from_objects(Lab.cluster(pciclaim(Lab.gpu), pciclaim(Lab.audio)))
+    grants = access.StaticAccess([access.Grant(TENANT_A, "use", names.GROUP, "pcidevices", namespace="ns-a")])
+    app = app_mod.create_app(settings_mod.WebhookSettings(), view=index, access=grants)
+    app_mod.runtime(app).start()
+    client = app.test_client()
+    body = review("CREATE", vm("half", host=[entry(Lab.gpu)]))
+    mutated = client.post("/mutate", json=body).get_json()["response"]
+    assert mutated["allowed"] and mutated["patchType"] == "JSONPatch"
+    judged = client.post("/validate", json=body).get_json()["response"]
+    assert not judged["allowed"] and judged["status"]["code"] == 403
+    assert "which it does not name; add a hostDevices entry" in judged["status"]["message"]
+    other_ns = review("CREATE", vm("v", "ns-b", host=[entry(Lab.gpu), entry(Lab.audio)]))
+    assert not client.post("/validate", json=other_ns).get_json()["response"]["allowed"]
