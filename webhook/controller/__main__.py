@@ -111,6 +111,8 @@ def run(settings: ControllerSettings, stop: threading.Event) -> int:
         else:
             stop.wait(renew_every)
     watches.stop()
+    if leading_until:
+        elector.release()
     return 0
 
 

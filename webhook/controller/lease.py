@@ -96,6 +96,20 @@ class Elector:
             log.info("became the leader", extra={"lease": self.name, "identity": self.identity})
         return True
 
+    def release(self) -> None:
+        """Give the Lease up on a clean stop (holder emptied), so another replica need not wait for it to expire."""
+        path = f"{self._collection}/{self.name}"
+        try:
+            lease = self.api.get(path)
+            spec = dict(lease.get("spec") or {})
+            if spec.get("holderIdentity") != self.identity:
+                return
+            spec["holderIdentity"] = ""
+            self.api.replace(path, {**lease, "spec": spec})
+            log.info("released the lease", extra={"lease": self.name})
+        except kube.KubeError:
+            log.warning("could not release the lease", exc_info=True)
+
 
 def _time(value: object) -> datetime.datetime | None:
     if not isinstance(value, str) or not value:

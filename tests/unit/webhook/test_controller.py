@@ -232,3 +232,13 @@ def test_the_watch_fed_store_gives_a_pass_the_same_facts_as_a_fresh_read() -> No
     actions = watched.reconcile()
     assert not any(isinstance(a, plan.CreateClaim) for a in actions), "the deleted trigger is gone from the view"
     assert any(isinstance(a, plan.DeleteClaim) for a in actions)
+
+
+def test_a_released_lease_is_taken_at_once_by_another_replica() -> None:
+    api = MemoryApi([])
+    leader = lease.Elector(api, "ns", "l", "me", 15, lambda: T0)
+    assert leader.try_acquire_or_renew()
+    follower = lease.Elector(api, "ns", "l", "other", 15, lambda: T0)
+    assert not follower.try_acquire_or_renew()
+    leader.release()
+    assert follower.try_acquire_or_renew()
