@@ -381,6 +381,18 @@ class Server:
                 total += float(line.rsplit(" ", 1)[1])
         return total
 
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) of the master and its workers so far."""
+        tick = os.sysconf("SC_CLK_TCK")
+        total = 0.0
+        for pid in self.processes():
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += (int(fields[11]) + int(fields[12])) / tick
+        return total
+
     def histogram(self) -> dict[float, float]:
         """Cumulative counts of the server's own admission-latency histogram (all workers), by bucket bound."""
         _, text = self.get("/metrics")
@@ -455,6 +467,7 @@ class Step:
     throughput: float
     server_p50: float = float("nan")  # bucket bounds of the server's own histogram (time inside the app)
     server_p99: float = float("nan")
+    cpu_ms_per_review: float = float("nan")  # server CPU per answered review: capacity independent of contention
     sample_errors: list[str] = field(default_factory=list)
 
 
@@ -478,7 +491,9 @@ def run_steps(server: Server, bodies: list[bytes], rates: list[float], duration:
     _in_process(_load, server.port, server.cafile, bodies, 100.0, 2.0, connections)  # warm-up: connections, caches
     for rate in rates:
         before = server.histogram()
+        cpu_before = server.cpu_seconds()
         r = _in_process(_load, server.port, server.cafile, bodies, rate, duration, connections)
+        cpu = server.cpu_seconds() - cpu_before
         after = server.histogram()
         delta = {le: after[le] - before.get(le, 0.0) for le in sorted(after)}
         lat = r["latencies"]
@@ -493,13 +508,15 @@ def run_steps(server: Server, bodies: list[bytes], rates: list[float], duration:
             throughput=len(lat) / r["elapsed"],
             server_p50=_bucket_quantile(delta, 0.50),
             server_p99=_bucket_quantile(delta, 0.99),
+            cpu_ms_per_review=cpu / len(lat) * 1e3 if lat else float("nan"),
             sample_errors=r["errors"][:3],
         )
         steps.append(step)
         print(
             f"    {rate:7.0f}/s  p50 {step.p50 * 1e3:7.2f} ms  p99 {step.p99 * 1e3:7.2f} ms"
             f"  max {step.max * 1e3:7.1f} ms  answered {step.throughput:7.1f}/s  errors {step.errors}"
-            f"  (in the app: p50 <= {step.server_p50 * 1e3:g} ms, p99 <= {step.server_p99 * 1e3:g} ms)",
+            f"  (in the app: p50 <= {step.server_p50 * 1e3:g} ms, p99 <= {step.server_p99 * 1e3:g} ms;"
+            f" server CPU {step.cpu_ms_per_review:.2f} ms/review)",
             flush=True,
         )
         if step.errors:
@@ -653,6 +670,12 @@ def _report(results: dict[str, Any]) -> None:
         f"{max(m['rss'] for m in flo['memory_mib'].values()):.0f} MiB"
     )
     print(f"  SAR cache (policy run): {pol['sar_cache_hits']:.0f} hits / {pol['sar_cache_misses']:.0f} misses")
+    cpu_pol = min(s["cpu_ms_per_review"] for s in pol["steps"])
+    cpu_flo = min(s["cpu_ms_per_review"] for s in flo["steps"])
+    print(
+        f"  server CPU per review: policy {cpu_pol:.2f} ms, floor {cpu_flo:.2f} ms ({cpu_pol / cpu_flo:.2f}x); "
+        f"i.e. about {1000 / cpu_pol:.0f} reviews/s per free core"
+    )
 
 
 if __name__ == "__main__":
