@@ -326,3 +326,48 @@ def test_rancher_role_templates_grant_what_the_chart_user_roles_grant(render: Re
         assert {g for g in templates if g[0] == name} == {g for g in roles if g[0] == name}
     project = {g[1:] for g in templates if g[0] == "pcidevices-project-user"}
     assert project == {(GROUP, r, "", "use") for r in _DEV}
+
+
+# -- settings: what the chart passes is what the programs read -------------------------------------------------------
+
+
+def test_the_chart_defaults_give_the_webhook_exactly_the_policy_defaults(render: Render) -> None:
+    from policy.settings import PolicySettings
+
+    env = _env(_one(render(), "Deployment", "pcidevices-webhook")["spec"]["template"]["spec"]["containers"][0])
+    prefix = "PCIDEVICES_POLICY_"
+    policy = {k[len(prefix) :]: v for k, v in env.items() if k.startswith(prefix)}
+    assert PolicySettings.from_mapping(policy) == PolicySettings()
+    assert set(policy) == {f.upper() for f in PolicySettings.__dataclass_fields__}  # every setting is a value
+
+
+def test_every_setting_the_chart_passes_is_one_the_program_reads(render: Render) -> None:
+    from webhook.controller.__main__ import ControllerSettings
+    from webhook.settings import WebhookSettings
+
+    docs = render()
+    webhook_env = _env(_one(docs, "Deployment", "pcidevices-webhook")["spec"]["template"]["spec"]["containers"][0])
+    for name in webhook_env:
+        if name.startswith("PCIDEVICES_WEBHOOK_"):
+            assert name.removeprefix("PCIDEVICES_WEBHOOK_").lower() in WebhookSettings.__dataclass_fields__, name
+    controller = _one(docs, "Deployment", "pcidevices-controller")["spec"]["template"]["spec"]["containers"][0]
+    for name in _env(controller):
+        if name.startswith("PCIDEVICES_CONTROLLER_"):
+            assert name.removeprefix("PCIDEVICES_CONTROLLER_").lower() in ControllerSettings.__dataclass_fields__, name
+    agent_source = (REPO / "nodeagent" / "settings.py").read_text()
+    agent = _one(docs, "DaemonSet", "pcidevices-agent")["spec"]["template"]["spec"]["containers"][0]
+    for name in _env(agent):
+        assert f'"{name}"' in agent_source, f"the agent does not read {name}"
+
+
+def test_the_image_has_the_entry_points_the_chart_runs(render: Render) -> None:
+    import tomllib
+
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    docs = render()
+    for kind, name in (("Deployment", "pcidevices-webhook"), ("Deployment", "pcidevices-controller"),
+                       ("DaemonSet", "pcidevices-agent")):  # fmt: skip
+        command = _one(docs, kind, name)["spec"]["template"]["spec"]["containers"][0]["command"]
+        assert command[0] in scripts, f"{kind} {name} runs {command[0]}, which pyproject.toml does not install"
+    containerfile = (REPO / "Containerfile").read_text()
+    assert "pci.ids" in containerfile and "usb.ids" in containerfile and "USER 65532" in containerfile

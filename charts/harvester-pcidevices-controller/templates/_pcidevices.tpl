@@ -43,6 +43,8 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
   value: {{ .Values.policy.enforce.claim | quote }}
 - name: PCIDEVICES_POLICY_ENFORCE_RELEASE
   value: {{ .Values.policy.enforce.release | quote }}
+- name: PCIDEVICES_POLICY_ENFORCE_USE
+  value: {{ .Values.policy.enforce.use | quote }}
 {{- end -}}
 
 {{/* Name of the Secret the webhook serves from, per certificate mode. */}}
