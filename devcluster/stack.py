@@ -144,9 +144,10 @@ class Stack:
         self.processes.append(proc)
         return proc
 
-    def start_webhook(self, *, workers: int = 1) -> Process:
-        """The webhook with the chart's env and the token of its ServiceAccount; it generates its certificates and
-        patches the chart's configurations (selfSigned mode)."""
+    def start_webhook(self, *, workers: int = 1, cert_dir: Path | None = None) -> Process:
+        """The webhook with the chart's env and the token of its ServiceAccount. In selfSigned mode it generates its
+        certificates and patches the chart's configurations; `cert_dir` stands for the Secret volume the chart mounts
+        in the certManager and secret modes."""
         env = self.chart_env("Deployment", "pcidevices-webhook", {"metadata.namespace": self.namespace})
         home = self.workdir / "webhook"
         for sub in ("certs", "metrics", "tmp"):
@@ -156,7 +157,7 @@ class Stack:
             PCIDEVICES_WEBHOOK_WORKERS=str(workers),
             PCIDEVICES_WEBHOOK_KUBECONFIG=str(self.service_account_kubeconfig("pcidevices-webhook")),
             PCIDEVICES_WEBHOOK_EXTRA_IP_ADDRESSES="127.0.0.1",
-            PCIDEVICES_WEBHOOK_CERT_DIR=str(home / "certs"),
+            PCIDEVICES_WEBHOOK_CERT_DIR=str(cert_dir or home / "certs"),
             PCIDEVICES_WEBHOOK_LOG_JSON="false",
             PROMETHEUS_MULTIPROC_DIR=str(home / "metrics"),
             TMPDIR=str(home / "tmp"),
