@@ -90,8 +90,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, help="where the simulated node's sysfs tree goes (sim)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
-    # Its INFO records pass extra={"name": ...}, a reserved LogRecord attribute (KeyError at INFO); until fixed there:
-    logging.getLogger("nodeagent.reconcile.devices").setLevel(logging.WARNING)
     settings = _settings()
     api = kube.ApiKube.connect(settings.kubeconfig)
     if args.mode == "sim":
