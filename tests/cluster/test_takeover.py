@@ -135,7 +135,7 @@ def _rbac(unique: str, subjects: dict[str, str]) -> list[dict[str, Any]]:
             "subjects": [subject],
         }
 
-    docs = [role(f"{unique}-claimer", ["claim"]), role(f"{unique}-plain", [])]
+    docs = [role(f"{unique}-claimer", ["claim", "use"]), role(f"{unique}-plain", [])]
     docs += [bind(user, f"{unique}-{r}") for user, r in subjects.items()]
     docs.append(bind("pcidevices-takeover", "cluster-admin", kind="ServiceAccount", namespace=NS))
     return docs
@@ -191,6 +191,20 @@ def _seed(cp: ControlPlane, unique: str) -> Upstream:
             {owner_a.name: "claimer", creator_b.name: "claimer", ops.name: "claimer", stranger.name: "plain"},
         ),
     )
+    vm_editor = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": {"name": "vm-editor", "namespace": kv_ns},
+        "rules": [{"apiGroups": ["kubevirt.io"], "resources": ["virtualmachines"], "verbs": ["get", "create"]}],
+    }
+    vm_binding = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": {"name": "vm-editor", "namespace": kv_ns},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "vm-editor"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": owner_a.name}],
+    }
+    _apply(cp, [vm_editor, vm_binding])
     # Rancher Users: the UI writes `username` into spec.userName; Kubernetes knows the user as metadata.name
     _apply(
         cp,
@@ -213,11 +227,13 @@ def _seed(cp: ControlPlane, unique: str) -> Upstream:
         "mapped": ("0000:01:00.0", "10d3", "intel.com/82574L_ONE"),
         "legacy": ("0000:02:00.0", "10d4", "intel.com/82574L_TWO"),
         "pooled": ("0000:03:00.0", "10d5", POOLED),
+        "pooled2": ("0000:05:00.0", "10d5", POOLED),  # a pool of two identical NICs; vm1 needs one
     }
     users = {
         "mapped": (owner_a, f"admin-{unique}"),
         "legacy": (creator_b, f"bob-{unique}"),
         "pooled": (owner_a, f"admin-{unique}"),
+        "pooled2": (owner_a, f"admin-{unique}"),
     }
     claims: dict[str, str] = {}
     for role, (address, device_id, resource) in devices.items():
@@ -367,6 +383,10 @@ def upstream(control_plane: ControlPlane, installed_crds: str, request: pytest.F
         time.sleep(1.0)  # the webhook's view follows watches
         yield site
     finally:
+        # other modules share the API server: no second KubeVirt CR, no Addon, no policy on Addons outlive this one
+        for args in (("kubevirt", "kubevirt"), ("vm", "vm1"), ("vmi", "vm1")):
+            cp.kubectl("delete", *args, "-n", site.kv_ns, "--ignore-not-found", "--wait=false", check=False)
+        cp.kubectl("delete", "addon", CHART_ADDON, "-n", NS, "--ignore-not-found", check=False)
         cp.kubectl(
             "delete",
             "validatingadmissionpolicybinding",
@@ -468,6 +488,27 @@ def test_nodes_and_vmis_can_be_deleted(upstream: Upstream) -> None:
     cp.kubectl("delete", "node", upstream.node, "--timeout=30s")
     assert not _get(cp, "vmi", "vm1", "-n", upstream.kv_ns)
     assert not _get(cp, "node", upstream.node)
+
+
+def test_the_owner_may_still_give_a_vm_the_pooled_device_name_through_our_webhook(upstream: Upstream) -> None:
+    vm = {
+        "apiVersion": "kubevirt.io/v1",
+        "kind": "VirtualMachine",
+        "metadata": {"name": "vm2", "namespace": upstream.kv_ns},
+        "spec": {
+            "runStrategy": "Halted",
+            "template": {"spec": {"domain": {"devices": {"hostDevices": [{"name": "nic", "deviceName": POOLED}]}}}},
+        },
+    }
+    r = upstream.cp.kubectl("create", "--dry-run=server", "-f", "-", input=json.dumps(vm), user=upstream.owner_a,
+                            check=False)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    # the webhook did judge it: three devices of a pool of two are refused
+    entries = [{"name": f"nic{i}", "deviceName": POOLED} for i in range(3)]
+    vm["spec"]["template"]["spec"]["domain"]["devices"]["hostDevices"] = entries
+    r = upstream.cp.kubectl("create", "--dry-run=server", "-f", "-", input=json.dumps(vm), user=upstream.owner_a,
+                            check=False)  # fmt: skip
+    assert r.returncode != 0 and "denied the request" in r.stderr, r.stderr
 
 
 def test_each_claims_real_owner_can_release_it_through_our_webhook(upstream: Upstream) -> None:
