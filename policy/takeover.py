@@ -26,6 +26,7 @@ UPSTREAM_USB_FINALIZER = "wrangler.cattle.io/usbClaimClient-device-claim-remove"
 UPSTREAM_NODE_FINALIZER = "wrangler.cattle.io/node-remove"
 UPSTREAM_VMI_FINALIZER = "wrangler.cattle.io/virtual-machine-deletion"
 SKIP_VFIO_ANNOTATION = "pcidevices.harvesterhci.io/skip-vfio-binding"
+OVERRIDE_RESOURCE_NAME = "pcidevice.harvesterhci.io/override-resource-name"
 # Claims adopted from upstream keep the pooled resource names their VMs already use (the agent reads this).
 ANNOTATION_ADOPTED = f"{names.GROUP}/adopted-from"
 ADOPTED_FROM = "harvester/pcidevices"
@@ -225,6 +226,15 @@ def plan(observed: Observed, settings: TakeoverSettings) -> Plan:
                     f"{kind}/{_name(claim)}: annotated {SKIP_VFIO_ANNOTATION} (a device upstream left to another "
                     "driver, e.g. vGPU); nothing would maintain it"
                 )
+
+    claimed = {_name(c) for c in observed.pci_claims}
+    for dev in observed.pci_devices:
+        override = _str_map(dev, "annotations").get(OVERRIDE_RESOURCE_NAME)
+        if override and _name(dev) in claimed:
+            refusals.append(
+                f"pcidevices/{_name(dev)}: claimed under upstream's {OVERRIDE_RESOURCE_NAME} {override!r}, which the "
+                "agent does not keep; VMs naming it would lose the device (release it or drop the override first)"
+            )
 
     changes += _claim_changes("pcideviceclaims", observed.pci_claims, UPSTREAM_PCI_FINALIZER, observed.users)
     changes += _claim_changes("usbdeviceclaims", observed.usb_claims, UPSTREAM_USB_FINALIZER, observed.users)

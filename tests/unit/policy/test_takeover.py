@@ -326,6 +326,20 @@ def test_upstream_only_features_in_use_refuse_the_whole_takeover(over: dict[str,
     assert p.changes == ()
 
 
+def test_a_claimed_device_with_an_overridden_resource_name_is_refused_an_unclaimed_one_is_not() -> None:
+    overridden = {
+        **pci_device("node1-000001000", "custom.io/NIC"),
+        "metadata": {
+            "name": "node1-000001000",
+            "annotations": {"pcidevice.harvesterhci.io/override-resource-name": "custom.io/NIC"},
+        },
+    }
+    p = plan(upstream_cluster(pci_devices=[overridden]), SETTINGS)
+    assert p.refused and "override-resource-name" in p.refusals[0] and p.changes == ()
+    unclaimed = {**overridden, "metadata": {**overridden["metadata"], "name": "node1-000009000"}}
+    assert not plan(upstream_cluster(pci_devices=[unclaimed]), SETTINGS).refused
+
+
 def test_upstream_only_objects_not_in_use_are_left_alone_without_refusing() -> None:
     p = plan(upstream_cluster(), SETTINGS)
     assert not p.refused
