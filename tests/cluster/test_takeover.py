@@ -34,6 +34,7 @@ from policy.takeover import (
 )
 from tests.cluster import test_webhook
 from tests.support.controlplane import ControlPlane, KubeUser
+from tests.support.sysfs_tree import SysfsTree
 
 REPO = Path(__file__).resolve().parents[2]
 NS = "harvester-system"
@@ -509,6 +510,28 @@ def test_the_owner_may_still_give_a_vm_the_pooled_device_name_through_our_webhoo
     r = upstream.cp.kubectl("create", "--dry-run=server", "-f", "-", input=json.dumps(vm), user=upstream.owner_a,
                             check=False)  # fmt: skip
     assert r.returncode != 0 and "denied the request" in r.stderr, r.stderr
+
+
+def test_the_agent_step_derives_upstream_ids_from_this_nodes_claims_in_the_api(
+    upstream: Upstream, tmp_path: Path
+) -> None:
+    tree = SysfsTree(tmp_path / "host")
+    for address, device in (
+        ("0000:01:00.0", "10d3"),
+        ("0000:03:00.0", "10d5"),
+        ("0000:05:00.0", "10d5"),
+        ("0000:09:00.0", "10d3"),
+    ):  # the last is bound the same way but nobody claimed it
+        path = tree.pci(address, vendor="8086", device=device, driver="vfio-pci", iommu_group=int(address[5:7], 16))
+        (path / "driver_override").write_text("(null)\n")
+    remove_id = tree.sys / "bus/pci/drivers/vfio-pci/remove_id"
+    remove_id.write_text("")
+    argv = [sys.executable, "-m", "nodeagent", "takeover", "--root", str(tree.base), "--node-name", upstream.node,
+            "--kubeconfig", str(upstream.cp.admin_kubeconfig)]  # fmt: skip
+    r = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=60, check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert remove_id.read_text() == "8086 10d5"
+    assert "kept 8086 10d3: unclaimed devices bound the same way: 0000:09:00.0" in r.stdout
 
 
 def test_each_claims_real_owner_can_release_it_through_our_webhook(upstream: Upstream) -> None:
