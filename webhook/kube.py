@@ -11,8 +11,12 @@ views rather than generated models, and library exceptions translated into the s
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
+import ssl
+import threading
+import urllib.parse
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,6 +86,7 @@ class Kube:
     def __init__(self, api: k8s_client.ApiClient, *, request_timeout_s: float = 10.0) -> None:
         self._api = api
         self._timeout = request_timeout_s
+        self._local = threading.local()  # one SubjectAccessReview connection per thread
 
     def _call(
         self,
@@ -175,27 +180,99 @@ class Kube:
 
     # SubjectAccessReview (webhook.access.SARClient) -----------------------------------------------------------
     def review_access(self, body: Mapping[str, Any]) -> bool:
-        """POST a SubjectAccessReview on the hot path of admissions.
+        """POST a SubjectAccessReview: the one API call on the hot path of admissions.
 
-        Straight through the client's own connection pool (same TLS, proxy and credentials as every other call):
-        the generated layers above it cost more CPU than the request itself (0.6 vs 0.35 ms per review measured).
+        A keep-alive connection per thread, set up from the client's own configuration (CA, client certificate,
+        token with its refresh hook): the generated client layers cost more CPU than the request itself (measured
+        0.6 ms per review through them, 0.35 ms through urllib3, 0.12 ms like this). With a proxy configured the
+        client's pool is used instead.
         """
+        data = json.dumps(body).encode()
         cfg = self._api.configuration
         headers = dict(_JSON)
-        token = cfg.get_api_key_with_prefix("authorization")  # runs the refresh hook (rotated in-cluster tokens)
-        if token:
-            headers["Authorization"] = token
+        # auth_settings() runs the refresh hook (rotated in-cluster tokens); the key's name differs between client
+        # versions ("authorization" before, "BearerToken" now), the header it describes does not.
+        bearer = cfg.auth_settings().get("BearerToken") or {}
+        if bearer.get("value"):
+            headers[bearer.get("key") or "authorization"] = bearer["value"]
+        if cfg.proxy:
+            return self._review_via_pool(data, headers)
+        for attempt in (1, 2):
+            conn = self._sar_connection()
+            try:
+                conn.request("POST", _SAR_PATH, body=data, headers=headers)
+                response = conn.getresponse()
+                payload = response.read()
+            except (OSError, http.client.HTTPException) as e:
+                conn.close()
+                self._local.conn = None
+                if attempt == 2:
+                    raise KubeError(0, f"SubjectAccessReview failed: {e}") from e
+                continue  # a kept-alive connection the server closed meanwhile: once more on a fresh one
+            if not 200 <= response.status <= 299:
+                raise _translate(response.status, payload)
+            return _allowed(payload)
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        """Close this thread's SubjectAccessReview connection and the client's pool."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+        self._api.close()  # type: ignore[no-untyped-call]
+
+    def _sar_connection(self) -> http.client.HTTPConnection:
+        conn: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            cfg = self._api.configuration
+            url = urllib.parse.urlsplit(cfg.host)
+            if url.scheme == "https":
+                ctx = ssl.create_default_context(cafile=cfg.ssl_ca_cert or None)
+                if cfg.cert_file:
+                    ctx.load_cert_chain(cfg.cert_file, cfg.key_file or None)
+                if not cfg.verify_ssl:
+                    ctx.check_hostname = False
+                    ctx.verify_mode = ssl.CERT_NONE
+                elif cfg.assert_hostname is False:
+                    ctx.check_hostname = False
+                conn = _HTTPSConnection(
+                    url.hostname or "", url.port or 443, context=ctx, timeout=self._timeout,
+                    server_hostname=cfg.tls_server_name or None,
+                )  # fmt: skip
+            else:
+                conn = http.client.HTTPConnection(url.hostname or "", url.port or 80, timeout=self._timeout)
+            self._local.conn = conn
+        return conn
+
+    def _review_via_pool(self, data: bytes, headers: Mapping[str, str]) -> bool:
+        cfg = self._api.configuration
         try:
             response = self._api.rest_client.pool_manager.request(
-                "POST",
-                cfg.host + _SAR_PATH,
-                body=json.dumps(body).encode(),
-                headers=headers,
-                timeout=self._timeout,
+                "POST", cfg.host + _SAR_PATH, body=data, headers=dict(headers), timeout=self._timeout
             )
         except urllib3.exceptions.HTTPError as e:
             raise KubeError(0, f"SubjectAccessReview failed: {e}") from e
         if not 200 <= response.status <= 299:
             raise _translate(response.status, response.data)
-        doc = json.loads(response.data)
-        return bool((doc.get("status") or {}).get("allowed", False))
+        return _allowed(response.data)
+
+
+def _allowed(payload: bytes) -> bool:
+    doc = json.loads(payload)
+    return bool((doc.get("status") or {}).get("allowed", False))
+
+
+class _HTTPSConnection(http.client.HTTPSConnection):
+    """HTTPS with an SNI/verification name other than the host connected to (kubeconfig tls-server-name)."""
+
+    def __init__(self, host: str, port: int, *, server_hostname: str | None, **kwargs: Any) -> None:
+        super().__init__(host, port, **kwargs)
+        self._server_hostname = server_hostname
+
+    def connect(self) -> None:
+        if self._server_hostname is None:
+            super().connect()
+            return
+        http.client.HTTPConnection.connect(self)
+        self.sock = self._context.wrap_socket(self.sock, server_hostname=self._server_hostname)  # type: ignore[attr-defined]
