@@ -4,6 +4,8 @@ of its rendered Deployment and DaemonSet, with only addresses and paths changed 
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import json
 import logging
 import os
@@ -33,6 +35,12 @@ PROBE_DENIED = 'admission webhook "validate.devices.harvesterhci.io" denied the 
 
 class StackError(RuntimeError):
     """A part of the local stack did not start or answer in time."""
+
+
+def _die_with_parent() -> None:
+    """preexec_fn: Linux sends the child SIGTERM when the local run dies, even by SIGKILL (no orphans)."""
+    with contextlib.suppress(Exception):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
 
 
 def free_port() -> int:
@@ -138,7 +146,7 @@ class Stack:
         with path.open("ab") as out:
             popen = subprocess.Popen(
                 list(argv), cwd=REPO, env={**base, **env}, stdout=out, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True,
+                stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_parent,
             )  # fmt: skip
         proc = Process(name, popen, path)
         self.processes.append(proc)

@@ -95,8 +95,12 @@ def test_the_local_run_shows_both_nodes_enables_a_simulated_claim_and_stops_clea
         assert "nothing left running" in "".join(lines)
         assert _leftovers(str(run_dir)) == []
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
+        if proc.poll() is None:  # a failed assertion above: stop it the way a user would, then for sure
+            os.killpg(proc.pid, signal.SIGINT)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
         reader.join(5)
         stdout.close()
