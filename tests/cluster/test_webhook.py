@@ -84,7 +84,7 @@ RBAC = [
         "kind": "ClusterRoleBinding",
         "metadata": {"name": "pcidevices-webhook"},
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "pcidevices-webhook"},
-        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "pcidevices-webhook"}],
+        "subjects": [{"kind": "ServiceAccount", "name": "pcidevices-webhook", "namespace": NS}],
     },
     {
         "apiVersion": "rbac.authorization.k8s.io/v1",
@@ -97,7 +97,7 @@ RBAC = [
         "kind": "RoleBinding",
         "metadata": {"name": "pcidevices-webhook", "namespace": NS},
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "pcidevices-webhook"},
-        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "pcidevices-webhook"}],
+        "subjects": [{"kind": "ServiceAccount", "name": "pcidevices-webhook", "namespace": NS}],
     },
     # The agent's ordinary RBAC (the webhook restricts it further to its own node).
     {
@@ -202,16 +202,22 @@ def webhook(control_plane: ControlPlane, installed_crds: str) -> Iterator[Webhoo
     cp = control_plane
     cp.kubectl("create", "namespace", NS, check=False)
     _apply(cp, RBAC)
-    identity = cp.mint_user("pcidevices-webhook")
+    # The webhook runs as its ServiceAccount with a token, as in a pod (bearer auth on every call it makes).
+    cp.kubectl("create", "serviceaccount", "pcidevices-webhook", "-n", NS, check=False)
+    token = cp.kubectl("create", "token", "pcidevices-webhook", "-n", NS, "--duration=2h").stdout.strip()
+    kubeconfig = yaml.safe_load(cp.admin_kubeconfig.read_text())
+    kubeconfig["users"][0]["user"] = {"token": token}
+    workdir = Path(tempfile.mkdtemp(prefix="whcluster"))
+    identity_kubeconfig = workdir / "webhook.kubeconfig"
+    identity_kubeconfig.write_text(yaml.safe_dump(kubeconfig))
     port = _free_port()
     cp.kubectl(
         "apply", "-f", "-", input=render_webhook_configurations(cp, **{"webhook.url": f"https://127.0.0.1:{port}"})
     )
-    workdir = Path(tempfile.mkdtemp(prefix="whcluster"))
     env = {
         **os.environ,
         "PCIDEVICES_WEBHOOK_BIND": f"127.0.0.1:{port}",
-        "PCIDEVICES_WEBHOOK_KUBECONFIG": str(identity.kubeconfig),
+        "PCIDEVICES_WEBHOOK_KUBECONFIG": str(identity_kubeconfig),
         "PCIDEVICES_WEBHOOK_NAMESPACE": NS,
         "PCIDEVICES_WEBHOOK_EXTRA_IP_ADDRESSES": "127.0.0.1",
         "PCIDEVICES_WEBHOOK_CERT_DIR": str(workdir / "certs"),
