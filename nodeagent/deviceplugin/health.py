@@ -120,7 +120,16 @@ class SysfsProbe:
             driver=self._driver(device.address),
             group_node=r.exists(r.dev("vfio", group)),
             members=members,
-            vfio_cdev=next((c for c in cdevs if c.startswith("vfio") and c[4:].isdigit()), None),
+            # sysfs lists vfio-dev/vfioN even on kernels that make no /dev/vfio/devices node (no VFIO_DEVICE_CDEV):
+            # handing such a path to a pod would fail its start, so only a node that exists counts.
+            vfio_cdev=next(
+                (
+                    c
+                    for c in cdevs
+                    if c.startswith("vfio") and c[4:].isdigit() and r.exists(r.dev("vfio", "devices", c))
+                ),
+                None,
+            ),
         )
 
     def usb_present(self, device: model.UsbDevice) -> bool:

@@ -99,6 +99,10 @@ def test_probe_reads_bridges_from_config_and_the_iommufd_cdev(tmp_path: Path):
     (tree.pci_path(GPU) / "vfio-dev" / "vfio3").mkdir(parents=True)
     probe = health.SysfsProbe(tree.root())
     gpu = model.PciDevice(GPU, 45, 1)
+    # sysfs names the cdev but the kernel made no /dev/vfio/devices node: no such path goes to a pod
+    assert probe.pci_facts(gpu).vfio_cdev is None
+    (tree.dev / "vfio" / "devices").mkdir()
+    (tree.dev / "vfio" / "devices" / "vfio3").write_text("")
     facts = probe.pci_facts(gpu)
     assert facts.members == (
         health.GroupMember(BRIDGE, True, "pcieport"),
