@@ -83,6 +83,7 @@ class NodePass:
         self._mode = resource_names
         self._read_allocations = read_allocations
         self._set_plugins = set_plugins
+        self._last_plugins: tuple[model.Resource, ...] = ()
         self._node_uid: str | None = None
         self.report = PassReport()
         self.allocations = allocations.Allocations(known=True)
@@ -194,6 +195,16 @@ class NodePass:
         def allocated_to(resource_name: str, device_id: str) -> list[Any]:
             return self.allocations.allocated_to_with_vmi(resource_name, device_id, self._vmi_of)
 
+        # A released device must leave the kubelet before it leaves vfio-pci, or the plugin would advertise a device
+        # that is being unbound for a moment: withdraw the devices of claims being deleted from the last plugin set.
+        leaving = {
+            str((c.get("spec") or {}).get("address", ""))
+            for c in my_pci_claims
+            if c["metadata"].get("deletionTimestamp")
+        }
+        if leaving and self._set_plugins is not None and self._last_plugins:
+            self._set_plugins(withdraw_pci(self._last_plugins, leaving))
+
         pci_results: list[ClaimResult] = []
         for c in my_pci_claims:
             cname = c["metadata"]["name"]
@@ -238,12 +249,11 @@ class NodePass:
 
         # -- device plugins ------------------------------------------------------------------------------------
         if self._set_plugins is not None:
-            self._set_plugins(
-                model.build_resources(
-                    [(r.resource_name, r.device) for r in pci_results if r.enabled and r.device is not None],
-                    [(r.resource_name, r.device) for r in usb_results if r.enabled and r.device is not None],
-                )
+            self._last_plugins = model.build_resources(
+                [(r.resource_name, r.device) for r in pci_results if r.enabled and r.device is not None],
+                [(r.resource_name, r.device) for r in usb_results if r.enabled and r.device is not None],
             )
+            self._set_plugins(self._last_plugins)
         self.report = PassReport(
             root_traced=inv.critical.root_traced,
             pci_devices=len(inv.pci_devices),
@@ -269,3 +279,15 @@ class NodePass:
                         needed.add(rn)
         return needed
 
+
+def withdraw_pci(resources: tuple[model.Resource, ...], addresses: Set[str]) -> tuple[model.Resource, ...]:
+    """The plugin set without the given PCI devices (a resource left with no device is dropped)."""
+    out: list[model.Resource] = []
+    for r in resources:
+        if isinstance(r, model.PciResource):
+            kept = tuple(d for d in r.devices if d.address not in addresses)
+            if kept:
+                out.append(model.PciResource(r.name, kept))
+        else:
+            out.append(r)
+    return tuple(out)
