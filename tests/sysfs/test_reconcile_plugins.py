@@ -3,6 +3,7 @@ their effective resource name, released ones are withdrawn; readiness needs a tr
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from nodeagent import kube, wiring
@@ -48,7 +49,11 @@ def test_a_claimed_device_is_offered_to_the_kubelet_and_withdrawn_on_release(tmp
             devices = kubelet.wait_devices(rn, lambda ds: [d.health for d in ds] == ["Healthy"], timeout=10)
             assert [d.id for d in devices] == [NIC]
             api.remove(kube.PCIDEVICECLAIMS, names.pcidevice_name(NODE, NIC))
+            # the device leaves the kubelet first, then vfio-pci
             assert kubelet.wait_for(lambda: kubelet.stream_ended(rn), timeout=10)
+            deadline = time.monotonic() + 10
+            while host.sim.driver(NIC) != "e1000e" and time.monotonic() < deadline:
+                time.sleep(0.02)
             assert host.sim.driver(NIC) == "e1000e"
         finally:
             agent.stop(timeout=2)
