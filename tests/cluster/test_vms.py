@@ -180,7 +180,7 @@ def test_a_vmi_of_virt_controller_must_carry_exactly_its_vms_devices(lab: Lab) -
     cp = lab.cp
     vm_obj = _gpu_vm(lab)
     same = vms.vmi("gpu-vm", lab.ns_a, host=[lab.entry("audio"), lab.entry("gpu")], owner=vm_obj)
-    ok = vc.create(cp, same, lab.virt_controller, "--dry-run=server")
+    ok = vc.create_once_visible(cp, same, lab.virt_controller, "--dry-run=server")
     assert ok.returncode == 0, ok.stderr
     more = vms.vmi("gpu-vm", lab.ns_a, host=[lab.entry("gpu"), lab.entry("audio"), lab.entry("gpu2")], owner=vm_obj)
     r = vc.create(cp, more, lab.virt_controller, "--dry-run=server")
@@ -223,7 +223,8 @@ def test_starting_an_ordinary_vm_never_reaches_the_webhook(lab: Lab, wh: Webhook
     assert vc.create(cp, plain, lab.tenant_a).returncode == 0
     stored = vc.get(cp, "vm", "plain", lab.ns_a)
     assert stored is not None
-    assert vc.create(cp, vms.vmi("plain", lab.ns_a, owner=stored), lab.virt_controller).returncode == 0
+    vmi = vc.create_once_visible(cp, vms.vmi("plain", lab.ns_a, owner=stored), lab.virt_controller)
+    assert vmi.returncode == 0, vmi.stderr
     launcher = vms.pod("virt-launcher-plain", lab.ns_a, owner=vc.get(cp, "vmi", "plain", lab.ns_a))
     r = vc.create(cp, launcher, lab.virt_controller)
     assert r.returncode == 0, r.stderr

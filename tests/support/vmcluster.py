@@ -50,6 +50,18 @@ def create(
     return cp.kubectl("create", *extra, "-f", "-", input=json.dumps(obj), user=user, check=False)
 
 
+def create_once_visible(
+    cp: ControlPlane, obj: dict[str, Any], user: KubeUser | None, *extra: str, timeout: float = 30.0
+) -> subprocess.CompletedProcess[str]:
+    """Create as a controller would: retry while the webhook's watch-fed view has not yet seen the owner."""
+    deadline = time.monotonic() + timeout
+    while True:
+        r = create(cp, obj, user, *extra)
+        if r.returncode == 0 or "retry once the owner is visible" not in r.stderr or time.monotonic() > deadline:
+            return r
+        time.sleep(0.3)
+
+
 def get(cp: ControlPlane, kind: str, name: str, namespace: str = "") -> dict[str, Any] | None:
     args = ["get", kind, name, "-o", "json"] + (["-n", namespace] if namespace else [])
     r = cp.kubectl(*args, check=False)
