@@ -97,7 +97,8 @@ def webhook_kubevirt_reads() -> list[dict[str, Any]]:
              "resources": ["virtualmachineinstancetypes", "virtualmachineclusterinstancetypes"],
              "verbs": ["get", "list", "watch"]},
         ]),
-        bind("pcidevices-webhook", "pcidevices-webhook-kubevirt"),
+        # the webhook runs as its ServiceAccount (tests/cluster/test_webhook.py), as in a pod
+        bind(f"system:serviceaccount:{NS}:pcidevices-webhook", "pcidevices-webhook-kubevirt"),
     ]  # fmt: skip
 
 
