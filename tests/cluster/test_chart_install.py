@@ -143,6 +143,47 @@ def test_a_pcidevices_admin_claims_a_device_and_the_agent_enables_passthrough(si
     assert _until(sibling_claimed_for_alice, timeout=90), site.controller.log_tail()
 
 
+def test_a_released_claim_gives_the_device_back_to_its_driver_and_withdraws_the_permit(site: Site) -> None:
+    """Claim and release through the chart's webhook configurations, with the agent and its node-bound identity."""
+    cp = site.cp
+    kubevirt = {
+        "apiVersion": "kubevirt.io/v1",
+        "kind": "KubeVirt",
+        "metadata": {"name": "kubevirt", "namespace": "harvester-system"},
+        "spec": {"configuration": {"developerConfiguration": {"featureGates": ["HostDevices"]},
+                                   "permittedHostDevices": {}}},
+    }  # fmt: skip
+    cp.kubectl("apply", "-f", "-", input=json.dumps(kubevirt))
+    name = _device(NIC)
+
+    def device() -> Any:
+        return _get(cp, "pcidevice", name)
+
+    def permitted() -> set[str]:
+        kv = _get(cp, "kubevirt", "kubevirt", "-n", "harvester-system")
+        perm = ((kv or {}).get("spec", {}).get("configuration", {}).get("permittedHostDevices")) or {}
+        return {e.get("resourceName", "") for e in perm.get("pciHostDevices") or []}
+
+    original = device()["status"]["kernelDriverInUse"]
+    assert original == "ixgbe"
+    r = cp.kubectl("create", "-f", "-", input=json.dumps(_claim(NIC, "alice")), user=site.alice, check=False)
+    assert r.returncode == 0, r.stderr
+
+    def enabled() -> bool:
+        c = _get(cp, "pcideviceclaim", name)
+        return bool(c and (c.get("status") or {}).get("passthroughEnabled"))
+
+    assert _until(enabled), site.agent.log_tail()
+    resource = device()["status"]["resourceName"]
+    assert _until(lambda: device()["status"]["kernelDriverInUse"] == "vfio-pci"), site.agent.log_tail()
+    assert _until(lambda: resource in permitted()), site.agent.log_tail()
+
+    r = cp.kubectl("delete", "pcideviceclaim", name, "--wait=false", user=site.alice, check=False)
+    assert r.returncode == 0, r.stderr
+    assert _until(lambda: _get(cp, "pcideviceclaim", name) is None), site.agent.log_tail()
+    assert _until(lambda: device()["status"]["kernelDriverInUse"] == original), site.agent.log_tail()
+    assert _until(lambda: resource not in permitted()), site.agent.log_tail()
+
 def test_a_pcidevices_user_cannot_claim_and_kubectl_says_why(site: Site) -> None:
     cp = site.cp
     r = cp.kubectl("create", "-f", "-", input=json.dumps(_claim(NIC, "bob")), user=site.bob, check=False)
