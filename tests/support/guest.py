@@ -14,6 +14,7 @@ import os
 import struct
 import sys
 import time
+import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -29,6 +30,46 @@ VFIO_GROUP_SET_CONTAINER = 0x3B68
 VFIO_GROUP_GET_DEVICE_FD = 0x3B6A
 VFIO_TYPE1_IOMMU = 1
 VFIO_GROUP_FLAGS_VIABLE = 1
+
+
+PCI = "/sys/bus/pci/devices"
+
+
+def steps(out: dict[str, Any]) -> Callable[[str], Callable[[Callable[[], None]], Callable[[], None]]]:
+    """A decorator factory: `@step("name")` runs the function at once, recording its seconds or its traceback in
+    `out`, so one failing step still lets the guest report everything else."""
+
+    def step(name: str) -> Callable[[Callable[[], None]], Callable[[], None]]:
+        def run(fn: Callable[[], None]) -> Callable[[], None]:
+            try:
+                start = time.monotonic()
+                fn()
+                out.setdefault("seconds", {})[name] = round(time.monotonic() - start, 3)
+            except Exception:
+                out.setdefault("errors", {})[name] = traceback.format_exc()
+            return fn
+
+        return run
+
+    return step
+
+
+def pci_attr(address: str, name: str) -> str:
+    with open(f"{PCI}/{address}/{name}") as f:
+        return f.read().strip()
+
+
+def pci_driver(address: str) -> str | None:
+    link = f"{PCI}/{address}/driver"
+    return os.path.basename(os.readlink(link)) if os.path.islink(link) else None
+
+
+def pci_group(address: str) -> str:
+    return os.path.basename(os.readlink(f"{PCI}/{address}/iommu_group"))
+
+
+def pci_by_id(vendor: str, device: str) -> list[str]:
+    return sorted(a for a in os.listdir(PCI) if pci_attr(a, "vendor") == vendor and pci_attr(a, "device") == device)
 
 
 def emit(obj: dict[str, Any]) -> None:

@@ -10,7 +10,6 @@ import os
 import subprocess
 import sys
 import time
-import traceback
 from typing import Any
 
 from nodeagent.discovery import discover
@@ -19,41 +18,16 @@ from nodeagent.host.groups import group_status
 from nodeagent.host.modules import Modprobe
 from nodeagent.idsdb import NamesDatabases
 from nodeagent.sysfs.root import SysfsRoot
-from tests.support.guest import CountingRoot, Crash, CrashingRoot, emit, group_viable, wait_until
+from tests.support.guest import CountingRoot, Crash, CrashingRoot, emit, group_viable, steps, wait_until
+from tests.support.guest import pci_attr as attr
+from tests.support.guest import pci_by_id as by_id
+from tests.support.guest import pci_driver as driver
+from tests.support.guest import pci_group as group
 
-PCI = "/sys/bus/pci/devices"
 out: dict[str, Any] = {"errors": {}}
 
 
-def step(name: str):  # type: ignore[no-untyped-def]
-    def wrap(fn):  # type: ignore[no-untyped-def]
-        try:
-            start = time.monotonic()
-            fn()
-            out.setdefault("seconds", {})[name] = round(time.monotonic() - start, 3)
-        except Exception:
-            out["errors"][name] = traceback.format_exc()
-        return fn
-
-    return wrap
-
-
-def attr(address: str, name: str) -> str:
-    with open(f"{PCI}/{address}/{name}") as f:
-        return f.read().strip()
-
-
-def driver(address: str) -> str | None:
-    link = f"{PCI}/{address}/driver"
-    return os.path.basename(os.readlink(link)) if os.path.islink(link) else None
-
-
-def group(address: str) -> str:
-    return os.path.basename(os.readlink(f"{PCI}/{address}/iommu_group"))
-
-
-def by_id(vendor: str, device: str) -> list[str]:
-    return sorted(a for a in os.listdir(PCI) if attr(a, "vendor") == vendor and attr(a, "device") == device)
+step = steps(out)
 
 
 def summary(r: Result, root: CountingRoot, before: int) -> dict[str, Any]:

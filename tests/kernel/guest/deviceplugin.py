@@ -13,7 +13,6 @@ import stat
 import sys
 import threading
 import time
-import traceback
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,43 +27,17 @@ from nodeagent.sysfs import pci, usb
 from nodeagent.sysfs.root import SysfsRoot
 from policy import names
 from tests.support.fake_kubelet import Advertised, FakeKubelet, PodDevices
-from tests.support.guest import emit, group_viable, wait_until
+from tests.support.guest import PCI, emit, group_viable, steps, wait_until
+from tests.support.guest import pci_by_id as by_id
+from tests.support.guest import pci_driver as driver
+from tests.support.guest import pci_group as kernel_group
 
-PCI = "/sys/bus/pci/devices"
 NODE = "guest"
 WAIT_S = 30.0  # TCG is slow; every wait below normally ends in well under a second
 out: dict[str, Any] = {"errors": {}}
 
 
-def step(name: str):  # type: ignore[no-untyped-def]
-    def wrap(fn):  # type: ignore[no-untyped-def]
-        try:
-            start = time.monotonic()
-            fn()
-            out.setdefault("seconds", {})[name] = round(time.monotonic() - start, 3)
-        except Exception:
-            out["errors"][name] = traceback.format_exc()
-        return fn
-
-    return wrap
-
-
-def attr(address: str, name: str) -> str:
-    with open(f"{PCI}/{address}/{name}") as f:
-        return f.read().strip()
-
-
-def driver(address: str) -> str | None:
-    link = f"{PCI}/{address}/driver"
-    return os.path.basename(os.readlink(link)) if os.path.islink(link) else None
-
-
-def kernel_group(address: str) -> str:
-    return os.path.basename(os.readlink(f"{PCI}/{address}/iommu_group"))
-
-
-def by_id(vendor: str, device: str) -> list[str]:
-    return sorted(a for a in os.listdir(PCI) if attr(a, "vendor") == vendor and attr(a, "device") == device)
+step = steps(out)
 
 
 def listed(devices: Sequence[Advertised] | None) -> list[list[Any]] | None:
