@@ -11,7 +11,7 @@ import logging
 from typing import NamedTuple
 
 from nodeagent.errors import SysfsError
-from nodeagent.sysfs.root import SysfsRoot
+from nodeagent.sysfs.root import MISSING, DirHandle, SysfsRoot
 from policy import names
 
 log = logging.getLogger(__name__)
@@ -81,26 +81,25 @@ def read_function(root: SysfsRoot, address: str) -> HostPCIFunction:
     """Read one function; raise SysfsError when it cannot be read (e.g. it vanished)."""
     if not names.is_pci_address(address):
         raise SysfsError(f"{address!r} is not a PCI address", path=PCI_DEVICES)
-    return _read_valid(root, address)
+    with root.open_dir(f"{PCI_DEVICES}/{address}") as d:
+        return _read_open(root, d, address)
 
 
-def _read_valid(root: SysfsRoot, address: str) -> HostPCIFunction:
-    base = f"{PCI_DEVICES}/{address}"
-    with root.open_dir(base) as d:
-        cfg = d.read("config", 64)
-        ident = _identity_from_config(cfg) if cfg is not None else None
-        if ident is None:
-            ident = _identity_from_attributes(root, base, cfg)
-        vendor, device, cls, rev, svid, sdid, header = ident
-        group = d.link_name("iommu_group")
-        if header & 0x7F in (1, 2):
-            # A bridge is only ever a member of an IOMMU group: nothing else of it is needed.
-            return HostPCIFunction(address, vendor, device, cls, rev, svid, sdid, header, None, group)
-        numa_raw = d.read("numa_node", 32)
-        reset_raw = d.read("reset_method", 256)
-        numvfs_raw = d.read("sriov_numvfs", 32)
-        vga = d.read("boot_vga", 8) if cls[:2] == "03" else None
-        driver = d.link_name("driver")
+def _read_open(root: SysfsRoot, d: DirHandle, address: str) -> HostPCIFunction:
+    """One function from its open directory: every read is relative to it, so no path is walked twice."""
+    cfg = d.read("config", 64)
+    ident = _identity_from_config(cfg) if cfg is not None else None
+    if ident is None:
+        ident = _identity_from_attributes(root, d.host_path, cfg)
+    vendor, device, cls, rev, svid, sdid, header = ident
+    group = d.link_name("iommu_group")
+    if header & 0x7F in (1, 2):
+        # A bridge is only ever a member of an IOMMU group: nothing else of it is needed.
+        return HostPCIFunction(address, vendor, device, cls, rev, svid, sdid, header, None, group)
+    numa_raw = d.read("numa_node", 32)
+    reset_raw = d.read("reset_method", 256)
+    numvfs_raw = d.read("sriov_numvfs", 32) if d.has("sriov_numvfs") else None  # physical functions only
+    vga = d.read("boot_vga", 8) if cls[:2] == "03" else None
     numa = int(numa_raw) if numa_raw and numa_raw.strip() else -1
     return HostPCIFunction(
         address,
@@ -111,7 +110,7 @@ def _read_valid(root: SysfsRoot, address: str) -> HostPCIFunction:
         svid,
         sdid,
         header,
-        driver,
+        d.link_name("driver"),
         group,
         numa if numa >= 0 else None,
         tuple(reset_raw.decode().split()) if reset_raw else (),
@@ -146,14 +145,26 @@ def _identity_from_attributes(
 
 
 def scan_pci(root: SysfsRoot) -> list[HostPCIFunction]:
-    """Every readable function, bridges included, in address order; unreadable ones are logged and skipped."""
+    """Every readable function, bridges included, in address order; unreadable ones are logged and skipped.
+
+    The bus directory is opened once and each function's directory relative to it, so the kernel resolves one
+    path component per open instead of the whole path every time.
+    """
     found: list[HostPCIFunction] = []
-    for entry in root.children(PCI_DEVICES):
-        if not names.is_pci_address(entry):
-            log.warning("skipping PCI entry that is not an address", extra={"entry": entry})
-            continue
-        try:
-            found.append(_read_valid(root, entry))
-        except (SysfsError, ValueError) as e:
-            log.warning("skipping unreadable PCI function", extra={"pci_address": entry, "error": str(e)})
+    try:
+        bus = root.open_dir(PCI_DEVICES)
+    except SysfsError as e:
+        if e.errno in MISSING:
+            return found
+        raise
+    with bus:
+        for entry in bus.entries():
+            if not names.is_pci_address(entry):
+                log.warning("skipping PCI entry that is not an address", extra={"entry": entry})
+                continue
+            try:
+                with bus.open_dir(entry) as d:
+                    found.append(_read_open(root, d, entry))
+            except (SysfsError, ValueError) as e:
+                log.warning("skipping unreadable PCI function", extra={"pci_address": entry, "error": str(e)})
     return found

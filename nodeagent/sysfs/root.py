@@ -21,7 +21,7 @@ PROC = "/proc"
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 _FILE_FLAGS = os.O_RDONLY | os.O_CLOEXEC
-_MISSING = (errno_mod.ENOENT, errno_mod.ENOTDIR, errno_mod.ENODEV, errno_mod.ENXIO)
+MISSING = (errno_mod.ENOENT, errno_mod.ENOTDIR, errno_mod.ENODEV, errno_mod.ENXIO)
 
 
 class SysfsRoot:
@@ -108,7 +108,7 @@ class SysfsRoot:
         try:
             fd = os.open(self.real(host_path), os.O_RDONLY | os.O_CLOEXEC)
         except OSError as e:
-            if e.errno in _MISSING:
+            if e.errno in MISSING:
                 return None
             raise SysfsError(f"cannot read {host_path}: {e.strerror}", path=host_path, errno=e.errno) from e
         try:
@@ -123,7 +123,7 @@ class SysfsRoot:
         try:
             fd = os.open(self.real(host_path), os.O_RDONLY | os.O_CLOEXEC)
         except OSError as e:
-            if e.errno in _MISSING:
+            if e.errno in MISSING:
                 return None
             raise SysfsError(f"cannot read {host_path}: {e.strerror}", path=host_path, errno=e.errno) from e
         chunks = []
@@ -190,7 +190,7 @@ class SysfsRoot:
         try:
             return self.read_attr(host_path)
         except SysfsError as e:
-            if e.errno in _MISSING:
+            if e.errno in MISSING:
                 return None
             raise
 
@@ -206,7 +206,7 @@ class SysfsRoot:
         try:
             return os.path.basename(os.readlink(self.real(host_path)))
         except OSError as e:
-            if e.errno in _MISSING or e.errno == errno_mod.EINVAL:
+            if e.errno in MISSING or e.errno == errno_mod.EINVAL:
                 return None
             raise SysfsError(f"cannot read link {host_path}: {e.strerror}", path=host_path, errno=e.errno) from e
 
@@ -225,7 +225,7 @@ class SysfsRoot:
         try:
             return sorted(os.listdir(self.real(host_path)))
         except OSError as e:
-            if e.errno in _MISSING:
+            if e.errno in MISSING:
                 return []
             raise SysfsError(f"cannot list {host_path}: {e.strerror}", path=host_path, errno=e.errno) from e
 
@@ -264,6 +264,27 @@ class DirHandle:
             os.close(self._fd)
             self._fd = -1
 
+    def fileno(self) -> int:
+        return self._fd
+
+    def entries(self) -> list[str]:
+        """Sorted entry names of this directory (one getdents pass on the open descriptor)."""
+        try:
+            return sorted(os.listdir(self._fd))
+        except OSError as e:
+            raise SysfsError(f"cannot list {self.host_path}: {e.strerror}", path=self.host_path, errno=e.errno) from e
+
+    def open_dir(self, name: str) -> DirHandle:
+        """Entry `name` (a validated name, never `..`) as an open directory, resolved relative to this one."""
+        path = f"{self.host_path}/{name}"
+        if name.startswith("/") or ".." in name:
+            raise SysfsError(f"refusing host path {path!r}", path=path)
+        try:
+            fd = os.open(name, _DIR_FLAGS, dir_fd=self._fd)
+        except OSError as e:
+            raise SysfsError(f"cannot open {path}: {e.strerror}", path=path, errno=e.errno) from e
+        return DirHandle(fd, path)
+
     def read(self, name: str, size: int = 4096) -> bytes | None:
         """At most `size` bytes of entry `name` in one read(2); None when it does not exist."""
         try:
@@ -271,7 +292,7 @@ class DirHandle:
         except FileNotFoundError:
             return None
         except OSError as e:
-            if e.errno in _MISSING:
+            if e.errno in MISSING:
                 return None
             path = f"{self.host_path}/{name}"
             raise SysfsError(f"cannot read {path}: {e.strerror}", path=path, errno=e.errno) from e
@@ -283,6 +304,11 @@ class DirHandle:
         finally:
             os.close(fd)
 
+    def has(self, name: str) -> bool:
+        """Whether entry `name` exists: one faccessat, no exception when it does not (the cheap test before
+        reading an attribute that most devices lack)."""
+        return os.access(name, os.F_OK, dir_fd=self._fd, follow_symlinks=False)
+
     def link_name(self, name: str) -> str | None:
         """Basename of symlink `name`'s target, None when there is none."""
         try:
@@ -290,7 +316,7 @@ class DirHandle:
         except FileNotFoundError:
             return None
         except OSError as e:
-            if e.errno in _MISSING or e.errno == errno_mod.EINVAL:
+            if e.errno in MISSING or e.errno == errno_mod.EINVAL:
                 return None
             path = f"{self.host_path}/{name}"
             raise SysfsError(f"cannot read link {path}: {e.strerror}", path=path, errno=e.errno) from e

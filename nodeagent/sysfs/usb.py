@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 USB_DEVICES = "/sys/bus/usb/devices"
 _PORT_PATH = re.compile(r"^[0-9]+-[0-9]+(\.[0-9]+)*$")
 _ROOT_HUB = re.compile(r"^usb[0-9]+$")
+_ROOT_HUB_IN_PATH = re.compile(r"/usb[0-9]+(?=/|$)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,17 +56,16 @@ def _uevent(raw: bytes | None) -> dict[str, str]:
 
 def controller_of(resolved: str) -> str | None:
     """The host controller's PCI address: the last PCI address in the sysfs path before `/usbN`."""
-    parts = resolved.split("/")
-    last: str | None = None
-    for part in parts:
-        if _ROOT_HUB.match(part):
-            return last
+    hub = _ROOT_HUB_IN_PATH.search(resolved)
+    if hub is None:
+        return None
+    for part in reversed(resolved[: hub.start()].split("/")):
         if names.is_pci_address(part):
-            last = part
+            return part
     return None
 
 
-_FILES = (("uevent", 4096), ("serial", 256), ("product", 256), ("manufacturer", 256))
+_FILES = (("uevent", 4096), ("serial", 256), ("product", 256), ("manufacturer", 256), ("bConfigurationValue", 8))
 
 
 def _text(raw: bytes | None) -> str | None:
@@ -79,7 +79,7 @@ def read_device(root: SysfsRoot, port_path: str) -> HostUSBDevice:
     base = f"{USB_DEVICES}/{port_path}"
     # The bus entry is a relative link to the device's place in the tree, which names its host controller.
     where = root.read_link(base)
-    (uevent, serial, product_string, manufacturer), _ = root.read_entries(base, _FILES, ())
+    (uevent, serial, product_string, manufacturer, config), _ = root.read_entries(base, _FILES, ())
     ev = _uevent(uevent)
     product = ev.get("PRODUCT", "").split("/")
     if len(product) >= 2 and "BUSNUM" in ev and "DEVNUM" in ev:
@@ -95,10 +95,16 @@ def read_device(root: SysfsRoot, port_path: str) -> HostUSBDevice:
         device_class = int(root.read_attr(base + "/bDeviceClass"), 16)
     first_iface: int | None = None
     if device_class == 0:
-        ifaces = [c for c in root.children(base) if c.startswith(port_path + ":")]
-        for iface in ifaces[:1]:
-            value = root.try_read_attr(f"{base}/{iface}/bInterfaceClass")
-            first_iface = int(value, 16) if value else None
+        # Interfaces are named `<port>:<configuration>.<number>`; the first is almost always number 0 of the
+        # active configuration, so try it before listing the directory.
+        value = None
+        if config is not None and config.strip().isdigit():
+            value = root.try_read_attr(f"{base}/{port_path}:{int(config)}.0/bInterfaceClass")
+        if value is None:
+            ifaces = [c for c in root.children(base) if c.startswith(port_path + ":")]
+            for iface in ifaces[:1]:
+                value = root.try_read_attr(f"{base}/{iface}/bInterfaceClass")
+        first_iface = int(value, 16) if value else None
     return HostUSBDevice(
         port_path=port_path,
         bus=bus,

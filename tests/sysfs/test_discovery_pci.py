@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -140,8 +141,22 @@ class _VanishingRoot(SysfsRoot):
 
     def open_dir(self, host_path: str) -> DirHandle:
         handle = super().open_dir(host_path)
-        if host_path.endswith(self.victim) and self.victim in self.tree._pci_paths:
-            self.tree.remove_pci(self.victim)
+        fd = os.dup(handle.fileno())
+        handle.close()
+        return _VanishingDir(fd, host_path, self)
+
+
+class _VanishingDir(DirHandle):
+    __slots__ = ("root",)
+
+    def __init__(self, fd: int, host_path: str, root: _VanishingRoot) -> None:
+        super().__init__(fd, host_path)
+        self.root = root
+
+    def open_dir(self, name: str) -> DirHandle:
+        handle = super().open_dir(name)
+        if name == self.root.victim and name in self.root.tree._pci_paths:
+            self.root.tree.remove_pci(name)
         return handle
 
 

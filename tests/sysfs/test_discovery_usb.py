@@ -89,6 +89,23 @@ def test_class_type_reads_the_first_interface_when_the_device_class_is_zero(
     assert discovery.discover(tree.root(), db, "n").usb_devices[0]["status"]["classType"] == expected
 
 
+def test_first_interface_of_another_configuration_or_without_number_zero_is_found(
+    tmp_path: Path, db: NamesDatabases
+) -> None:
+    """The scan tries `<port>:<configuration>.0` first; devices whose interfaces are named otherwise fall back to
+    the directory's first interface, so the class comes out the same either way."""
+    tree = _tree(tmp_path)
+    a = tree.usb("1-1", vendor="046d", product="c52b", devnum=2, controller="0000:00:14.0", interfaces=("08",))
+    b = tree.usb("1-2", vendor="046d", product="c52b", devnum=3, controller="0000:00:14.0", interfaces=("08",))
+    (a / "bConfigurationValue").write_text("2\n")  # active configuration 2: its interfaces are 1-1:2.N
+    (a / "1-1:1.0").rename(a / "1-1:2.0")
+    (a / "1-1:2.0/bInterfaceClass").write_text("03\n")
+    (b / "1-2:1.0").rename(b / "1-2:1.1")  # no interface number 0
+    (b / "1-2:1.1/bInterfaceClass").write_text("e0\n")
+    classes = [o["status"]["classType"] for o in discovery.discover(tree.root(), db, "n").usb_devices]
+    assert classes == ["HID", "Wireless Controller"]
+
+
 def test_unknown_usb_ids_are_described_by_id(tmp_path: Path, db: NamesDatabases) -> None:
     tree = _tree(tmp_path)
     tree.usb("1-1", vendor="f00d", product="0003", devnum=2, controller="0000:00:14.0")
