@@ -22,6 +22,7 @@ import datetime
 import importlib.util
 import json
 import multiprocessing
+import os
 import random
 import shutil
 import sys
@@ -245,10 +246,14 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=200.0)
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--load-processes", type=int, default=None, help="default: as bench/webhook.py")
     parser.add_argument("--warm-vms", type=int, default=300, help="distinct VMs the warm shape cycles over")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    if args.load_processes is None:
+        args.load_processes = base.default_load_processes()
+    print(f"load: {args.connections} connections from {args.load_processes} process(es); {os.cpu_count()} CPUs")
     if args.quick:
         args.devices, args.claims, args.vms, args.duration = 4000, 2000, 200, 4.0
     rng = random.Random(7)
@@ -311,13 +316,13 @@ def main() -> int:
             miss0 = server.metric("pcidevices_webhook_sar_cache_total", 'result="miss"')
             seen0 = counter.value
             if label == "warm":
-                base._in_process(base._load, server.port, server.cafile, bodies, 100.0, 3.0, args.connections)
+                base.load(server.port, server.cafile, bodies, 100.0, 3.0, args.connections, args.load_processes)
                 hits0 = server.metric("pcidevices_webhook_sar_cache_total", 'result="hit"')
                 miss0 = server.metric("pcidevices_webhook_sar_cache_total", 'result="miss"')
                 seen0 = counter.value
             hist0 = server.histogram()
-            r = base._in_process(base._load, server.port, server.cafile, bodies, args.rate, args.duration,
-                                 args.connections)  # fmt: skip
+            r = base.load(server.port, server.cafile, bodies, args.rate, args.duration, args.connections,
+                          args.load_processes)  # fmt: skip
             hist1 = server.histogram()
             in_app = {le: hist1[le] - hist0.get(le, 0.0) for le in sorted(hist1)}
             lat = r["latencies"]
