@@ -3,6 +3,7 @@
 Each admission of a claim asks one or two questions; the API server's authorizer is the only authority on RBAC
 (ClusterRoles with custom verbs and resourceNames, RoleBindings of Rancher projects), so we ask it rather than
 re-implement RBAC, and cache answers for a few seconds so bursts (the UI's "enable group") cost one round trip.
+A user allowed a verb on a whole resource needs one answer for all its objects (`broad_first`).
 """
 
 from __future__ import annotations
@@ -54,8 +55,10 @@ class CachedAccess:
         max_entries: int,
         metrics: metrics_mod.Metrics,
         clock: Callable[[], float] = time.monotonic,
+        broad_first: bool = False,
     ) -> None:
         self._client = client
+        self._broad_first = broad_first
         self._ttl = ttl_s
         self._max = max_entries
         self._metrics = metrics
@@ -75,6 +78,18 @@ class CachedAccess:
         name: str = "",
         namespace: str = "",
         subresource: str = "",
+    ) -> bool:
+        """With broad_first, a question about one object is first asked about all objects of its resource (in the
+        same namespace): RBAC grants that hold for every name (no resourceNames) answer "yes" to it, so one cached
+        answer per user and verb covers every device. A "no" there says nothing about this object, which is then
+        asked about by name. Authorizers that answer an unnamed request more generously than a named one must not
+        be used with broad_first."""
+        if name and self._broad_first and self._ask(user, verb, group, resource, "", namespace, subresource):
+            return True
+        return self._ask(user, verb, group, resource, name, namespace, subresource)
+
+    def _ask(
+        self, user: review.UserInfo, verb: str, group: str, resource: str, name: str, namespace: str, subresource: str
     ) -> bool:
         key = (user.key(), verb, group, resource, name, namespace, subresource)
         now = self._clock()

@@ -156,7 +156,11 @@ def create_app(
                 raise ValueError(f"view_source must be 'watch' or 'file:<path>'; got {settings.view_source!r}")
     if access is None:
         access = webhook_access.CachedAccess(
-            connection, ttl_s=settings.sar_ttl_s, max_entries=settings.sar_cache_size, metrics=metrics
+            connection,
+            ttl_s=settings.sar_ttl_s,
+            max_entries=settings.sar_cache_size,
+            metrics=metrics,
+            broad_first=settings.sar_broad_first,
         )
     validate: Judge = dispatch.validate
     mutate: Judge = dispatch.mutate

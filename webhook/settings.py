@@ -48,6 +48,9 @@ class WebhookSettings:
     watch_timeout_s: int = 300
     sar_ttl_s: float = 10.0
     sar_cache_size: int = 8192
+    # Ask first whether the user may do the verb on every object of the resource (one cached answer per user covers
+    # all devices, as RBAC rules without resourceNames grant); only a "no" leads to the question about the one object.
+    sar_broad_first: bool = True
     # prometheus_client's multiprocess directory (its own variable PROMETHEUS_MULTIPROC_DIR): all workers in /metrics
     metrics_dir: Path | None = None
     # logging

@@ -119,3 +119,59 @@ def test_a_failing_review_raises_is_counted_and_is_not_cached() -> None:
             cached.allowed(ALICE, verb="claim", group="g", resource="r", name="x")
     assert len(sar.bodies) == 2
     assert m.sar_errors._value.get() == 2
+
+
+class NamedGrantSAR(FakeSAR):
+    """An authorizer like RBAC: `grants` maps a user to the device names a resourceNames rule gives them ("*": a
+    rule without resourceNames); a question without a name is allowed only by "*"."""
+
+    def __init__(self, grants: Mapping[str, set[str]]) -> None:
+        super().__init__()
+        self.grants = grants
+
+    def review_access(self, body: Mapping[str, Any]) -> bool:
+        self.bodies.append(body)
+        names = self.grants.get(body["spec"]["user"], set())
+        asked = body["spec"]["resourceAttributes"].get("name")
+        return "*" in names or (asked is not None and asked in names)
+
+
+def _broad(sar: FakeSAR, clock: Clock) -> access.CachedAccess:
+    return access.CachedAccess(sar, ttl_s=10, max_entries=100, metrics=metrics.Metrics(), clock=clock, broad_first=True)
+
+
+def test_broad_first_answers_every_device_of_a_user_with_a_resource_wide_grant_from_one_review() -> None:
+    sar = NamedGrantSAR({"alice": {"*"}})
+    cached = _broad(sar, Clock())
+    assert all(cached.allowed(ALICE, verb="claim", group="g", resource="pcidevices", name=f"d{i}") for i in range(50))
+    assert len(sar.bodies) == 1
+    assert "name" not in sar.bodies[0]["spec"]["resourceAttributes"]
+    assert (cached.hits, cached.misses) == (49, 1)
+
+
+def test_broad_first_still_asks_by_name_for_a_user_whose_grant_names_devices() -> None:
+    bob = review.UserInfo(username="bob")
+    sar = NamedGrantSAR({"bob": {"d1"}})
+    cached = _broad(sar, Clock())
+    assert cached.allowed(bob, verb="claim", group="g", resource="pcidevices", name="d1")
+    assert not cached.allowed(bob, verb="claim", group="g", resource="pcidevices", name="d2")
+    assert cached.allowed(bob, verb="claim", group="g", resource="pcidevices", name="d1")
+    asked = [b["spec"]["resourceAttributes"].get("name") for b in sar.bodies]
+    assert asked == [None, "d1", "d2"]  # the resource-wide "no" is cached once; each name is asked once
+
+
+def test_broad_first_keeps_the_namespace_of_the_question() -> None:
+    sar = NamedGrantSAR({"alice": {"*"}})
+    cached = _broad(sar, Clock())
+    cached.allowed(ALICE, verb="use", group="g", resource="pcidevices", name="d1", namespace="tenant-a")
+    assert sar.bodies[0]["spec"]["resourceAttributes"] == {
+        "verb": "use", "group": "g", "resource": "pcidevices", "namespace": "tenant-a"
+    }  # fmt: skip
+
+
+def test_without_broad_first_each_device_is_its_own_question() -> None:
+    sar = NamedGrantSAR({"alice": {"*"}})
+    cached, _ = _cached(sar, Clock())
+    for i in range(3):
+        cached.allowed(ALICE, verb="claim", group="g", resource="pcidevices", name=f"d{i}")
+    assert [b["spec"]["resourceAttributes"]["name"] for b in sar.bodies] == ["d0", "d1", "d2"]

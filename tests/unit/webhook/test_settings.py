@@ -20,6 +20,7 @@ def test_settings_come_from_prefixed_variables_and_unknown_ones_are_ignored() ->
             "PCIDEVICES_WEBHOOK_BIND": "127.0.0.1:9443",
             "PCIDEVICES_WEBHOOK_WORKERS": "3",
             "PCIDEVICES_WEBHOOK_SAR_TTL_S": "2.5",
+            "PCIDEVICES_WEBHOOK_SAR_BROAD_FIRST": "false",
             "PCIDEVICES_WEBHOOK_MANAGE_CERTIFICATES": "false",
             "PCIDEVICES_WEBHOOK_EXTRA_IP_ADDRESSES": "127.0.0.1, ::1",
             "PCIDEVICES_WEBHOOK_KUBECONFIG": "/tmp/kc",
@@ -31,6 +32,7 @@ def test_settings_come_from_prefixed_variables_and_unknown_ones_are_ignored() ->
     )
     assert (s.bind, s.workers, s.sar_ttl_s, s.manage_certificates) == ("127.0.0.1:9443", 3, 2.5, False)
     assert s.extra_ip_addresses == ("127.0.0.1", "::1")
+    assert s.sar_broad_first is False and settings_mod.WebhookSettings().sar_broad_first is True
     assert s.kubeconfig == Path("/tmp/kc")
     assert s.metrics_dir == Path("/tmp/prom")
     assert s.policy.agent_usernames == frozenset({"system:serviceaccount:x:agent"})
