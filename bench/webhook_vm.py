@@ -7,9 +7,10 @@ the API server sends it, object and oldObject (~30 KB together: Harvester's anno
 status), whose new hostDevices name a GPU and its audio function claimed by the requester, in the VM's namespace.
 
 Two load shapes, both at --rate (default 200/s): `warm` cycles over a few hundred VMs, so after the warm-up the
-SubjectAccessReview cache answers; `cold` never repeats a (user, device, namespace), so every review waits for two
-SubjectAccessReviews (the fake API answers on loopback, so this is the floor of a miss). The SAR cache's hits and
-misses are reported for each.
+SubjectAccessReview cache answers; `cold` puts every VM in a namespace of its own, so no (user, namespace) repeats
+and every review waits for a SubjectAccessReview (the resource-wide question of `sar_broad_first`; with it off, one
+per device), answered by the fake API on loopback, so this is the floor of a miss. The SAR cache's hits and misses
+are reported for each.
 
     .venv/bin/python bench/webhook_vm.py             # 100,000 devices, 20,000 claims, 5,000 VMs; ~1-2 minutes
     .venv/bin/python bench/webhook_vm.py --quick     # small view, short steps
@@ -280,7 +281,8 @@ def main() -> int:
         n_cold = int(args.rate * (args.duration + 2.5)) + 10
         cold_pairs = free[args.warm_vms : args.warm_vms + n_cold]
         cold = [
-            vm_update_review(f"cold-{i}", USE_NAMESPACE.format(user=o), o, p) for i, (o, p) in enumerate(cold_pairs)
+            vm_update_review(f"cold-{i}", f"{USE_NAMESPACE.format(user=o)}-{i}", o, p)
+            for i, (o, p) in enumerate(cold_pairs)
         ]
         size = sum(map(len, warm)) / len(warm)
         print(f"view: {sum(o['kind'] == 'PCIDevice' for o in objects)} PCIDevices, "
