@@ -491,17 +491,18 @@ def start_server(work: Path, *, floor: bool, view: Path, kubeconfig: Path, worke
         proc = subprocess.Popen([sys.executable, "-m", "webhook", "serve"], cwd=ROOT, env=env, stdout=f, stderr=f)
     server = Server(proc, port, str(work / "certs" / "ca.crt"), log, metrics_dir)
     deadline = time.monotonic() + 300
-    ready = 0
     n_workers = workers or 2
-    while ready < 4 * n_workers:  # every worker answers ready (the load goes to whichever accepts)
+    # /readyz answers from whichever worker accepts; the metric counts every worker whose view is complete, so the
+    # measurement never overlaps a worker still loading (it would hold the GIL and stall its admissions).
+    while True:
         if proc.poll() is not None or time.monotonic() > deadline:
             raise RuntimeError(f"webhook did not start:\n{log.read_text()[-3000:]}")
         try:
-            status, _ = server.get("/readyz")
-            ready = ready + 1 if status == 200 else 0
-        except OSError:
-            ready = 0
-        time.sleep(0.1 if ready else 0.5)
+            if server.metric("pcidevices_webhook_view_synced_workers") >= n_workers:
+                break
+        except (OSError, http.client.HTTPException):
+            pass
+        time.sleep(0.2)
     return server
 
 

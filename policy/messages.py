@@ -30,6 +30,10 @@ def listed(values: Iterable[object]) -> str:
 # -- requests the policy cannot judge (400) -------------------------------------------------------------------
 
 UNKNOWN_RESOURCE = "this webhook does not handle {resource}; check the rules of the webhook configuration"
+VIEW_NOT_SYNCED = (
+    "this webhook process is still loading its view of the cluster's devices and claims, and judges nothing before "
+    "that; retry in a few seconds (if this persists, check the webhook's logs and its access to the API server)"
+)
 MISSING_OBJECT = "{resource} {name} carries no {field} on {operation}; the API server always sends one"
 MALFORMED_OBJECT = "{kind} {name} is not shaped as its schema says: {problem}"
 

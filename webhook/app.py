@@ -108,9 +108,15 @@ class Runtime:
             gc.freeze()
             log.info("cluster view settled", extra={"frozen_objects": gc.get_freeze_count()})
         self.settled.set()
+        self.metrics.view_synced.set(1)
 
     def ready(self) -> bool:
         return self.started and self.source.ready() and self.settled.is_set()
+
+    def wait_synced(self, timeout_s: float) -> bool:
+        """True once this process's view is complete, waiting up to timeout_s. A runtime that was never started
+        (an app embedded with a view handed in whole) judges with what it was given."""
+        return not self.started or self.settled.wait(timeout_s)
 
 
 def create_app(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 
 # Admissions take well under 5 ms when healthy; the API server gives up at the configured timeoutSeconds.
 _BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -47,6 +47,13 @@ class Metrics:
             "Full re-lists of a watched kind (start, expired resourceVersion, errors).",
             ["kind"],
             registry=self.registry,
+        )
+
+        self.view_synced = Gauge(
+            "pcidevices_webhook_view_synced_workers",
+            "Worker processes whose cluster view is complete (each counts 1 once it judges reviews).",
+            registry=self.registry,
+            multiprocess_mode="livesum",
         )
 
     def render(self) -> bytes:

@@ -11,6 +11,8 @@ from flask import Blueprint, Response, current_app, request
 from prometheus_client import CONTENT_TYPE_LATEST
 from werkzeug import exceptions as http_exceptions
 
+from policy import decision as policy_decision
+from policy import messages
 from webhook import codec
 from webhook import logging as webhook_logging
 
@@ -42,8 +44,11 @@ def _admit(webhook: str) -> tuple[Response, int]:
             raise codec.Rejected(413, f"the body is over {rt.settings.max_body_bytes} bytes") from None
         envelope, req = codec.decode(body, rt.settings.max_body_bytes)
         resource, operation = req.resource.resource, req.operation
-        judge = rt.validate if webhook == "validate" else rt.mutate
-        decision = judge(req, rt.view, rt.access, rt.settings.policy)
+        if rt.wait_synced(rt.settings.unsynced_wait_s):
+            judge = rt.validate if webhook == "validate" else rt.mutate
+            decision = judge(req, rt.view, rt.access, rt.settings.policy)
+        else:
+            decision = policy_decision.deny("unsynced", messages.VIEW_NOT_SYNCED, 503, "ServiceUnavailable")
         answer = codec.encode(envelope, decision)
         rule = decision.rule
         if decision.allowed:

@@ -51,6 +51,9 @@ class WebhookSettings:
     # Ask first whether the user may do the verb on every object of the resource (one cached answer per user covers
     # all devices, as RBAC rules without resourceNames grant); only a "no" leads to the question about the one object.
     sar_broad_first: bool = True
+    # A worker that is asked before its own view is complete waits this long for it, then refuses (503): a partial
+    # view could allow a claim on a device whose existing claim it has not seen yet.
+    unsynced_wait_s: float = 5.0
     # prometheus_client's multiprocess directory (its own variable PROMETHEUS_MULTIPROC_DIR): all workers in /metrics
     metrics_dir: Path | None = None
     # logging

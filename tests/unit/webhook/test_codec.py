@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
+import time
 from typing import Any
 
 import pytest
@@ -11,10 +13,11 @@ from flask.testing import FlaskClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from policy import decision
+from policy import access, decision, messages, snapshot
 from tests.unit.webhook.reviews import make_review
 from webhook import app as app_mod
-from webhook import codec
+from webhook import codec, metrics
+from webhook import settings as settings_mod
 
 PATHS = ["/validate", "/mutate", "/v1/webhook/validation", "/v1/webhook/mutation"]
 
@@ -237,3 +240,41 @@ def test_readyz_answers_503_until_the_view_has_synced_and_then_200() -> None:
         assert time.monotonic() < deadline
         time.sleep(0.05)
     assert client.get("/healthz").status_code == 200
+
+
+def test_a_worker_asked_before_its_view_is_complete_waits_then_refuses_and_judges_once_synced() -> None:
+    """A partial view could allow a claim whose device is already claimed (the other claim not listed yet)."""
+    synced = threading.Event()
+
+    class Source:
+        def start(self) -> None:
+            pass
+
+        def ready(self) -> bool:
+            return synced.is_set()
+
+        def stop(self) -> None:
+            pass
+
+    m = metrics.Metrics()
+    app = app_mod.create_app(
+        settings_mod.WebhookSettings(unsynced_wait_s=0.3),
+        view=snapshot.ClusterIndex(),
+        access=access.StaticAccess(),
+        metrics=m,
+        source=Source(),
+    )
+    app_mod.runtime(app).start()
+    client = app.test_client()
+    started = time.monotonic()
+    answer = client.post("/validate", json=make_review()).get_json()["response"]
+    assert time.monotonic() - started >= 0.3
+    assert answer["allowed"] is False
+    assert answer["status"]["code"] == 503 and answer["status"]["message"] == messages.VIEW_NOT_SYNCED
+    assert m.view_synced._value.get() == 0
+
+    synced.set()  # the settle thread notices within 0.1 s; this review waits for it
+    answer = client.post("/validate", json=make_review()).get_json()["response"]
+    assert answer["status"]["message"] != messages.VIEW_NOT_SYNCED  # judged by the policy (the device is unknown)
+    assert answer["status"]["code"] == 403
+    assert m.view_synced._value.get() == 1
