@@ -62,19 +62,20 @@ def _hex_attr(root: SysfsRoot, path: str, width: int) -> str:
 def _identity_from_config(cfg: bytes) -> tuple[str, str, str, str, str, str, int] | None:
     """(vendor, device, class, revision, subsystem vendor, subsystem device, header type), None if too short.
 
-    Multi-byte fields are little-endian; a reversed slice's hex() is the id as lspci prints it.
+    Multi-byte fields are little-endian: the ids are the hex digits of their bytes in reverse order, as lspci prints.
     """
     if len(cfg) < 0x30 or cfg[0:2] == b"\xff\xff":
         return None  # short (unprivileged or truncated) or not accessible (device in D3cold or gone)
     header = cfg[0x0E]
     kind = header & 0x7F
+    h = cfg.hex()  # byte i is h[2i:2i+2]
     if kind == 0:
-        svid, sdid = cfg[0x2D:0x2B:-1].hex(), cfg[0x2F:0x2D:-1].hex()
+        svid, sdid = h[90:92] + h[88:90], h[94:96] + h[92:94]
     elif kind == 2 and len(cfg) >= 0x44:
-        svid, sdid = cfg[0x41:0x3F:-1].hex(), cfg[0x43:0x41:-1].hex()
+        svid, sdid = h[130:132] + h[128:130], h[134:136] + h[132:134]
     else:
         svid = sdid = ""  # bridges keep theirs in a capability
-    return cfg[1::-1].hex(), cfg[3:1:-1].hex(), cfg[0x0B:0x08:-1].hex(), cfg[8:9].hex(), svid, sdid, header
+    return h[2:4] + h[0:2], h[6:8] + h[4:6], h[22:24] + h[20:22] + h[18:20], h[16:18], svid, sdid, header
 
 
 def read_function(root: SysfsRoot, address: str) -> HostPCIFunction:
@@ -85,9 +86,13 @@ def read_function(root: SysfsRoot, address: str) -> HostPCIFunction:
         return _read_open(root, d, address)
 
 
+_CONFIG = (("config", 64),)
+_ENDPOINT = (("numa_node", 32), ("reset_method", 256))
+
+
 def _read_open(root: SysfsRoot, d: DirHandle, address: str) -> HostPCIFunction:
     """One function from its open directory: every read is relative to it, so no path is walked twice."""
-    cfg = d.read("config", 64)
+    (cfg,) = d.read_each(_CONFIG)
     ident = _identity_from_config(cfg) if cfg is not None else None
     if ident is None:
         ident = _identity_from_attributes(root, d.host_path, cfg)
@@ -96,8 +101,7 @@ def _read_open(root: SysfsRoot, d: DirHandle, address: str) -> HostPCIFunction:
     if header & 0x7F in (1, 2):
         # A bridge is only ever a member of an IOMMU group: nothing else of it is needed.
         return HostPCIFunction(address, vendor, device, cls, rev, svid, sdid, header, None, group)
-    numa_raw = d.read("numa_node", 32)
-    reset_raw = d.read("reset_method", 256)
+    numa_raw, reset_raw = d.read_each(_ENDPOINT)
     numvfs_raw = d.read("sriov_numvfs", 32) if d.has("sriov_numvfs") else None  # physical functions only
     vga = d.read("boot_vga", 8) if cls[:2] == "03" else None
     numa = int(numa_raw) if numa_raw and numa_raw.strip() else -1

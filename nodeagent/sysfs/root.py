@@ -304,6 +304,29 @@ class DirHandle:
         finally:
             os.close(fd)
 
+    def read_each(self, files: Sequence[tuple[str, int]]) -> list[bytes | None]:
+        """Several small entries in one call (the scan's hot path): at most `size` bytes of each, None when missing."""
+        out: list[bytes | None] = []
+        dfd = self._fd
+        name = ""
+        try:
+            for name, size in files:
+                try:
+                    fd = os.open(name, _FILE_FLAGS, dir_fd=dfd)
+                except FileNotFoundError:
+                    out.append(None)
+                    continue
+                try:
+                    out.append(os.read(fd, size))
+                finally:
+                    os.close(fd)
+        except OSError as e:
+            if e.errno in MISSING:
+                return [*out, None, *self.read_each(files[len(out) + 1 :])]
+            path = f"{self.host_path}/{name}"
+            raise SysfsError(f"cannot read {path}: {e.strerror}", path=path, errno=e.errno) from e
+        return out
+
     def has(self, name: str) -> bool:
         """Whether entry `name` exists: one faccessat, no exception when it does not (the cheap test before
         reading an attribute that most devices lack)."""
