@@ -9,6 +9,7 @@ at fixed rates over keep-alive TLS connections, and latency is measured from eac
 
     .venv/bin/python bench/webhook.py                  # defaults: 100,000 devices, 20,000 claims, ~3-4 minutes
     .venv/bin/python bench/webhook.py --quick          # small view, short steps (a smoke run)
+    .venv/bin/python bench/webhook.py --vm [--quick]   # VM UPDATE reviews at 200/s (bench/webhook_vm.py)
 
 Everything listens on 127.0.0.1 and stops when the run ends.
 """
@@ -582,8 +583,24 @@ def run_steps(
     return steps
 
 
+def _vm_main(argv: list[str]) -> int:
+    """`--vm`: the VM UPDATE reviews of part 2 (bench/webhook_vm.py, which reuses this file's server and load)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_webhook_vm", ROOT / "bench" / "webhook_vm.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    sys.argv = [str(ROOT / "bench" / "webhook_vm.py"), *argv]
+    result: int = module.main()
+    return result
+
+
 def main() -> int:
+    if "--vm" in sys.argv[1:]:
+        return _vm_main([a for a in sys.argv[1:] if a != "--vm"])
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--vm", action="store_true", help="VM UPDATE reviews instead (see bench/webhook_vm.py)")
     parser.add_argument("--devices", type=int, default=100_000)
     parser.add_argument("--claims", type=int, default=20_000)
     parser.add_argument("--rates", default="250,500,750,1000,1250,1500,2000")
