@@ -208,27 +208,27 @@ def test_the_routes_answer_every_review_shaped_body_with_a_review(client: FlaskC
     assert doc["response"]["status"]["code"] != 500
 
 
+class GatedSource:
+    """A view source that is synced once the test says so."""
+
+    def __init__(self) -> None:
+        self.synced = threading.Event()
+
+    def start(self) -> None:
+        pass
+
+    def ready(self) -> bool:
+        return self.synced.is_set()
+
+    def stop(self) -> None:
+        pass
+
+
 def test_readyz_answers_503_until_the_view_has_synced_and_then_200() -> None:
-    import threading
-    import time
-
-    from policy import access, snapshot
-    from webhook import settings as settings_mod
-
-    synced = threading.Event()
-
-    class Source:
-        def start(self) -> None:
-            pass
-
-        def ready(self) -> bool:
-            return synced.is_set()
-
-        def stop(self) -> None:
-            pass
-
+    source = GatedSource()
+    synced = source.synced
     app = app_mod.create_app(
-        settings_mod.WebhookSettings(), view=snapshot.ClusterIndex(), access=access.StaticAccess(), source=Source()
+        settings_mod.WebhookSettings(), view=snapshot.ClusterIndex(), access=access.StaticAccess(), source=source
     )
     client = app.test_client()
     assert client.get("/readyz").status_code == 503  # not started
@@ -244,25 +244,15 @@ def test_readyz_answers_503_until_the_view_has_synced_and_then_200() -> None:
 
 def test_a_worker_asked_before_its_view_is_complete_waits_then_refuses_and_judges_once_synced() -> None:
     """A partial view could allow a claim whose device is already claimed (the other claim not listed yet)."""
-    synced = threading.Event()
-
-    class Source:
-        def start(self) -> None:
-            pass
-
-        def ready(self) -> bool:
-            return synced.is_set()
-
-        def stop(self) -> None:
-            pass
-
+    source = GatedSource()
+    synced = source.synced
     m = metrics.Metrics()
     app = app_mod.create_app(
         settings_mod.WebhookSettings(unsynced_wait_s=0.3),
         view=snapshot.ClusterIndex(),
         access=access.StaticAccess(),
         metrics=m,
-        source=Source(),
+        source=source,
     )
     app_mod.runtime(app).start()
     client = app.test_client()
