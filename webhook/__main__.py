@@ -68,7 +68,9 @@ def run_certs(settings: settings_mod.WebhookSettings, *, once: bool, rotate_ca: 
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     force = rotate_ca
+    heartbeat = certs.Heartbeat(settings.cert_dir)
     while True:
+        heartbeat.beat()  # alive, even when this round fails (serving goes on with the files it has)
         try:
             bundle = manager.ensure(force_ca=force)
             force = False

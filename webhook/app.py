@@ -21,7 +21,7 @@ from policy import access as policy_access
 from policy import decision, dispatch, review, snapshot
 from policy import settings as policy_settings
 from webhook import access as webhook_access
-from webhook import cache, kube, routes, workloads
+from webhook import cache, certs, kube, routes, workloads
 from webhook import metrics as metrics_mod
 from webhook import settings as settings_mod
 
@@ -84,6 +84,7 @@ class Runtime:
     source: ViewSource
     validate: Judge
     mutate: Judge
+    keeper_heartbeat: certs.Heartbeat
     freeze_view: bool = True  # False for views handed in whole (tests): they belong to the caller
     started: bool = False
     settled: threading.Event = field(default_factory=threading.Event)
@@ -186,6 +187,7 @@ def create_app(
         validate=validate,
         mutate=mutate,
         freeze_view=freeze_view,
+        keeper_heartbeat=certs.Heartbeat(settings.cert_dir),
     )
     app.register_blueprint(routes.bp)
     return app

@@ -87,6 +87,10 @@ def mutate() -> tuple[Response, int]:
 
 @bp.get("/healthz")
 def healthz() -> tuple[str, int]:
+    rt = _runtime()
+    if rt.settings.manage_certificates and rt.keeper_heartbeat.stale(rt.settings.keeper_stale_s):
+        log.error("the certificate keeper has stopped; failing liveness so the pod is restarted")
+        return "certificate keeper stopped", 503
     return "ok", 200
 
 

@@ -40,6 +40,7 @@ class WebhookSettings:
     rotate_fraction: float = 1 / 3  # rotate when less than this part of the validity is left
     overlap_s: int = 600  # new CA published this long before the serving certificate switches to it
     cert_check_interval_s: float = 60.0
+    keeper_stale_s: float = 300.0  # /healthz fails when the keeper has not been alive for this long
     manage_certificates: bool = True
     # cluster access
     kubeconfig: Path | None = None  # None: in-cluster service account

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,8 +15,10 @@ from webhook import settings as settings_mod
 
 
 @pytest.fixture
-def webhook_app() -> Iterator[Any]:
-    app = app_mod.create_app(settings_mod.WebhookSettings(), view=snapshot.ClusterIndex(), access=access.StaticAccess())
+def webhook_app(tmp_path: Path) -> Iterator[Any]:
+    app = app_mod.create_app(
+        settings_mod.WebhookSettings(cert_dir=tmp_path), view=snapshot.ClusterIndex(), access=access.StaticAccess()
+    )
     app_mod.runtime(app).start()
     yield app
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,7 +18,7 @@ from hypothesis import strategies as st
 from policy import access, decision, messages, snapshot
 from tests.unit.webhook.reviews import make_review
 from webhook import app as app_mod
-from webhook import codec, metrics
+from webhook import certs, codec, metrics
 from webhook import settings as settings_mod
 
 PATHS = ["/validate", "/mutate", "/v1/webhook/validation", "/v1/webhook/mutation"]
@@ -224,11 +226,14 @@ class GatedSource:
         pass
 
 
-def test_readyz_answers_503_until_the_view_has_synced_and_then_200() -> None:
+def test_readyz_answers_503_until_the_view_has_synced_and_then_200(tmp_path: Path) -> None:
     source = GatedSource()
     synced = source.synced
     app = app_mod.create_app(
-        settings_mod.WebhookSettings(), view=snapshot.ClusterIndex(), access=access.StaticAccess(), source=source
+        settings_mod.WebhookSettings(cert_dir=tmp_path),
+        view=snapshot.ClusterIndex(),
+        access=access.StaticAccess(),
+        source=source,
     )
     client = app.test_client()
     assert client.get("/readyz").status_code == 503  # not started
@@ -268,3 +273,40 @@ def test_a_worker_asked_before_its_view_is_complete_waits_then_refuses_and_judge
     assert answer["status"]["message"] != messages.VIEW_NOT_SYNCED  # judged by the policy (the device is unknown)
     assert answer["status"]["code"] == 403
     assert m.view_synced._value.get() == 1
+
+
+def test_healthz_fails_once_the_certificate_keeper_has_stopped_beating(tmp_path: Path) -> None:
+    """Nobody restarts the keeper process; a failing liveness probe makes the kubelet restart the pod."""
+    app = app_mod.create_app(
+        settings_mod.WebhookSettings(cert_dir=tmp_path, keeper_stale_s=300),
+        view=snapshot.ClusterIndex(),
+        access=access.StaticAccess(),
+    )
+    client = app.test_client()
+    assert client.get("/healthz").status_code == 200  # no keeper has run here: nothing to judge
+    beat = certs.Heartbeat(tmp_path)
+    beat.beat()
+    assert client.get("/healthz").status_code == 200
+    old = time.time() - 301
+    os.utime(beat.path, (old, old))
+    resp = client.get("/healthz")
+    assert (resp.status_code, resp.get_data(as_text=True)) == (503, "certificate keeper stopped")
+    unmanaged = app_mod.create_app(
+        settings_mod.WebhookSettings(cert_dir=tmp_path, manage_certificates=False),
+        view=snapshot.ClusterIndex(),
+        access=access.StaticAccess(),
+    )
+    assert unmanaged.test_client().get("/healthz").status_code == 200  # cert-manager's certificates: no keeper
+
+
+def test_heartbeat_is_stale_only_after_it_has_beaten_and_then_gone_quiet(tmp_path: Path) -> None:
+    now = [1_000_000.0]
+    beat = certs.Heartbeat(tmp_path / "certs", clock=lambda: now[0])
+    assert not beat.stale(60)
+    beat.beat()
+    now[0] += 60
+    assert not beat.stale(60)
+    now[0] += 1
+    assert beat.stale(60)
+    beat.beat()
+    assert not beat.stale(60)
