@@ -8,10 +8,11 @@ config space; the per-attribute files are the fallback when config is short or u
 from __future__ import annotations
 
 import logging
+import os
 from typing import NamedTuple
 
 from nodeagent.errors import SysfsError
-from nodeagent.sysfs.root import MISSING, DirHandle, SysfsRoot
+from nodeagent.sysfs.root import MISSING, SysfsRoot
 from policy import names
 
 log = logging.getLogger(__name__)
@@ -83,27 +84,56 @@ def read_function(root: SysfsRoot, address: str) -> HostPCIFunction:
     if not names.is_pci_address(address):
         raise SysfsError(f"{address!r} is not a PCI address", path=PCI_DEVICES)
     with root.open_dir(f"{PCI_DEVICES}/{address}") as d:
-        return _read_open(root, d, address)
+        return _read_open(root, d.fileno(), address)
 
 
-_CONFIG = (("config", 64),)
-_ENDPOINT = (("numa_node", 32), ("reset_method", 256))
+_FILE = os.O_RDONLY | os.O_CLOEXEC
+_DIR = _FILE | os.O_DIRECTORY
 
 
-def _read_open(root: SysfsRoot, d: DirHandle, address: str) -> HostPCIFunction:
-    """One function from its open directory: every read is relative to it, so no path is walked twice."""
-    (cfg,) = d.read_each(_CONFIG)
-    ident = _identity_from_config(cfg) if cfg is not None else None
-    if ident is None:
-        ident = _identity_from_attributes(root, d.host_path, cfg)
-    vendor, device, cls, rev, svid, sdid, header = ident
-    group = d.link_name("iommu_group")
-    if header & 0x7F in (1, 2):
-        # A bridge is only ever a member of an IOMMU group: nothing else of it is needed.
-        return HostPCIFunction(address, vendor, device, cls, rev, svid, sdid, header, None, group)
-    numa_raw, reset_raw = d.read_each(_ENDPOINT)
-    numvfs_raw = d.read("sriov_numvfs", 32) if d.has("sriov_numvfs") else None  # physical functions only
-    vga = d.read("boot_vga", 8) if cls[:2] == "03" else None
+def _read_at(dfd: int, name: bytes, size: int) -> bytes | None:
+    """At most `size` bytes of entry `name` of the open directory `dfd`; None when it does not exist."""
+    try:
+        fd = os.open(name, _FILE, dir_fd=dfd)
+    except FileNotFoundError:
+        return None
+    try:
+        return os.read(fd, size)
+    finally:
+        os.close(fd)
+
+
+def _link_at(dfd: int, name: bytes) -> str | None:
+    try:
+        return os.readlink(name, dir_fd=dfd).rpartition(b"/")[2].decode()
+    except FileNotFoundError:
+        return None
+
+
+def _read_open(root: SysfsRoot, dfd: int, address: str) -> HostPCIFunction:
+    """One function from its directory `dfd`, opened through the root: every read is relative to that descriptor,
+    so no path is walked twice. The scan's hot path (about 14 system calls per function, against ~30 for lspci), so
+    the reads are plain calls on the descriptor rather than a method call each."""
+    try:
+        cfg = _read_at(dfd, b"config", 64)
+        ident = _identity_from_config(cfg) if cfg is not None else None
+        if ident is None:
+            ident = _identity_from_attributes(root, f"{PCI_DEVICES}/{address}", cfg)
+        vendor, device, cls, rev, svid, sdid, header = ident
+        group = _link_at(dfd, b"iommu_group")
+        if header & 0x7F in (1, 2):
+            # A bridge is only ever a member of an IOMMU group: nothing else of it is needed.
+            return HostPCIFunction(address, vendor, device, cls, rev, svid, sdid, header, None, group)
+        numa_raw = _read_at(dfd, b"numa_node", 32)
+        reset_raw = _read_at(dfd, b"reset_method", 256)
+        numvfs_raw = None  # physical functions only: ask before opening, an exception costs more than the call
+        if os.access(b"sriov_numvfs", os.F_OK, dir_fd=dfd, follow_symlinks=False):
+            numvfs_raw = _read_at(dfd, b"sriov_numvfs", 32)
+        vga = _read_at(dfd, b"boot_vga", 8) if cls[:2] == "03" else None
+        driver = _link_at(dfd, b"driver")
+    except OSError as e:
+        path = f"{PCI_DEVICES}/{address}"
+        raise SysfsError(f"cannot read {path}: {e.strerror}", path=path, errno=e.errno) from e
     numa = int(numa_raw) if numa_raw and numa_raw.strip() else -1
     return HostPCIFunction(
         address,
@@ -114,7 +144,7 @@ def _read_open(root: SysfsRoot, d: DirHandle, address: str) -> HostPCIFunction:
         svid,
         sdid,
         header,
-        d.link_name("driver"),
+        driver,
         group,
         numa if numa >= 0 else None,
         tuple(reset_raw.decode().split()) if reset_raw else (),
@@ -162,13 +192,20 @@ def scan_pci(root: SysfsRoot) -> list[HostPCIFunction]:
             return found
         raise
     with bus:
+        bus_fd = bus.fileno()
         for entry in bus.entries():
             if not names.is_pci_address(entry):
                 log.warning("skipping PCI entry that is not an address", extra={"entry": entry})
                 continue
             try:
-                with bus.open_dir(entry) as d:
-                    found.append(_read_open(root, d, entry))
+                dfd = os.open(entry, _DIR, dir_fd=bus_fd)  # a validated address: one path component
+            except OSError as e:
+                log.warning("skipping unreadable PCI function", extra={"pci_address": entry, "error": e.strerror})
+                continue
+            try:
+                found.append(_read_open(root, dfd, entry))
             except (SysfsError, ValueError) as e:
                 log.warning("skipping unreadable PCI function", extra={"pci_address": entry, "error": str(e)})
+            finally:
+                os.close(dfd)
     return found

@@ -133,7 +133,7 @@ def test_256_byte_config_space_is_decoded_like_64(tmp_path: Path) -> None:
 
 
 class _VanishingRoot(SysfsRoot):
-    """Removes one function from the tree right after the scan has opened its directory."""
+    """Removes one function from the tree right after the scan has listed the bus, before it reads that function."""
 
     def __init__(self, tree: SysfsTree, victim: str) -> None:
         super().__init__(tree.base)
@@ -153,11 +153,11 @@ class _VanishingDir(DirHandle):
         super().__init__(fd, host_path)
         self.root = root
 
-    def open_dir(self, name: str) -> DirHandle:
-        handle = super().open_dir(name)
-        if name == self.root.victim and name in self.root.tree._pci_paths:
-            self.root.tree.remove_pci(name)
-        return handle
+    def entries(self) -> list[str]:
+        listed = super().entries()
+        if self.root.victim in self.root.tree._pci_paths:
+            self.root.tree.remove_pci(self.root.victim)
+        return listed
 
 
 def test_a_function_that_vanishes_mid_scan_is_skipped_and_logged(
