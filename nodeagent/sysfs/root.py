@@ -302,6 +302,14 @@ class DirHandle:
         reading an attribute that most devices lack)."""
         return os.access(name, os.F_OK, dir_fd=self._fd, follow_symlinks=False)
 
+    def read_link(self, name: str) -> str:
+        """The raw target of symlink `name` (sysfs links are relative); raise SysfsError."""
+        try:
+            return os.readlink(name, dir_fd=self._fd)
+        except OSError as e:
+            path = f"{self.host_path}/{name}"
+            raise SysfsError(f"cannot read link {path}: {e.strerror}", path=path, errno=e.errno) from e
+
     def link_name(self, name: str) -> str | None:
         """Basename of symlink `name`'s target, None when there is none."""
         try:

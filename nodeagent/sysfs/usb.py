@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 
 from nodeagent.errors import SysfsError
-from nodeagent.sysfs.root import SysfsRoot
+from nodeagent.sysfs.root import MISSING, DirHandle, SysfsRoot
 from policy import names
 
 log = logging.getLogger(__name__)
@@ -76,38 +76,45 @@ def read_device(root: SysfsRoot, port_path: str) -> HostUSBDevice:
     """Read one USB device; raise SysfsError when it cannot be read (e.g. unplugged during the scan)."""
     if not _PORT_PATH.match(port_path):
         raise SysfsError(f"{port_path!r} is not a USB port path", path=port_path)
+    with root.open_dir(USB_DEVICES) as bus:
+        return _read_device(root, bus, port_path)
+
+
+def _read_device(root: SysfsRoot, bus: DirHandle, port_path: str) -> HostUSBDevice:
+    """One device (a validated port path), read relative to the open bus directory."""
     base = f"{USB_DEVICES}/{port_path}"
     # The bus entry is a relative link to the device's place in the tree, which names its host controller.
-    where = root.read_link(base)
-    (uevent, serial, product_string, manufacturer, config), _ = root.read_entries(base, _FILES, ())
-    ev = _uevent(uevent)
-    product = ev.get("PRODUCT", "").split("/")
-    if len(product) >= 2 and "BUSNUM" in ev and "DEVNUM" in ev:
-        vendor_id, product_id = f"{int(product[0], 16):04x}", f"{int(product[1], 16):04x}"
-        bus, devnum = int(ev["BUSNUM"]), int(ev["DEVNUM"])
-    else:
-        vendor_id = f"{int(root.read_attr(base + '/idVendor'), 16):04x}"
-        product_id = f"{int(root.read_attr(base + '/idProduct'), 16):04x}"
-        bus, devnum = int(root.read_attr(base + "/busnum")), int(root.read_attr(base + "/devnum"))
-    if "TYPE" in ev:
-        device_class = int(ev["TYPE"].split("/")[0])
-    else:
-        device_class = int(root.read_attr(base + "/bDeviceClass"), 16)
-    first_iface: int | None = None
-    if device_class == 0:
-        # Interfaces are named `<port>:<configuration>.<number>`; the first is almost always number 0 of the
-        # active configuration, so try it before listing the directory.
-        value = None
-        if config is not None and config.strip().isdigit():
-            value = root.try_read_attr(f"{base}/{port_path}:{int(config)}.0/bInterfaceClass")
-        if value is None:
-            ifaces = [c for c in root.children(base) if c.startswith(port_path + ":")]
-            for iface in ifaces[:1]:
-                value = root.try_read_attr(f"{base}/{iface}/bInterfaceClass")
-        first_iface = int(value, 16) if value else None
+    where = bus.read_link(port_path)
+    with bus.open_dir(port_path) as d:
+        uevent, serial, product_string, manufacturer, config = d.read_each(_FILES)
+        ev = _uevent(uevent)
+        product = ev.get("PRODUCT", "").split("/")
+        if len(product) >= 2 and "BUSNUM" in ev and "DEVNUM" in ev:
+            vendor_id, product_id = f"{int(product[0], 16):04x}", f"{int(product[1], 16):04x}"
+            bus_num, devnum = int(ev["BUSNUM"]), int(ev["DEVNUM"])
+        else:
+            vendor_id = f"{int(root.read_attr(base + '/idVendor'), 16):04x}"
+            product_id = f"{int(root.read_attr(base + '/idProduct'), 16):04x}"
+            bus_num, devnum = int(root.read_attr(base + "/busnum")), int(root.read_attr(base + "/devnum"))
+        if "TYPE" in ev:
+            device_class = int(ev["TYPE"].split("/")[0])
+        else:
+            device_class = int(root.read_attr(base + "/bDeviceClass"), 16)
+        first_iface: int | None = None
+        if device_class == 0:
+            # Interfaces are named `<port>:<configuration>.<number>`; the first is almost always number 0 of the
+            # active configuration, so try it before listing the directory.
+            value = None
+            if config is not None and config.strip().isdigit():
+                value = d.read(f"{port_path}:{int(config)}.0/bInterfaceClass", 8)
+            if value is None:
+                ifaces = [c for c in d.entries() if c.startswith(port_path + ":")]
+                for iface in ifaces[:1]:
+                    value = d.read(f"{iface}/bInterfaceClass", 8)
+            first_iface = int(value, 16) if value and value.strip() else None
     return HostUSBDevice(
         port_path=port_path,
-        bus=bus,
+        bus=bus_num,
         devnum=devnum,
         vendor_id=vendor_id,
         product_id=product_id,
@@ -121,14 +128,26 @@ def read_device(root: SysfsRoot, port_path: str) -> HostUSBDevice:
 
 
 def scan_usb(root: SysfsRoot) -> list[HostUSBDevice]:
-    """Every USB device except root hubs, by bus and device number; unreadable ones are logged and skipped."""
+    """Every USB device except root hubs, by bus and device number; unreadable ones are logged and skipped.
+
+    The bus directory is opened once and every device read relative to it."""
     found: list[HostUSBDevice] = []
-    for entry in root.children(USB_DEVICES):
-        if ":" in entry or _ROOT_HUB.match(entry):
-            continue
-        try:
-            found.append(read_device(root, entry))
-        except (SysfsError, ValueError) as e:
-            log.warning("skipping unreadable USB device", extra={"port_path": entry, "error": str(e)})
+    try:
+        bus = root.open_dir(USB_DEVICES)
+    except SysfsError as e:
+        if e.errno in MISSING:
+            return found
+        raise
+    with bus:
+        for entry in bus.entries():
+            if ":" in entry or _ROOT_HUB.match(entry):
+                continue
+            if not _PORT_PATH.match(entry):
+                log.warning("skipping USB entry that is not a port path", extra={"entry": entry})
+                continue
+            try:
+                found.append(_read_device(root, bus, entry))
+            except (SysfsError, ValueError) as e:
+                log.warning("skipping unreadable USB device", extra={"port_path": entry, "error": str(e)})
     found.sort(key=lambda d: (d.bus, d.devnum))
     return found

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -11,7 +10,8 @@ import pytest
 from nodeagent import discovery
 from nodeagent.idsdb import NamesDatabases
 from nodeagent.sysfs import pci as pci_scan
-from nodeagent.sysfs.root import DirHandle, SysfsRoot
+from nodeagent.sysfs.pci import PCI_DEVICES
+from tests.support.hooked_root import HookedRoot
 from tests.support.sysfs_tree import SysfsTree
 
 
@@ -132,42 +132,19 @@ def test_256_byte_config_space_is_decoded_like_64(tmp_path: Path) -> None:
     assert (fn.vendor_id, fn.device_id, fn.subsystem_device_id, fn.bridge) == ("15b3", "101d", "0016", False)
 
 
-class _VanishingRoot(SysfsRoot):
-    """Removes one function from the tree right after the scan has listed the bus, before it reads that function."""
-
-    def __init__(self, tree: SysfsTree, victim: str) -> None:
-        super().__init__(tree.base)
-        self.tree, self.victim = tree, victim
-
-    def open_dir(self, host_path: str) -> DirHandle:
-        handle = super().open_dir(host_path)
-        fd = os.dup(handle.fileno())
-        handle.close()
-        return _VanishingDir(fd, host_path, self)
-
-
-class _VanishingDir(DirHandle):
-    __slots__ = ("root",)
-
-    def __init__(self, fd: int, host_path: str, root: _VanishingRoot) -> None:
-        super().__init__(fd, host_path)
-        self.root = root
-
-    def entries(self) -> list[str]:
-        listed = super().entries()
-        if self.root.victim in self.root.tree._pci_paths:
-            self.root.tree.remove_pci(self.root.victim)
-        return listed
-
-
 def test_a_function_that_vanishes_mid_scan_is_skipped_and_logged(
     tmp_path: Path, db: NamesDatabases, caplog: pytest.LogCaptureFixture
 ) -> None:
     tree = SysfsTree(tmp_path)
     for n in range(3):
         tree.pci(f"0000:00:0{n}.0")
+
+    def unplug(listed: str) -> None:  # listed with the others, gone before the scan reads it
+        if listed == PCI_DEVICES and "0000:00:01.0" in tree._pci_paths:
+            tree.remove_pci("0000:00:01.0")
+
     with caplog.at_level(logging.WARNING):
-        inv = discovery.discover(_VanishingRoot(tree, "0000:00:01.0"), db, "n")
+        inv = discovery.discover(HookedRoot(tree.base, after_list=unplug), db, "n")
     assert [o["status"]["address"] for o in inv.pci_devices] == ["0000:00:00.0", "0000:00:02.0"]
     assert any(r.getMessage() == "skipping unreadable PCI function" for r in caplog.records)
 

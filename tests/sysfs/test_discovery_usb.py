@@ -2,15 +2,14 @@ from __future__ import annotations
 
 import logging
 import shutil
-from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
 from nodeagent import discovery
 from nodeagent.idsdb import NamesDatabases
-from nodeagent.sysfs.root import SysfsRoot
 from nodeagent.sysfs.usb import controller_of, scan_usb
+from tests.support.hooked_root import HookedRoot
 from tests.support.sysfs_tree import SysfsTree
 
 
@@ -120,24 +119,12 @@ def test_controller_is_the_last_pci_address_before_the_root_hub() -> None:
     assert controller_of("/sys/devices/platform/dummy_hcd.0/usb1/1-1") is None
 
 
-class _UnplugRoot(SysfsRoot):
-    def __init__(self, tree: SysfsTree, victim: Path) -> None:
-        super().__init__(tree.base)
-        self.victim = victim
-
-    def read_entries(
-        self, host_dir: str, files: Sequence[tuple[str, int]], links: Sequence[str]
-    ) -> tuple[list[bytes | None], list[str | None]]:
-        if host_dir.endswith("/1-2") and self.victim.exists():
-            shutil.rmtree(self.victim)
-        return super().read_entries(host_dir, files, links)
-
-
 def test_a_device_unplugged_mid_scan_is_skipped(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     tree = _tree(tmp_path)
     tree.usb("1-1", vendor="0951", product="1666", devnum=2, controller="0000:00:14.0")
     gone = tree.usb("1-2", vendor="0951", product="1666", devnum=3, controller="0000:00:14.0")
     with caplog.at_level(logging.WARNING):
-        devices = scan_usb(_UnplugRoot(tree, gone))
+        # its directory is open when it goes
+        devices = scan_usb(HookedRoot(tree.base, after_open=lambda n: shutil.rmtree(gone) if n == "1-2" else None))
     assert [d.port_path for d in devices] == ["1-1"]
     assert any(r.getMessage() == "skipping unreadable USB device" for r in caplog.records)
