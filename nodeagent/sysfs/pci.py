@@ -12,7 +12,7 @@ import os
 from typing import NamedTuple
 
 from nodeagent.errors import SysfsError
-from nodeagent.sysfs.root import MISSING, SysfsRoot
+from nodeagent.sysfs.root import SysfsRoot
 from policy import names
 
 log = logging.getLogger(__name__)
@@ -185,12 +185,9 @@ def scan_pci(root: SysfsRoot) -> list[HostPCIFunction]:
     path component per open instead of the whole path every time.
     """
     found: list[HostPCIFunction] = []
-    try:
-        bus = root.open_dir(PCI_DEVICES)
-    except SysfsError as e:
-        if e.errno in MISSING:
-            return found
-        raise
+    bus = root.try_open_dir(PCI_DEVICES)
+    if bus is None:
+        return found
     with bus:
         bus_fd = bus.fileno()
         for entry in bus.entries():

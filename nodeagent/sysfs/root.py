@@ -151,6 +151,15 @@ class SysfsRoot:
             raise SysfsError(f"cannot open {host_path}: {e.strerror}", path=host_path, errno=e.errno) from e
         return DirHandle(fd, host_path)
 
+    def try_open_dir(self, host_path: str) -> DirHandle | None:
+        """Like open_dir, but None when the directory does not exist (a machine without a USB bus)."""
+        try:
+            return self.open_dir(host_path)
+        except SysfsError as e:
+            if e.errno in MISSING:
+                return None
+            raise
+
     def read_attr(self, host_path: str) -> str:
         """A sysfs attribute as text, surrounding whitespace removed; raise SysfsError."""
         return self.read_bytes(host_path).decode("utf-8", "replace").strip()

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 
 from nodeagent.errors import SysfsError
-from nodeagent.sysfs.root import MISSING, DirHandle, SysfsRoot
+from nodeagent.sysfs.root import DirHandle, SysfsRoot
 from policy import names
 
 log = logging.getLogger(__name__)
@@ -132,12 +132,9 @@ def scan_usb(root: SysfsRoot) -> list[HostUSBDevice]:
 
     The bus directory is opened once and every device read relative to it."""
     found: list[HostUSBDevice] = []
-    try:
-        bus = root.open_dir(USB_DEVICES)
-    except SysfsError as e:
-        if e.errno in MISSING:
-            return found
-        raise
+    bus = root.try_open_dir(USB_DEVICES)
+    if bus is None:
+        return found
     with bus:
         for entry in bus.entries():
             if ":" in entry or _ROOT_HUB.match(entry):
