@@ -306,11 +306,6 @@ class DirHandle:
             raise SysfsError(f"cannot read {path}: {e.strerror}", path=path, errno=e.errno) from e
         return out
 
-    def has(self, name: str) -> bool:
-        """Whether entry `name` exists: one faccessat, no exception when it does not (the cheap test before
-        reading an attribute that most devices lack)."""
-        return os.access(name, os.F_OK, dir_fd=self._fd, follow_symlinks=False)
-
     def read_link(self, name: str) -> str:
         """The raw target of symlink `name` (sysfs links are relative); raise SysfsError."""
         try:
