@@ -149,6 +149,16 @@ def _managed_fields(manager: str, when: str) -> list[dict[str, Any]]:
     ]
 
 
+def user_info(user: str) -> dict[str, Any]:
+    """userInfo as the API server sends it for a user of a client certificate."""
+    return {
+        "username": user,
+        "uid": str(uuid.uuid5(uuid.NAMESPACE_DNS, user)),
+        "groups": ["system:authenticated", "tenants"],
+        "extra": {"authentication.kubernetes.io/credential-id": ["X509SHA256=" + "ab" * 32]},
+    }
+
+
 def claim_review(device: dict[str, Any], user: str) -> bytes:
     """A validating review of a claim CREATE as the API server sends it (after our mutation added the owner)."""
     claim = _claim(device, user)
@@ -168,12 +178,7 @@ def claim_review(device: dict[str, Any], user: str) -> bytes:
             "requestResource": gvr,
             "name": claim["metadata"]["name"],
             "operation": "CREATE",
-            "userInfo": {
-                "username": user,
-                "uid": str(uuid.uuid5(uuid.NAMESPACE_DNS, user)),
-                "groups": ["system:authenticated", "tenants"],
-                "extra": {"authentication.kubernetes.io/credential-id": ["X509SHA256=" + "ab" * 32]},
-            },
+            "userInfo": user_info(user),
             "object": claim,
             "oldObject": None,
             "dryRun": False,

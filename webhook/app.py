@@ -117,7 +117,7 @@ class Runtime:
     def wait_synced(self, timeout_s: float) -> bool:
         """True once this process's view is complete, waiting up to timeout_s. A runtime that was never started
         (an app embedded with a view handed in whole) judges with what it was given."""
-        return not self.started or self.settled.wait(timeout_s)
+        return not self.started or self.settled.is_set() or self.settled.wait(timeout_s)
 
 
 def create_app(
