@@ -112,28 +112,31 @@ def group_members(functions: Iterable[HostPCIFunction]) -> dict[str, list[GroupM
     return groups
 
 
-@dataclass(frozen=True, slots=True)
-class _Naming:
-    resource_name: str
-    description: str
+_ModelKey = tuple[str, str, str, str, str, str]
 
 
-def _naming(fn: HostPCIFunction, db: NamesDatabases, cache: dict[tuple[str, str, str], _Naming]) -> _Naming:
-    """resourceName and description depend only on (vendor, device, class): servers repeat them, so compute once."""
-    key = (fn.vendor_id, fn.device_id, fn.class_code)
-    found = cache.get(key)
-    if found is None:
-        ids = db.pci
-        found = _Naming(
-            names.pci_resource_name(ids.vendor(fn.vendor_id), ids.device(fn.vendor_id, fn.device_id), fn.device_id),
-            names.pci_description(
-                ids.lspci_class(fn.class_code),
-                ids.lspci_vendor(fn.vendor_id),
-                ids.lspci_device(fn.vendor_id, fn.device_id),
-            ),
-        )
-        cache[key] = found
-    return found
+def _model_status(fn: HostPCIFunction, db: NamesDatabases, node: str) -> PCIDeviceStatus:
+    """The status fields every function of one model shares (ids, names, node), in the object's field order, with
+    placeholders where each function differs. Servers repeat models, so this is built once per model and copied."""
+    ids = db.pci
+    return {
+        "address": "",
+        "vendorId": fn.vendor_id,
+        "deviceId": fn.device_id,
+        "classId": fn.class_id,
+        "iommuGroup": "",
+        "nodeName": node,
+        "resourceName": names.pci_resource_name(
+            ids.vendor(fn.vendor_id), ids.device(fn.vendor_id, fn.device_id), fn.device_id
+        ),
+        "description": names.pci_description(
+            ids.lspci_class(fn.class_code), ids.lspci_vendor(fn.vendor_id), ids.lspci_device(fn.vendor_id, fn.device_id)
+        ),
+        "kernelDriverInUse": "",
+        "subsystemVendorId": fn.subsystem_vendor_id,
+        "subsystemDeviceId": fn.subsystem_device_id,
+        "revision": fn.revision,
+    }
 
 
 def build_pcidevice(
@@ -144,27 +147,23 @@ def build_pcidevice(
     members: Sequence[GroupMember] = (),
     reasons: Sequence[str] = (),
     warnings: Sequence[str] = (),
-    naming_cache: dict[tuple[str, str, str], _Naming] | None = None,
+    model_cache: dict[_ModelKey, PCIDeviceStatus] | None = None,
 ) -> PCIDevice:
-    naming = _naming(fn, db, {} if naming_cache is None else naming_cache)
-    status: PCIDeviceStatus = {
-        "address": fn.address,
-        "vendorId": fn.vendor_id,
-        "deviceId": fn.device_id,
-        "classId": fn.class_id,
-        "iommuGroup": fn.iommu_group or "",
-        "nodeName": node,
-        "resourceName": naming.resource_name,
-        "description": naming.description,
-        "kernelDriverInUse": fn.driver or "",
-        "subsystemVendorId": fn.subsystem_vendor_id,
-        "subsystemDeviceId": fn.subsystem_device_id,
-        "revision": fn.revision,
-        "resetMethods": list(fn.reset_methods),
-        "iommuGroupMembers": list(members),
-        "hostCritical": bool(reasons),
-        "hostCriticalReasons": list(reasons),
-    }
+    """One PCIDevice; `model_cache` (one per scan) shares the per-model naming work between functions."""
+    key = (fn.vendor_id, fn.device_id, fn.class_code, fn.subsystem_vendor_id, fn.subsystem_device_id, fn.revision)
+    model = model_cache.get(key) if model_cache is not None else None
+    if model is None:
+        model = _model_status(fn, db, node)
+        if model_cache is not None:
+            model_cache[key] = model
+    status = model.copy()  # keeps the field order; the per-function fields below replace their placeholders
+    status["address"] = fn.address
+    status["iommuGroup"] = fn.iommu_group or ""
+    status["kernelDriverInUse"] = fn.driver or ""
+    status["resetMethods"] = list(fn.reset_methods)
+    status["iommuGroupMembers"] = list(members)
+    status["hostCritical"] = bool(reasons)
+    status["hostCriticalReasons"] = list(reasons)
     if fn.numa_node is not None:
         status["numaNode"] = fn.numa_node
     if warnings:
@@ -220,17 +219,19 @@ def build_inventory(
 ) -> Inventory:
     """Pure: objects from host facts. Bridges are members of IOMMU groups but not objects of their own."""
     groups = group_members(functions)
-    empty: Mapping[str, list[str]] = {}
-    cache: dict[tuple[str, str, str], _Naming] = {}
+    reasons = critical.reasons
+    warnings: Mapping[str, list[str]] = critical.warnings or {}
+    cache: dict[_ModelKey, PCIDeviceStatus] = {}
+    no_members: list[GroupMember] = []
     pci_objects = [
         build_pcidevice(
             fn,
             db,
             node,
-            members=groups.get(fn.iommu_group, []) if fn.iommu_group is not None else [],
-            reasons=critical.reasons.get(fn.address, []),
-            warnings=(critical.warnings or empty).get(fn.address, []),
-            naming_cache=cache,
+            members=groups.get(fn.iommu_group, no_members) if fn.iommu_group is not None else no_members,
+            reasons=reasons.get(fn.address, ()),
+            warnings=warnings.get(fn.address, ()),
+            model_cache=cache,
         )
         for fn in functions
         if not fn.bridge

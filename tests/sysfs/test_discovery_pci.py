@@ -20,6 +20,16 @@ def db() -> NamesDatabases:
     return NamesDatabases.load()
 
 
+@pytest.fixture(autouse=True, params=["accelerated", "python"])
+def scan_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test here runs through the C accelerator and through the Python path alone."""
+    if request.param == "python":
+        monkeypatch.setattr(pci_scan, "ACCELERATOR", None)
+    elif pci_scan.ACCELERATOR is None:
+        pytest.skip("the C accelerator is not built (no compiler when the package was installed)")
+    return str(request.param)
+
+
 def _by_address(inv: discovery.Inventory) -> dict[str, discovery.PCIDevice]:
     return {o["status"]["address"]: o for o in inv.pci_devices}
 
@@ -58,6 +68,39 @@ def test_pcidevice_objects_are_named_and_filled_as_upstream_does(tmp_path: Path,
     assert status["numaNode"] == 1
     assert status["resetMethods"] == ["flr", "bus"]
     assert status["hostCritical"] is False and status["hostCriticalReasons"] == []
+
+
+def test_functions_of_one_model_keep_their_own_revision_subsystem_and_state(
+    tmp_path: Path, db: NamesDatabases
+) -> None:
+    # Naming is shared per model within a scan; nothing that differs between two functions may leak across.
+    tree = SysfsTree(tmp_path)
+    tree.pci("0000:3b:00.0", vendor="10de", device="20b0", cls="030200", driver="nvidia", iommu_group=45,
+             numa_node=0, subsystem_vendor="10de", subsystem_device="134f", revision="a1", reset_methods=("flr",))
+    tree.pci("0000:5e:00.0", vendor="10de", device="20b0", cls="030200", iommu_group=46,
+             numa_node=1, subsystem_vendor="10de", subsystem_device="1463", revision="a2", reset_methods=("bus",))
+    objs = _by_address(discovery.discover(tree.root(), db, "node1"))
+    first, second = objs["0000:3b:00.0"]["status"], objs["0000:5e:00.0"]["status"]
+    assert first["resourceName"] == second["resourceName"] == "nvidia.com/GA100_A100_SXM4_40GB"
+    assert (first["subsystemDeviceId"], first["revision"]) == ("134f", "a1")
+    assert (second["subsystemDeviceId"], second["revision"]) == ("1463", "a2")
+    assert (first["kernelDriverInUse"], second["kernelDriverInUse"]) == ("nvidia", "")
+    assert (first["iommuGroup"], second["iommuGroup"]) == ("45", "46")
+    assert (first["numaNode"], second["numaNode"]) == (0, 1)
+    assert (first["resetMethods"], second["resetMethods"]) == (["flr"], ["bus"])
+    assert list(first) == list(second)  # the same field order for every object
+    assert list(first)[:3] == ["address", "vendorId", "deviceId"]
+
+
+def test_boot_vga_is_read_for_vga_compatible_classes_only(tmp_path: Path) -> None:
+    # The kernel gives boot_vga to class 0300 and to pre-2.0 "VGA, not defined" (0001) functions, nothing else.
+    tree = SysfsTree(tmp_path)
+    tree.pci("0000:01:00.0", vendor="102b", device="0533", cls="030000", boot_vga=True)
+    tree.pci("0000:02:00.0", vendor="1234", device="1111", cls="000100", boot_vga=True)
+    tree.pci("0000:03:00.0", vendor="1234", device="2222", cls="000100", boot_vga=False)
+    tree.pci("0000:3b:00.0", vendor="10de", device="20b0", cls="030200")
+    found = {fn.address: fn.boot_vga for fn in pci_scan.scan_pci(tree.root())}
+    assert found == {"0000:01:00.0": True, "0000:02:00.0": True, "0000:03:00.0": False, "0000:3b:00.0": False}
 
 
 def test_bridges_are_not_listed_but_are_members_of_their_iommu_group(tmp_path: Path, db: NamesDatabases) -> None:
