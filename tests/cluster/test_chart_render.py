@@ -371,3 +371,4 @@ def test_the_image_has_the_entry_points_the_chart_runs(render: Render) -> None:
         assert command[0] in scripts, f"{kind} {name} runs {command[0]}, which pyproject.toml does not install"
     containerfile = (REPO / "Containerfile").read_text()
     assert "pci.ids" in containerfile and "usb.ids" in containerfile and "USER 65532" in containerfile
+    assert 'python -c "import nodeagent.sysfs._pcifast"' in containerfile  # the image's agent scans in C

@@ -17,6 +17,7 @@ from nodeagent.host.binding import BindingRecord, Result, VfioBinder
 from nodeagent.host.groups import group_status
 from nodeagent.host.modules import Modprobe
 from nodeagent.idsdb import NamesDatabases
+from nodeagent.sysfs import pci
 from nodeagent.sysfs.root import SysfsRoot
 from tests.support.guest import CountingRoot, Crash, CrashingRoot, emit, group_viable, steps, wait_until
 from tests.support.guest import pci_attr as attr
@@ -150,6 +151,9 @@ def _discovery() -> None:
     subprocess.run(["mkfs.ext4", "-q", "-F", f"/dev/{disk[0]}"], check=True)
     subprocess.run(["mount", f"/dev/{disk[0]}", "/mnt/data"], check=True)
     inv = discover(SysfsRoot("/"), NamesDatabases.load(), "guest")
+    out["scan_accelerated"] = pci.ACCELERATOR is not None
+    python_path = pci.scan_pci(SysfsRoot("/"), accelerated=False)
+    out["scan_paths_agree"] = pci.scan_pci(SysfsRoot("/")) == python_path and len(python_path) > 0
     out["pci"] = [
         {k: d["status"].get(k) for k in ("address", "vendorId", "deviceId", "kernelDriverInUse", "iommuGroup",
                                           "description", "hostCritical", "hostCriticalReasons")}
