@@ -1,6 +1,7 @@
 """Discovery benchmark: the agent's scan next to `lspci` on the same trees.
 
-    .venv/bin/python bench/discovery.py [--functions 1000] [--usb 200] [--repeat 21] [--no-recording] [--cpu N]
+    .venv/bin/python bench/discovery.py [--functions 1000] [--usb 200] [--repeat 21] [--no-recording] [--python-only]
+                                        [--cpu N]
 
 Builds (1) a synthetic tree with N PCI functions spread over IOMMU groups behind bridges, and M USB devices, and
 (2) the recorded HPE server (../shared/fixtures/hpe-proliant-all.umockdev) materialised as a plain tree through
@@ -152,6 +153,9 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=21)
     parser.add_argument("--no-recording", action="store_true", help="skip the recorded server (needs umockdev)")
     parser.add_argument(
+        "--python-only", action="store_true", help="scan without the C accelerator (the path used where none is built)"
+    )
+    parser.add_argument(
         "--cpu", type=int, default=None, help="CPU that runs both the scan and lspci (default: the first allowed)"
     )
     parser.add_argument("--recording", type=Path, default=REPO.parent / "shared/fixtures/hpe-proliant-all.umockdev")
@@ -159,7 +163,9 @@ def main() -> int:
     # lspci inherits the pin: both sides run on one CPU, so a busy neighbour on the other CPU cannot favour either.
     cpu = args.cpu if args.cpu is not None else min(os.sched_getaffinity(0))
     os.sched_setaffinity(0, {cpu})
-    accel = "C accelerator" if pci.ACCELERATOR is not None else "Python path only (accelerator not built)"
+    if args.python_only:
+        pci.ACCELERATOR = None
+    accel = "C accelerator" if pci.ACCELERATOR is not None else "Python path only"
     print(f"pinned to CPU {cpu}; PCI scan: {accel}")
     logging.disable(logging.WARNING)  # synthetic trees have no root filesystem to trace; that warning is noise here
     if shutil.which("lspci") is None:
