@@ -102,3 +102,22 @@ def test_a_function_unplugged_between_listing_and_reading_is_skipped_by_the_acce
         found = pci_scan.scan_pci(HookedRoot(tree.base, after_list=unplug))
     assert [fn.address for fn in found] == ["0000:00:00.0", "0000:00:02.0"]
     assert [r.getMessage() for r in caplog.records] == ["skipping unreadable PCI function"]
+
+
+def test_hosts_with_more_functions_than_one_batch_are_read_whole(
+    tmp_path: Path, read_functions: pci_scan.ReadFunctions
+) -> None:
+    # The accelerator reads 256 functions per GIL release; odd ones on both sides of a boundary go back to Python.
+    tree = SysfsTree(tmp_path)
+    addresses = [f"0000:{n // 32:02x}:{n % 32:02x}.0" for n in range(600)]
+    for n, address in enumerate(addresses):
+        where = tree.pci(address, device=f"{n:04x}", driver="ixgbe" if n % 3 else None, iommu_group=n)
+        if n in (255, 256, 511):
+            (where / "config").write_bytes(b"")
+    root = tree.root()
+    with root.open_dir(PCI_DEVICES) as bus:
+        raw = read_functions(bus.fileno(), addresses)
+    assert [n for n, facts in enumerate(raw) if facts is None] == [255, 256, 511]
+    fast = pci_scan.scan_pci(root)
+    assert fast == pci_scan.scan_pci(root, accelerated=False)
+    assert [fn.device_id for fn in fast] == [f"{n:04x}" for n in range(600)]
