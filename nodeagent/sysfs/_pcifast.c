@@ -241,6 +241,7 @@ static PyMethodDef methods[] = {
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "nodeagent.sysfs._pcifast",
     "The PCI scan's system calls without the interpreter between them (see nodeagent/sysfs/pci.py).", -1, methods,
+    NULL, NULL, NULL, NULL,
 };
 
 PyMODINIT_FUNC PyInit__pcifast(void) { return PyModule_Create(&module); }
