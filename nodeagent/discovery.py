@@ -150,28 +150,29 @@ def build_pcidevice(
     model_cache: dict[_ModelKey, PCIDeviceStatus] | None = None,
 ) -> PCIDevice:
     """One PCIDevice; `model_cache` (one per scan) shares the per-model naming work between functions."""
-    key = (fn.vendor_id, fn.device_id, fn.class_code, fn.subsystem_vendor_id, fn.subsystem_device_id, fn.revision)
+    key = fn[1:7]  # vendor, device, class, revision, subsystem vendor and device: one slice of the tuple
     model = model_cache.get(key) if model_cache is not None else None
     if model is None:
         model = _model_status(fn, db, node)
         if model_cache is not None:
             model_cache[key] = model
+    address, driver, group, numa, resets = fn.address, fn.driver, fn.iommu_group, fn.numa_node, fn.reset_methods
     status = model.copy()  # keeps the field order; the per-function fields below replace their placeholders
-    status["address"] = fn.address
-    status["iommuGroup"] = fn.iommu_group or ""
-    status["kernelDriverInUse"] = fn.driver or ""
-    status["resetMethods"] = list(fn.reset_methods)
+    status["address"] = address
+    status["iommuGroup"] = group or ""
+    status["kernelDriverInUse"] = driver or ""
+    status["resetMethods"] = list(resets)
     status["iommuGroupMembers"] = list(members)
     status["hostCritical"] = bool(reasons)
     status["hostCriticalReasons"] = list(reasons)
-    if fn.numa_node is not None:
-        status["numaNode"] = fn.numa_node
+    if numa is not None:
+        status["numaNode"] = numa
     if warnings:
         status["hostWarnings"] = list(warnings)
     return {
         "apiVersion": names.API_VERSION,
         "kind": "PCIDevice",
-        "metadata": {"name": names.pcidevice_name(node, fn.address), "labels": {names.LABEL_NODENAME: node}},
+        "metadata": {"name": names.pcidevice_name(node, address), "labels": {names.LABEL_NODENAME: node}},
         "spec": {},
         "status": status,
     }
