@@ -1,6 +1,6 @@
 /* The PCI scan's system calls, made without the interpreter between them.
  *
- * The scan is bound by system calls (about 13 per function). From Python each one also costs an interpreter call,
+ * The scan is bound by system calls (14 per function). From Python each one also costs an interpreter call,
  * argument parsing and a GIL round trip, which is about a third of the scan. This module makes the same calls as
  * nodeagent/sysfs/pci.py's `_read_open`, for every function of the bus at once, with the GIL released, and hands
  * back the raw contents. It decides nothing: decoding stays in Python. Anything unusual (a directory or config that
