@@ -2,7 +2,8 @@
 
 Like lspci, each function's identity (ids, class, revision, subsystem, header type) is decoded from one read of its
 config space; the per-attribute files are the fallback when config is short or unreadable. Bridges are scanned too
-(their `bridge` flag says so) because IOMMU groups list them.
+(their `bridge` flag says so) because IOMMU groups list them. Where the package was built with a compiler, the
+scan's system calls are made by `_pcifast.c` (same calls, raw contents back, anything unusual re-read here).
 """
 
 from __future__ import annotations
