@@ -12,6 +12,7 @@ from typing import Protocol
 
 from nodeagent.deviceplugin import model
 from nodeagent.errors import SysfsError
+from nodeagent.sysfs.pci import is_bridge_header
 from nodeagent.sysfs.root import SysfsRoot
 from policy import names
 
@@ -104,7 +105,7 @@ class SysfsProbe:
         except SysfsError:
             config = b""
         if len(config) > 0x0E:
-            return (config[0x0E] & 0x7F) in (1, 2)
+            return is_bridge_header(config[0x0E])
         return self._root.exists(base + "/subordinate_bus_number")
 
     def pci_facts(self, device: model.PciDevice) -> PciFacts:

@@ -67,12 +67,17 @@ class HostPCIFunction(NamedTuple):
     @property
     def bridge(self) -> bool:
         """A function with a subordinate bus (PCI-to-PCI or CardBus bridge), whatever its class says."""
-        return self.header_type & 0x7F in (1, 2)
+        return is_bridge_header(self.header_type)
 
     @property
     def class_id(self) -> str:
         """Class and subclass, e.g. `0200` (upstream's classId)."""
         return self.class_code[:4]
+
+
+def is_bridge_header(header_type: int) -> bool:
+    """Header type 1 (PCI-to-PCI) or 2 (CardBus), the multi-function bit aside: the function has a subordinate bus."""
+    return header_type & 0x7F in (1, 2)
 
 
 def _hex_attr(root: SysfsRoot, path: str, width: int) -> str:
@@ -145,7 +150,7 @@ def _read_open(root: SysfsRoot, dfd: int, address: str) -> HostPCIFunction:
             ident = _identity_from_attributes(root, f"{PCI_DEVICES}/{address}", cfg)
         vendor, device, cls, rev, svid, sdid, header = ident
         group = _link_at(dfd, b"iommu_group")
-        if header & 0x7F in (1, 2):
+        if is_bridge_header(header):
             # A bridge is only ever a member of an IOMMU group: nothing else of it is needed.
             return HostPCIFunction(address, vendor, device, cls, rev, svid, sdid, header, None, group)
         numa_raw = _read_at(dfd, b"numa_node", 32)
@@ -191,7 +196,7 @@ def _from_facts(address: str, facts: RawFacts) -> HostPCIFunction | None:
     ident = _identity_from_config(cfg)
     if ident is None:
         return None
-    if ident[6] & 0x7F in (1, 2):
+    if is_bridge_header(ident[6]):
         return HostPCIFunction(address, *ident, None, group)
     try:
         return _endpoint(address, ident, group, numa_raw, reset_raw, numvfs_raw, vga, driver)
@@ -208,7 +213,7 @@ def _identity_from_attributes(
     else:  # no header byte: the kernel gives bridges (and only bridges) a subordinate bus number
         header = 1 if root.exists(base + "/subordinate_bus_number") else 0
     svid = sdid = ""
-    if header & 0x7F not in (1, 2):
+    if not is_bridge_header(header):
         sv = root.try_read_attr(base + "/subsystem_vendor")
         sd = root.try_read_attr(base + "/subsystem_device")
         svid = f"{int(sv, 16):04x}" if sv else "0000"

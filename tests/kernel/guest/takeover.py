@@ -11,37 +11,16 @@ import io
 import os
 import subprocess
 import sys
-import traceback
-from collections.abc import Callable
 from typing import Any
 
 from nodeagent.__main__ import main as agent
-from tests.support.guest import emit, wait_until
+from tests.support.guest import PCI, emit, steps, wait_until
+from tests.support.guest import pci_attr as attr
+from tests.support.guest import pci_driver as driver
 
-PCI = "/sys/bus/pci/devices"
 DRIVERS = "/sys/bus/pci/drivers"
 out: dict[str, Any] = {"errors": {}}
-
-
-def step(name: str) -> Callable[[Callable[[], None]], Callable[[], None]]:
-    def wrap(fn: Callable[[], None]) -> Callable[[], None]:
-        try:
-            fn()
-        except Exception:
-            out["errors"][name] = traceback.format_exc()
-        return fn
-
-    return wrap
-
-
-def attr(address: str, name: str) -> str:
-    with open(f"{PCI}/{address}/{name}") as f:
-        return f.read().strip()
-
-
-def driver(address: str) -> str | None:
-    link = f"{PCI}/{address}/driver"
-    return os.path.basename(os.readlink(link)) if os.path.islink(link) else None
+step = steps(out)
 
 
 def write(path: str, value: str) -> str:
