@@ -4,8 +4,8 @@
                                         [--cpu N]
 
 Builds (1) a synthetic tree with N PCI functions spread over IOMMU groups behind bridges, and M USB devices, and
-(2) the recorded HPE server (../shared/fixtures/hpe-proliant-all.umockdev) materialised as a plain tree through
-one umockdev replay. For each tree it reports, as medians over interleaved runs: the in-process PCI scan
+(2) the recorded HPE server (tests/fixtures/umockdev/hpe-proliant-all.umockdev) materialised as a plain tree
+through one umockdev replay. For each tree it reports, as medians over interleaved runs: the in-process PCI scan
 (`scan_pci` + objects, names database already loaded), the full discovery (PCI, USB, host-critical), the
 whole-process time of `lspci -A linux-sysfs -O sysfs.path=<tree>/sys/bus/pci -nnDk`, their ratios; the names
 database load time; and the scan's added memory (tracemalloc peak).
@@ -158,7 +158,7 @@ def main() -> int:
     parser.add_argument(
         "--cpu", type=int, default=None, help="CPU that runs both the scan and lspci (default: the first allowed)"
     )
-    parser.add_argument("--recording", type=Path, default=REPO.parent / "shared/fixtures/hpe-proliant-all.umockdev")
+    parser.add_argument("--recording", type=Path, default=REPO / "tests/fixtures/umockdev/hpe-proliant-all.umockdev")
     args = parser.parse_args()
     # lspci inherits the pin: both sides run on one CPU, so a busy neighbour on the other CPU cannot favour either.
     cpu = args.cpu if args.cpu is not None else min(os.sched_getaffinity(0))
