@@ -11,6 +11,11 @@ from typing import cast
 from nodeagent.reconcile.plan import ResourceNameMode
 
 _MODES = ("perDevice", "pooled")
+_TRUE = ("true", "1", "yes")
+_FALSE = ("false", "0", "no", "")
+
+LABEL_OBSERVE_ONLY = "devices.harvesterhci.io/observe-only"
+"""Node label: with value "true" the agent of that node runs in observe mode, whatever its own setting says."""
 
 
 @dataclass(frozen=True)
@@ -33,6 +38,8 @@ class AgentSettings:
     udev: bool = True
     kubevirt_namespace: str | None = None
     allocations_poll_s: float = 5.0
+    observe_only: bool = False
+    """Observe mode: discover and publish, never write to sysfs or /dev (no bind, release, chown, modprobe)."""
 
     @property
     def plugin_dir(self) -> str:
@@ -46,13 +53,16 @@ class AgentSettings:
     def from_env(cls, env: Mapping[str, str]) -> AgentSettings:
         """NODE_NAME (required), POD_NAMESPACE, HOST_ROOT, HOST_PROC, NODE_IP, KUBECONFIG, KUBELET_DIR,
         RESOURCE_NAMES (perDevice|pooled), RESYNC_SECONDS, HEALTH_PORT, PCI_IDS, USB_IDS, KUBEVIRT_NAMESPACE (default:
-        search every namespace); ValueError when invalid."""
+        search every namespace), OBSERVE_ONLY (true|false); ValueError when invalid."""
         node = env.get("NODE_NAME", "").strip()
         if not node:
             raise ValueError("NODE_NAME must be set (the downward API's spec.nodeName)")
         mode = env.get("RESOURCE_NAMES", "perDevice")
         if mode not in _MODES:
             raise ValueError(f"RESOURCE_NAMES must be one of {', '.join(_MODES)}; got {mode!r}")
+        observe = env.get("OBSERVE_ONLY", "false").strip().lower()
+        if observe not in _TRUE + _FALSE:
+            raise ValueError(f"OBSERVE_ONLY must be true or false; got {observe!r}")
         kubeconfig = env.get("KUBECONFIG")
         return cls(
             node_name=node,
@@ -68,4 +78,5 @@ class AgentSettings:
             pci_ids=env.get("PCI_IDS") or None,
             usb_ids=env.get("USB_IDS") or None,
             kubevirt_namespace=env.get("KUBEVIRT_NAMESPACE") or None,
+            observe_only=observe in _TRUE,
         )

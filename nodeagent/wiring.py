@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -24,6 +25,8 @@ from nodeagent.deviceplugin import model, usbowner
 from nodeagent.events import EventRecorder
 from nodeagent.health import HealthServer, HealthState
 from nodeagent.host.binding import VfioBinder
+from nodeagent.host.guard import KINDS as HOST_WRITE_KINDS
+from nodeagent.host.guard import HostWriteGuard, guarded_chown, guarded_modules
 from nodeagent.host.modules import Modprobe
 from nodeagent.idsdb import NamesDatabases
 from nodeagent.reconcile import allocations
@@ -55,6 +58,7 @@ class Agent:
     health: HealthState
     registry: CollectorRegistry
     binder: VfioBinder
+    host_writes: HostWriteGuard
     plugins: plugin_manager.PluginManager | None = None
     poller: allocations.AllocationPoller | None = None
     udev: UdevNudger | None = None
@@ -124,6 +128,9 @@ def build(
         lister = allocations.socket_lister(socket_path)
 
     holder: dict[str, NodePass] = {}
+    # Observe mode by setting, or by the node's label as the last pass read it; until the first pass has read it no
+    # claim has been reconciled, so nothing asks to write.
+    guard = HostWriteGuard(lambda: settings.observe_only or ("pass" in holder and holder["pass"].observe_only))
 
     def pods(address: str) -> Sequence[str]:
         return holder["pass"].allocations.pods_of(address) if "pass" in holder else ()
@@ -135,12 +142,13 @@ def build(
     write_t, verify_t, read_t = binder_timeouts
     binder = VfioBinder(
         root,
-        load_modules or Modprobe(),
+        guarded_modules(load_modules or Modprobe(), guard),
         pods=pods,
         host_critical=host_critical,
         write_timeout=write_t,
         verify_timeout=verify_t,
         read_timeout=read_t,
+        write_guard=guard.check,
     )
 
     plugins: plugin_manager.PluginManager | None = None
@@ -152,10 +160,10 @@ def build(
             clock=clock,
         )
 
+    owner_change = guarded_chown(chown or os.chown, guard)
+
     def set_owner(device: model.UsbDevice) -> bool:
-        if chown is None:
-            return usbowner.apply_usb_owner(root, device)
-        return usbowner.apply_usb_owner(root, device, chown=chown)
+        return usbowner.apply_usb_owner(root, device, chown=owner_change)
 
     node_pass = NodePass(
         counting,
@@ -171,6 +179,7 @@ def build(
         set_plugins=plugins.set_desired if plugins is not None else None,
         kubevirt_namespace=settings.kubevirt_namespace,
         now=now,
+        observe_only=settings.observe_only,
     )
     holder["pass"] = node_pass
 
@@ -196,6 +205,21 @@ def build(
     runner.on_pass = on_pass
     writes = Gauge("pcidevices_agent_api_writes", "API writes (create, patch, delete) since start.", registry=registry)
     writes.set_function(lambda: float(counting.writes))
+    host_writes = Gauge(
+        "pcidevices_agent_host_writes",
+        "Host writes (sysfs attributes, device-node owners, module loads) since start, by kind and result "
+        "(written, or refused in observe mode).",
+        ["kind", "result"],
+        registry=registry,
+    )
+    def host_count(key: tuple[str, str]) -> Callable[[], float]:
+        return lambda: float(guard.counts[key])
+
+    for kind in HOST_WRITE_KINDS:
+        for result in ("written", "refused"):
+            host_writes.labels(kind=kind, result=result).set_function(host_count((kind, result)))
+    observing = Gauge("pcidevices_agent_observe_only", "1 while the agent runs in observe mode.", registry=registry)
+    observing.set_function(lambda: float(settings.observe_only or node_pass.observe_only))
 
     selector = f"{names.LABEL_NODENAME}={settings.node_name}"
     watchers = [
@@ -217,6 +241,7 @@ def build(
         health=state,
         registry=registry,
         binder=binder,
+        host_writes=guard,
         plugins=plugins,
         poller=poller if lister is not None else None,
         udev=UdevNudger(runner.nudge) if settings.udev else None,

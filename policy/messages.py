@@ -147,6 +147,11 @@ USB_CONTROLLER_GROUP_CLAIMED = (
     "pcidevice {controller} shares IOMMU group {group} with pcidevice {member}, claimed by {other}; "
     "delete pcideviceclaim {member} first"
 )
+WARN_OBSERVE_ONLY = (
+    "{kind} {name} targets node {node}, whose agent runs in observe mode: it discovers devices but never binds or "
+    "releases one, so the claim stays Bound=False (reason ObserveOnly) until the node leaves observe mode (the "
+    "chart value agent.observeOnly, or the node label devices.harvesterhci.io/observe-only=true)"
+)
 WARN_SIBLINGS = (
     "pcideviceclaim {name} shares IOMMU group {group} on node {node} with unclaimed devices {siblings}; "
     "a VM can use it only once the whole group is claimed: create pcideviceclaims {siblings} for {owner} as well"

@@ -111,6 +111,7 @@ class PCIDevice:
     host_critical: bool
     host_critical_reasons: tuple[str, ...]
     absent: bool
+    observe_only: bool = False  # status.observeOnly: the node's agent runs in observe mode and binds nothing
 
     @property
     def iommu_group_members(self) -> tuple[GroupMember, ...]:
@@ -152,6 +153,7 @@ class PCIDevice:
             host_critical=_b(st, "hostCritical", "status.hostCritical"),
             host_critical_reasons=_str_tuple(st.get("hostCriticalReasons"), "status.hostCriticalReasons"),
             absent=_b(st, "absent", "status.absent"),
+            observe_only=_b(st, "observeOnly", "status.observeOnly"),
         )
 
 
@@ -170,6 +172,7 @@ class USBDevice:
     resource_name: str
     enabled: bool
     absent: bool  # status.absent, or upstream's status.status == "orphaned"
+    observe_only: bool = False  # status.observeOnly: the node's agent runs in observe mode and offers nothing
 
     @classmethod
     def from_dict(cls, obj: object) -> USBDevice:
@@ -189,6 +192,7 @@ class USBDevice:
             resource_name=_s(st, "resourceName", "status.resourceName"),
             enabled=_b(st, "enabled", "status.enabled"),
             absent=_b(st, "absent", "status.absent") or st.get("status") == "orphaned",
+            observe_only=_b(st, "observeOnly", "status.observeOnly"),
         )
 
 

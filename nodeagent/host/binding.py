@@ -178,8 +178,10 @@ class VfioBinder:
         write_timeout: float = 5.0,
         verify_timeout: float = 3.0,
         read_timeout: float = 1.0,
+        write_guard: Callable[[str, str], None] | None = None,
     ) -> None:
         self._root = root
+        self._write_guard = write_guard  # HostWriteGuard.check: counts writes, refuses them in observe mode
         self._load_modules = load_modules
         self._pods = pods
         self._host_critical = host_critical
@@ -393,6 +395,8 @@ class VfioBinder:
     def _apply(self, a: str, writes: Sequence[SysfsWrite]) -> bool:
         root = self._root
         for w in writes:
+            if self._write_guard is not None:
+                self._write_guard("sysfs", w.path)
             job = _Job(f"write {w.path}", functools.partial(root.write_attr, w.path, w.value))
             if not job.done.wait(self._write_timeout):
                 with self._lock:

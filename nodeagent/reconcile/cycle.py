@@ -27,6 +27,7 @@ from nodeagent.reconcile import allocations, pcidevices, permits, plan, usbdevic
 from nodeagent.reconcile.devices import apply_device_actions
 from nodeagent.reconcile.pcideviceclaims import ClaimResult, PCIClaimReconciler, claim_owner, is_adopted
 from nodeagent.reconcile.usbdeviceclaims import USBClaimReconciler, USBClaimResult
+from nodeagent.settings import LABEL_OBSERVE_ONLY
 from nodeagent.sysfs.root import SysfsRoot
 from policy import names
 from policy.objects import USB_CONTROLLER_CLASS_PREFIX
@@ -47,6 +48,7 @@ class PassReport:
     enabled_usb: tuple[str, ...] = ()
     kubevirt: str = ""
     host_critical: dict[str, list[str]] = field(default_factory=dict)
+    observe_only: bool = False
 
 
 class NodePass:
@@ -68,8 +70,12 @@ class NodePass:
         set_plugins: Callable[[tuple[model.Resource, ...]], None] | None = None,
         kubevirt_namespace: str | None = None,
         now: Callable[[], str] = lambda: "",
+        observe_only: bool = False,
     ) -> None:
         self._now = now
+        self._observe_setting = observe_only
+        self.observe_only = observe_only
+        """Observe mode as the last pass decided it: the setting, or this node's label."""
         self._vmi_of = allocations.VmiResolver(api)
         self._kubevirt_namespace = kubevirt_namespace
         self._api = api
@@ -89,19 +95,23 @@ class NodePass:
         self.allocations = allocations.Allocations(known=True)
         self.host_critical: dict[str, list[str]] = {}
 
-    def _owner(self) -> Obj | None:
-        if self._node_uid is None:
-            try:
-                self._node_uid = str(self._api.get(kube.NODES, self._node)["metadata"]["uid"])
-            except kube.NotFound:
-                log.warning("node object not found; device objects get no owner yet", extra={"node": self._node})
-                return None
-            except KubeError as e:
-                if e.status != 403:
-                    raise
-                log.warning("not allowed to read the node; device objects get no owner", extra={"node": self._node})
-                return None
-        return plan.node_owner_reference(self._node, self._node_uid)
+    def _node_facts(self) -> tuple[Obj | None, bool]:
+        """The ownerReference to this node, and whether its label asks for observe mode. Read every pass, before
+        any claim is reconciled, so a node labelled before a claim arrives never sees a bind."""
+        try:
+            obj = self._api.get(kube.NODES, self._node)
+        except kube.NotFound:
+            log.warning("node object not found; device objects get no owner yet", extra={"node": self._node})
+            return None, False
+        except KubeError as e:
+            if e.status != 403:
+                raise
+            log.warning("not allowed to read the node; device objects get no owner", extra={"node": self._node})
+            return None, False
+        meta = obj.get("metadata") or {}
+        self._node_uid = str(meta["uid"])
+        observe = str((meta.get("labels") or {}).get(LABEL_OBSERVE_ONLY, "")).lower() == "true"
+        return plan.node_owner_reference(self._node, self._node_uid), observe
 
     def __call__(self) -> None:
         node = self._node
@@ -112,7 +122,11 @@ class NodePass:
         have_usb = {o["metadata"]["name"]: o for o in self._api.list(kube.USBDEVICES, label_selector=selector).items}
         all_pci_claims = self._api.list(kube.PCIDEVICECLAIMS).items
         all_usb_claims = self._api.list(kube.USBDEVICECLAIMS).items
-        owner = self._owner()
+        owner, labelled = self._node_facts()
+        observe = self._observe_setting or labelled
+        if observe != self.observe_only:
+            log.warning("observe mode changed", extra={"node": node, "observe_only": observe, "by_label": labelled})
+        self.observe_only = observe
 
         # -- which devices are claimed, and under which name ---------------------------------------------------
         found_pci = {d["metadata"]["name"]: d for d in inv.pci_devices}
@@ -143,13 +157,13 @@ class NodePass:
         # -- device objects ------------------------------------------------------------------------------------
         now = self._now()
         pci_actions = pcidevices.plan_pcidevices(
-            inv.pci_devices, have_pci, claimed_pci, node=node, owner=owner, now=now
+            inv.pci_devices, have_pci, claimed_pci, node=node, owner=owner, now=now, observe_only=observe
         )
         have_pci = apply_device_actions(
             self._api, kube.PCIDEVICES, pci_actions, have_pci, self._events, plan.PCI_STATUS_KEYS
         )
         usb_actions = usbdevices.plan_usbdevices(
-            inv.usb_devices, have_usb, claimed_usb, live_usb, node=node, owner=owner, now=now
+            inv.usb_devices, have_usb, claimed_usb, live_usb, node=node, owner=owner, now=now, observe_only=observe
         )
         have_usb = apply_device_actions(
             self._api, kube.USBDEVICES, usb_actions, have_usb, self._events, plan.USB_STATUS_KEYS
@@ -216,13 +230,14 @@ class NodePass:
                     resource_name=claimed_pci[cname],
                     permit=permit,
                     allocated_to=allocated_to,
+                    observe_only=observe,
                 )
             )
         usb_results: list[USBClaimResult] = []
         for c in my_usb_claims:
             dev = have_usb.get(c["metadata"]["name"]) or {"status": {"absent": True}}
             usb_results.append(
-                self._usb_claims.reconcile(c, dev, permit=permit, allocated_to=allocated_to)
+                self._usb_claims.reconcile(c, dev, permit=permit, allocated_to=allocated_to, observe_only=observe)
             )
 
         # -- KubeVirt permits ----------------------------------------------------------------------------------
@@ -262,6 +277,7 @@ class NodePass:
             enabled_usb=tuple(sorted(r.name for r in usb_results if r.enabled)),
             kubevirt=permit.reason,
             host_critical=inv.critical.reasons,
+            observe_only=observe,
         )
 
     def _needed_anywhere(self, candidates: Set[str], pci_claims: list[Obj], usb_claims: list[Obj]) -> Set[str]:

@@ -34,6 +34,7 @@ GROUP_COMPLETE = "GroupComplete"
 IN_USE = "InUse"
 UNBIND_PENDING = "UnbindPending"
 PERMITTED = "Permitted"
+OBSERVE_ONLY = "ObserveOnly"
 
 
 @dataclass(frozen=True)
@@ -130,11 +131,15 @@ class PCIClaimReconciler:
         resource_name: str,
         permit: plan.Condition | None,
         allocated_to: Callable[[str, str], list[Any]],
+        observe_only: bool = False,
     ) -> ClaimResult:
         name = claim["metadata"]["name"]
         address = str((claim.get("spec") or {}).get("address", ""))
         if not names.is_pci_address(address):
             self._refuse(claim, "InvalidAddress", f"spec.address {address!r} is not a PCI address")
+            return ClaimResult(name, False)
+        if observe_only:
+            self._observe(claim, device)
             return ClaimResult(name, False)
         if claim["metadata"].get("deletionTimestamp"):
             self._release(claim, address)
@@ -226,6 +231,33 @@ class PCIClaimReconciler:
         dev = model.PciDevice(address, int(group), numa if isinstance(numa, int) and numa >= 0 else None)
         selector = f"{dst.get('vendorId', '')}:{dst.get('deviceId', '')}"
         return ClaimResult(name, True, resource_name, dev, selector)
+
+    def _observe(self, claim: Obj, device: Obj | None) -> None:
+        """Observe mode: the host is never touched. A live claim is refused (Bound=False, reason ObserveOnly, one
+        Event); a claim being deleted loses our finalizer unless its device is still on vfio-pci for it, which only
+        a release outside observe mode may undo."""
+        meta = claim["metadata"]
+        st = claim.get("status") or {}
+        on_vfio = ((device or {}).get("status") or {}).get("kernelDriverInUse") == plan.VFIO_DRIVER
+        if meta.get("deletionTimestamp"):
+            if plan.FINALIZER not in (meta.get("finalizers") or []):
+                return
+            if "kernelDriverToUnbind" in st and on_vfio:
+                self._refuse(
+                    claim,
+                    OBSERVE_ONLY,
+                    f"node {self._node} is in observe mode: the device stays on vfio-pci and the claim keeps its "
+                    "finalizer until the node leaves observe mode and the agent releases it",
+                )
+                return
+            self._set_finalizer(claim, False)
+            return
+        self._refuse(
+            claim,
+            OBSERVE_ONLY,
+            f"node {self._node} is in observe mode: its agent binds no device (chart value agent.observeOnly or "
+            "node label devices.harvesterhci.io/observe-only=true)",
+        )
 
     def _release(self, claim: Obj, address: str) -> None:
         name = claim["metadata"]["name"]

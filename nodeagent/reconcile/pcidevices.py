@@ -11,14 +11,19 @@ from nodeagent.reconcile import plan
 Obj = dict[str, Any]
 
 
-def build_desired(found: Sequence[PCIDevice], resource_names: Mapping[str, str]) -> dict[str, Obj]:
-    """Objects by name; a claimed device carries the name it is offered under (`resource_names`, by object name)."""
+def build_desired(
+    found: Sequence[PCIDevice], resource_names: Mapping[str, str], *, observe_only: bool = False
+) -> dict[str, Obj]:
+    """Objects by name; a claimed device carries the name it is offered under (`resource_names`, by object name),
+    and every device of a node in observe mode says so (`observeOnly`, which the webhook warns about)."""
     out: dict[str, Obj] = {}
     for d in found:
         name = d["metadata"]["name"]
         obj: Obj = dict(d)
         if name in resource_names:
             obj["status"] = dict(d["status"], resourceName=resource_names[name])
+        if observe_only:
+            obj["status"] = dict(obj["status"], observeOnly=True)
         out[name] = obj
     return out
 
@@ -31,10 +36,11 @@ def plan_pcidevices(
     node: str,
     owner: Obj | None,
     now: str = "",
+    observe_only: bool = False,
 ) -> list[plan.DeviceAction]:
     """`claimed`: object name -> effective resource name for every live or releasing claim of this node."""
     return plan.plan_devices(
-        build_desired(found, claimed),
+        build_desired(found, claimed, observe_only=observe_only),
         existing,
         set(claimed),
         node=node,

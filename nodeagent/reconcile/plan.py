@@ -25,13 +25,13 @@ PCI_STATUS_KEYS = frozenset(
     {
         "address", "vendorId", "deviceId", "classId", "iommuGroup", "nodeName", "resourceName", "description",
         "kernelDriverInUse", "subsystemVendorId", "subsystemDeviceId", "revision", "numaNode", "resetMethods",
-        "iommuGroupMembers", "hostCritical", "hostCriticalReasons", "hostWarnings", "absent",
+        "iommuGroupMembers", "hostCritical", "hostCriticalReasons", "hostWarnings", "absent", "observeOnly",
     }
 )  # fmt: skip
 USB_STATUS_KEYS = frozenset(
     {
         "vendorID", "productID", "nodeName", "resourceName", "devicePath", "description", "pciAddress", "classType",
-        "enabled", "busNum", "devNum", "portPath", "serial", "absent", "status", "message",
+        "enabled", "busNum", "devNum", "portPath", "serial", "absent", "status", "message", "observeOnly",
     }
 )  # fmt: skip
 ORPHANED = "orphaned"

@@ -18,6 +18,7 @@ log = logging.getLogger(__name__)
 
 Obj = dict[str, Any]
 READY = "Ready"
+OBSERVE_ONLY = "ObserveOnly"
 OwnerSetter = Callable[[model.UsbDevice], bool]
 
 
@@ -68,6 +69,26 @@ class USBClaimReconciler:
         except kube.NotFound:
             return None
 
+    def _observe(self, claim: Obj, device: Obj) -> None:
+        """Observe mode: the device node is never chowned and nothing is offered; the claim says why (Ready=False,
+        reason ObserveOnly, one Event) and, being deleted, loses our finalizer (there is nothing to undo)."""
+        if claim["metadata"].get("deletionTimestamp"):
+            if plan.FINALIZER in (claim["metadata"].get("finalizers") or []):
+                self._finalizer(claim, False)
+            return
+        dst = device.get("status") or {}
+        claim = self._write_status(claim, {"nodeName": self._node, "pciAddress": str(dst.get("pciAddress", ""))})
+        st = claim.get("status") or {}
+        before = plan.condition(st, READY)
+        message = (
+            f"node {self._node} is in observe mode: its agent offers no device (chart value agent.observeOnly or "
+            "node label devices.harvesterhci.io/observe-only=true)"
+        )
+        wanted = [plan.Condition(READY, False, OBSERVE_ONLY, message)]
+        self._write_status(claim, {"conditions": plan.set_conditions(st.get("conditions") or [], wanted, self._now())})
+        if before is None or before.get("reason") != OBSERVE_ONLY:
+            self._events.record(claim, "Warning", OBSERVE_ONLY, message)
+
     def reconcile(
         self,
         claim: Obj,
@@ -75,8 +96,12 @@ class USBClaimReconciler:
         *,
         permit: plan.Condition | None,
         allocated_to: Callable[[str, str], list[Any]],
+        observe_only: bool = False,
     ) -> USBClaimResult:
         name = claim["metadata"]["name"]
+        if observe_only:
+            self._observe(claim, device)
+            return USBClaimResult(name, False)
         if claim["metadata"].get("deletionTimestamp"):
             if plan.FINALIZER in (claim["metadata"].get("finalizers") or []):
                 self._finalizer(claim, False)

@@ -20,12 +20,17 @@ def plan_usbdevices(
     node: str,
     owner: Obj | None,
     now: str = "",
+    observe_only: bool = False,
 ) -> list[plan.DeviceAction]:
-    """`claimed`: names with a claim (live or releasing) — kept when gone; `enabled`: names with a live claim."""
+    """`claimed`: names with a claim (live or releasing) — kept when gone; `enabled`: names with a live claim.
+    In observe mode no device is enabled (its node is never chowned for QEMU) and every one says `observeOnly`."""
     desired: dict[str, Obj] = {}
     for d in found:
         name = d["metadata"]["name"]
-        desired[name] = dict(d, status=dict(d["status"], enabled=name in enabled))
+        status = dict(d["status"], enabled=name in enabled and not observe_only)
+        if observe_only:
+            status["observeOnly"] = True
+        desired[name] = dict(d, status=status)
     return plan.plan_devices(
         desired, existing, claimed, node=node, owner=owner, owned_keys=plan.USB_STATUS_KEYS, usb=True, now=now
     )

@@ -117,10 +117,11 @@ def validate_create(ctx: Context) -> Decision:
         denial = check_pool_owner(view, claim, device)
         if denial is not None:
             return denial
-    if not group:
-        return decision.allow()
-    return decision.allow(
-        [
+    warnings = []
+    if device.observe_only:
+        warnings.append(messages.WARN_OBSERVE_ONLY.format(**f, node=messages.shown(device.node_name)))
+    if group:
+        warnings.append(
             messages.WARN_SIBLINGS.format(
                 name=f["name"],
                 group=messages.shown(device.iommu_group),
@@ -128,8 +129,8 @@ def validate_create(ctx: Context) -> Decision:
                 siblings=messages.listed(group),
                 owner=messages.shown(claim.owner),
             )
-        ]
-    )
+        )
+    return decision.allow(warnings)
 
 
 def check_group(view: ClusterView, claim: PCIDeviceClaim, device: PCIDevice) -> Decision | list[str]:

@@ -80,7 +80,11 @@ def validate_create(ctx: Context) -> Decision:
     if denial is not None:
         return denial
     denial = check_controller(view, claim, device)
-    return denial if denial is not None else decision.allow()
+    if denial is not None:
+        return denial
+    if device.observe_only:
+        return decision.allow([messages.WARN_OBSERVE_ONLY.format(**f, node=messages.shown(device.node_name))])
+    return decision.allow()
 
 
 def check_controller(view: ClusterView, claim: USBDeviceClaim, device: USBDevice) -> Decision | None:

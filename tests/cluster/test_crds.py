@@ -127,6 +127,7 @@ def full_pcidevice(node: str) -> dict[str, Any]:
             "hostCritical": True,
             "hostCriticalReasons": ["block device nvme0n1 holds /", "carries the default route"],
             "absent": False,
+            "observeOnly": False,
             "conditions": [CONDITION],
         },
     }
@@ -175,6 +176,7 @@ def full_usbdevice(node: str) -> dict[str, Any]:
             "portPath": "2-1.4",
             "serial": "E0D55EA574B4F4B1B8D1",
             "absent": True,
+            "observeOnly": True,
             "conditions": [CONDITION],
         },
     }
