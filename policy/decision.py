@@ -12,6 +12,18 @@ from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
+class Hold:
+    """A device an admitted object names exactly: the webhook makes its requester the device's one holder with a
+    compare-and-swap in the API server before it answers (webhook.holds), so parallel requests cannot both pass a
+    check made against an eventually consistent view."""
+
+    device_kind: str  # "pcidevice" or "usbdevice"
+    device: str
+    requester: str  # the username the device is held for (VMs of one requester share it)
+    workload: str  # what asks, for messages: "virtualmachine ns/name"
+
+
+@dataclass(frozen=True, slots=True)
 class Decision:
     allowed: bool
     code: int = 200
@@ -20,10 +32,11 @@ class Decision:
     rule: str = ""
     warnings: tuple[str, ...] = ()
     patch: tuple[Mapping[str, Any], ...] = ()  # RFC 6902 operations
+    holds: tuple[Hold, ...] = ()  # to take before the answer is sent (validating only)
 
 
-def allow(warnings: Iterable[str] = ()) -> Decision:
-    return Decision(allowed=True, warnings=tuple(warnings))
+def allow(warnings: Iterable[str] = (), *, holds: Iterable[Hold] = ()) -> Decision:
+    return Decision(allowed=True, warnings=tuple(warnings), holds=tuple(holds))
 
 
 def deny(rule: str, message: str, code: int = 403, reason: str = "Forbidden") -> Decision:

@@ -17,14 +17,21 @@ from policy.settings import PolicySettings
 from policy.snapshot import ClusterView
 
 # Part 2 (A9, A9v, A12): kinds that name host devices, as (group, plural, operations the validator judges);
-# matchConditions in the chart narrow UPDATEs to those that change hostDevices or gpus.
+# matchConditions in the chart narrow UPDATEs to those that change the devices asked for, the instancetype or the
+# admission record. VMI UPDATEs are sent only when the record changes (it may not).
 VM_LIKE: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("kubevirt.io", "virtualmachines", ("CREATE", "UPDATE")),
-    ("kubevirt.io", "virtualmachineinstances", ("CREATE",)),
+    ("kubevirt.io", "virtualmachineinstances", ("CREATE", "UPDATE")),
     ("kubevirt.io", "virtualmachineinstancereplicasets", ("CREATE", "UPDATE")),
     ("pool.kubevirt.io", "virtualmachinepools", ("CREATE", "UPDATE")),
     ("instancetype.kubevirt.io", "virtualmachineinstancetypes", ("CREATE", "UPDATE")),
     ("instancetype.kubevirt.io", "virtualmachineclusterinstancetypes", ("CREATE", "UPDATE")),
+)
+# Part 3 (issue 22): objects that make virt-controller write a VM for their creator (policy.copies)
+COPIES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("snapshot.kubevirt.io", "virtualmachinerestores", ("CREATE", "UPDATE")),
+    ("snapshot.kubevirt.io", "virtualmachinesnapshotcontents", ("CREATE", "UPDATE")),
+    ("clone.kubevirt.io", "virtualmachineclones", ("CREATE", "UPDATE")),
 )
 
 # (group, resource, subresource) the validator and mutator understand.
@@ -40,6 +47,7 @@ KINDS: frozenset[tuple[str, str, str]] = frozenset(
         (names.GROUP, "usbdevices", "status"),
         ("kubevirt.io", "kubevirts", ""),
         *((group, plural, "") for group, plural, _ in VM_LIKE),
+        *((group, plural, "") for group, plural, _ in COPIES),
         ("", "pods", ""),
     }
 )
@@ -58,17 +66,19 @@ VALIDATING_RULES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     (names.GROUP, "usbdevices/status", ("UPDATE",)),
     ("kubevirt.io", "kubevirts", _CRUD),
     *VM_LIKE,
+    *COPIES,
     ("", "pods", ("CREATE",)),
 )
 MUTATING_RULES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     (names.GROUP, "pcideviceclaims", ("CREATE",)),
     (names.GROUP, "usbdeviceclaims", ("CREATE",)),
-    # the mutator completes IOMMU groups and pins pooled VMs of the kinds that schedule VMIs
+    # the mutator stamps admission records, completes IOMMU groups and pins pooled VMs
     *(
-        (group, plural, ops)
+        (group, plural, ("CREATE",) if plural == "virtualmachineinstances" else ops)
         for group, plural, ops in VM_LIKE
-        if group != "instancetype.kubevirt.io" and plural != "virtualmachineinstances"
+        if group != "instancetype.kubevirt.io"
     ),
+    *((group, plural, ops) for group, plural, ops in COPIES if plural != "virtualmachinesnapshotcontents"),
 )
 
 

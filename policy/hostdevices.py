@@ -4,6 +4,10 @@ The Harvester UI saves whole objects and reorders entries, so two objects name "
 entries are equal; only a change of that multiset makes an UPDATE worth judging (rule A9). `Workload` is the slim
 view the cluster index keeps of VMs, VMIs, pools, replica sets and instancetypes (a 30 KB VM becomes a few tuples).
 Pods are not workloads: `pod_resources` reads the extended resources their containers request (rule A12).
+
+A device can be asked for through more than `hostDevices` and `gpus`: KubeVirt copies `domain.resources` requests and
+limits into the launcher pod's compute container, so extended resources there are read as entries too (field
+`resources`, once per unit asked for), and so is every container of a pod.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from policy import records
 from policy.objects import MalformedObject, OwnerReference
 
 VM = "VirtualMachine"
@@ -20,6 +25,7 @@ POOL = "VirtualMachinePool"
 REPLICA_SET = "VirtualMachineInstanceReplicaSet"
 INSTANCETYPE = "VirtualMachineInstancetype"
 CLUSTER_INSTANCETYPE = "VirtualMachineClusterInstancetype"
+SNAPSHOT_CONTENT = "VirtualMachineSnapshotContent"  # holds a copy of a VM that a restore turns back into a VM
 
 # kind -> the keys from the object to the `devices` map (hostDevices and gpus); instancetypes keep them in spec
 DEVICE_PATHS: dict[str, tuple[str, ...]] = {
@@ -29,6 +35,11 @@ DEVICE_PATHS: dict[str, tuple[str, ...]] = {
     REPLICA_SET: ("spec", "template", "spec", "domain", "devices"),
     INSTANCETYPE: ("spec",),
     CLUSTER_INSTANCETYPE: ("spec",),
+    SNAPSHOT_CONTENT: ("spec", "source", "virtualMachine", "spec", "template", "spec", "domain", "devices"),
+}
+# kind -> the keys to `domain.resources` (instancetypes have none)
+RESOURCE_PATHS: dict[str, tuple[str, ...]] = {
+    kind: (*path[:-1], "resources") for kind, path in DEVICE_PATHS.items() if path[-1] == "devices"
 }
 # kind -> the keys to the pod-template spec whose affinity pins the VM (kinds that schedule VMIs)
 POD_SPEC_PATHS: dict[str, tuple[str, ...]] = {
@@ -41,16 +52,30 @@ POD_SPEC_PATHS: dict[str, tuple[str, ...]] = {
 INSTANCETYPE_PATHS: dict[str, tuple[str, ...]] = {
     VM: ("spec", "instancetype"),
     POOL: ("spec", "virtualMachineTemplate", "spec", "instancetype"),
+    SNAPSHOT_CONTENT: ("spec", "source", "virtualMachine", "spec", "instancetype"),
+}
+# KubeVirt matches an instancetype reference's kind case-insensitively, singular or plural, and an empty kind means
+# the cluster-wide kind (pkg/instancetype/find): the same spellings resolve to the same object here.
+_INSTANCETYPE_KINDS = {
+    "virtualmachineinstancetype": INSTANCETYPE,
+    "virtualmachineinstancetypes": INSTANCETYPE,
+    "virtualmachineclusterinstancetype": CLUSTER_INSTANCETYPE,
+    "virtualmachineclusterinstancetypes": CLUSTER_INSTANCETYPE,
+    "": CLUSTER_INSTANCETYPE,
 }
 WORKLOAD_KINDS = tuple(DEVICE_PATHS)
 FIELDS = ("hostDevices", "gpus")
+RESOURCES_FIELD = "resources"
+# KubeVirt's restore controller marks the VM it writes with "<restore name>-<restore uid>"
+LAST_RESTORE_ANNOTATION = "restore.kubevirt.io/lastRestoreUID"
+MAX_UNITS = 16  # one resource asked for in larger numbers is judged as this many units
 NODE_NAME_FIELD = "metadata.name"  # the node affinity the mutator adds matches this field
 
 
 @dataclass(frozen=True, slots=True, order=True)
 class HostDevice:
-    field: str  # "hostDevices" or "gpus"
-    name: str
+    field: str  # "hostDevices", "gpus" or "resources"
+    name: str  # the entry's name ("" for resources)
     device_name: str  # the resource name the entry asks for
 
 
@@ -65,6 +90,8 @@ class Workload:
     controller: OwnerReference | None  # the ownerReference with controller: true
     node: str  # a VMI's status.nodeName; for others the node our node affinity pins them to
     deleting: bool
+    requester: records.Requester | None = None  # the webhook's record of who asked (records.ANNOTATION)
+    last_restore: str = ""  # KubeVirt's LAST_RESTORE_ANNOTATION: the restore that wrote this VM
 
     @property
     def key(self) -> str:
@@ -90,6 +117,10 @@ class Workload:
         if "/" in name:
             namespace, _, name = name.partition("/")
         uid = meta.get("uid") or ""
+        annotations = meta.get("annotations") or {}
+        if not isinstance(annotations, Mapping):
+            raise MalformedObject("metadata.annotations must be an object")
+        last_restore = annotations.get(LAST_RESTORE_ANNOTATION, "")
         refs = meta.get("ownerReferences") or []
         if not isinstance(refs, list) or not isinstance(uid, str):
             raise MalformedObject("metadata.ownerReferences must be a list")
@@ -109,12 +140,16 @@ class Workload:
             controller=controller,
             node=node if isinstance(node, str) else "",
             deleting=meta.get("deletionTimestamp") is not None,
+            requester=records.Requester.decode(annotations.get(records.ANNOTATION)),
+            last_restore=last_restore if isinstance(last_restore, str) else "",
         )
 
 
 def host_devices(obj: Mapping[str, Any]) -> tuple[HostDevice, ...]:
-    """The sorted `hostDevices` and `gpus` entries of obj (of a kind in DEVICE_PATHS); MalformedObject if misshapen."""
-    devices = _dig(obj, DEVICE_PATHS[str(obj.get("kind"))])
+    """The sorted `hostDevices`, `gpus` and `domain.resources` entries of obj (of a kind in DEVICE_PATHS);
+    MalformedObject if misshapen."""
+    kind = str(obj.get("kind"))
+    devices = _dig(obj, DEVICE_PATHS[kind])
     out: list[HostDevice] = []
     for field in FIELDS:
         entries = devices.get(field)
@@ -129,7 +164,33 @@ def host_devices(obj: Mapping[str, Any]) -> tuple[HostDevice, ...]:
             if not isinstance(name, str) or not isinstance(device_name, str):
                 raise MalformedObject(f"{field}[].name and .deviceName must be strings")
             out.append(HostDevice(field, name, device_name))
+    path = RESOURCE_PATHS.get(kind)
+    if path is not None:
+        for resource, units in extended_resources(_dig(obj, path)).items():
+            out.extend(HostDevice(RESOURCES_FIELD, "", resource) for _ in range(units))
     return tuple(sorted(out))
+
+
+def extended_resources(resources: Mapping[str, Any]) -> dict[str, int]:
+    """Extended resources (names with a '/') of a `resources` object and how many units it asks for: the larger of
+    request and limit (the API server makes a missing request equal the limit); a quantity that is not a whole number
+    counts as one unit, so a misspelt quantity cannot hide a name."""
+    out: dict[str, int] = {}
+    for part in ("limits", "requests"):
+        values = resources.get(part)
+        if values is None:
+            continue
+        if not isinstance(values, Mapping):
+            raise MalformedObject(f"resources.{part} must be an object")
+        for key, quantity in values.items():
+            if isinstance(key, str) and "/" in key:
+                out[key] = max(out.get(key, 0), _units(quantity))
+    return out
+
+
+def _units(quantity: object) -> int:
+    text = str(quantity).strip() if isinstance(quantity, str | int) and not isinstance(quantity, bool) else ""
+    return min(int(text), MAX_UNITS) if text.isdigit() and int(text) > 0 else 1
 
 
 def device_set(obj: Mapping[str, Any] | None) -> tuple[str, ...] | None:
@@ -143,6 +204,7 @@ def device_set(obj: Mapping[str, Any] | None) -> tuple[str, ...] | None:
 
 
 def instancetype_of(obj: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(kind, name) of obj's instancetype reference, the kind spelled as the view keys it (KubeVirt's matching)."""
     path = INSTANCETYPE_PATHS.get(str(obj.get("kind")))
     if path is None:
         return None
@@ -153,8 +215,10 @@ def instancetype_of(obj: Mapping[str, Any]) -> tuple[str, str] | None:
     name = matcher.get("name")
     if not isinstance(name, str) or not name:
         return None
-    kind = matcher.get("kind") or CLUSTER_INSTANCETYPE
-    return (str(kind), name)
+    kind = matcher.get("kind") or ""
+    if not isinstance(kind, str):
+        return None
+    return (_INSTANCETYPE_KINDS.get(kind.lower(), kind), name)
 
 
 def pinned_node(obj: Mapping[str, Any]) -> str:
@@ -184,21 +248,26 @@ def pinned_node(obj: Mapping[str, Any]) -> str:
 
 
 def pod_resources(pod: Mapping[str, Any]) -> tuple[str, ...]:
-    """The sorted extended-resource names a pod's containers and init containers request or limit."""
+    """The extended-resource names a pod asks for, once per unit: every container, init and ephemeral container,
+    and pod-level resources (sorted; a malformed part is skipped, the API server rejects it anyway)."""
     spec = pod.get("spec")
     if not isinstance(spec, Mapping):
         return ()
-    found: set[str] = set()
+    found: list[str] = []
+    parts: list[Any] = [spec.get("resources")]
     for key in ("containers", "initContainers", "ephemeralContainers"):
         containers = spec.get(key)
         for c in containers if isinstance(containers, list) else ():
-            resources = c.get("resources") if isinstance(c, Mapping) else None
-            if not isinstance(resources, Mapping):
-                continue
-            for part in ("limits", "requests"):
-                values = resources.get(part)
-                if isinstance(values, Mapping):
-                    found.update(k for k in values if isinstance(k, str) and "/" in k)
+            parts.append(c.get("resources") if isinstance(c, Mapping) else None)
+    for resources in parts:
+        if not isinstance(resources, Mapping):
+            continue
+        try:
+            units = extended_resources(resources)
+        except MalformedObject:
+            continue
+        for name, n in units.items():
+            found.extend([name] * n)
     return tuple(sorted(found))
 
 

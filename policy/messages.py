@@ -237,8 +237,31 @@ VM_USE = (
     "use on {device_resource} {device}; ask an administrator for a RoleBinding in {namespace} that grants it"
 )
 VM_TAKEN = (
-    "{kind} {name} can only use devices no other VM names; {device_kind} {device} is named by {other}; "
-    "remove it from {other} first"
+    "{kind} {name} can only use devices no other requester's VM names; {device_kind} {device} is named by {other} "
+    "(requested by {other_user}); remove it from {other} first"
+)
+HOLD_TAKEN = (
+    "{kind} {name} can only use devices no other requester's VM names; {device_kind} {device} is held for "
+    "{holder} by {workload}; remove it there first, or retry in a few seconds if that request did not go through"
+)
+NAME_BEFORE_CLAIM = (
+    "{kind} {name} can only ask for devices by a name they are offered under; its {field} entry asks for "
+    "{device_name}, the name {device_kind} {device} gets once claimed; create {claim_kind} {device} first, then use "
+    "its status.resourceName"
+)
+NAME_NOT_OFFERED = (
+    "{kind} {name} can only ask for devices by a name they are offered under; its {field} entry asks for "
+    "{device_name}, but {device_kind} {device} is offered as {offered}; ask for {offered}"
+)
+NAME_POOLED_UNUSED = (
+    "{kind} {name} can only ask for devices by a name they are offered under; its {field} entry asks for "
+    "{device_name}, the pooled name of models {models}, under which no device is offered now; ask for the "
+    "status.resourceName of a claimed device"
+)
+NAME_NO_DEVICE = (
+    "{kind} {name} can only ask for devices by a name they are offered under; its {field} entry asks for "
+    "{device_name}, shaped like the name of a device on node {node}, which has no such device; ask for the "
+    "status.resourceName of a claimed device"
 )
 VM_GROUP_UNKNOWN = (
     "{kind} {name} can only use complete IOMMU groups; pcidevice {device} shares group {group} on node {node} with "
@@ -260,13 +283,23 @@ VM_POOL_NODE = (
     "{kind} {name} can only ask for pooled resources one node holds claimed; no node has {count} claimed devices of "
     "{resource} that {user} may use{pinned}"
 )
-VMI_OWNER_MISMATCH = (
-    "virtualmachineinstance {name} can only carry the devices of the {owner_kind} that owns it; it names {devices} "
-    "but {owner_kind} {owner} names {owner_devices}"
-)
 VMI_OWNER_UNKNOWN = (
     "{kind} {name} can only name devices when {user} creates it for a known owner; {why}; retry once the owner "
     "is visible"
+)
+NO_RECORD = (
+    "{kind} {name} can only get devices whose requester the webhook recorded; {owner_kind} {owner} carries no "
+    "{annotation} record (it was written before this check, or the record was removed); re-apply {owner_kind} "
+    "{owner} (kubectl apply, or edit and save it) as a user who may use its devices, then try again"
+)
+CONTROLLER_UNTRACED = (
+    "{kind} {name} can only name devices when {user} writes it for a pool or a restore whose requester the webhook "
+    "recorded; {why}; create the VM yourself, or restore or clone it through a VirtualMachineRestore or "
+    "VirtualMachineClone"
+)
+RECORD_MISMATCH = (
+    "{kind} {name} can only carry the annotation {annotation} as the webhook writes it (the requester it judged); "
+    "it holds {value} where the webhook wrote {expected}; drop the annotation from your manifest"
 )
 POD_DEVICE = (
     "pod {name} can only request device resources when virt-controller creates it for an admitted "

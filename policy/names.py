@@ -120,6 +120,48 @@ def usb_resource_name(usbdevice: str) -> str:
     return f"{USB_RESOURCE_VENDOR}/{shorten_name_part(usbdevice)}"
 
 
+# The last segments of a per-device name part: a PCI address without ':' and '.' (4-8 digit domain, bus, slot, and
+# a function 0-7), or a USB device's `vvvv-pppp-BBBDDD`; and the hash a shortened part ends with.
+_PCI_NAME_SUFFIX = re.compile(r"[0-9a-f]{8,12}[0-7]")
+_USB_NAME_SUFFIX = re.compile(r"[0-9a-f]{4}-[0-9a-f]{4}-[0-9]{6}")
+_SHORTENED = re.compile(r"-[0-9a-f]{10}")
+
+
+def name_part(resource_name: str) -> str:
+    """What follows the first '/' of an extended-resource name ("" when there is none)."""
+    return resource_name.partition("/")[2]
+
+
+def per_device_node_candidates(part: str) -> tuple[str, ...]:
+    """The node names a per-device name part could belong to, longest first; () when it has no per-device shape.
+
+    A part is `<node>-<address digits>` (PCI) or `<node>-<vvvv>-<pppp>-<BBBDDD>` (USB), or such a part shortened to
+    63 characters with a hash (`shorten_name_part`), whose head keeps a prefix of the node name. For a shortened
+    part every prefix ending before a '-' is a candidate, and so is the head itself (a node name cut short); the
+    caller keeps those it knows. Anyone can compute the name a device will be offered under from the node's name
+    and the address, so such names are ours as soon as the node is known (DESIGN §3, issue 21).
+    """
+    head, _, last = part.rpartition("-")
+    if head and _PCI_NAME_SUFFIX.fullmatch(last):
+        return (head,)
+    usb = part.split("-")
+    if len(usb) >= 4 and _USB_NAME_SUFFIX.fullmatch("-".join(usb[-3:])):
+        return ("-".join(usb[:-3]),)
+    if len(part) == NAME_PART_LIMIT and _SHORTENED.fullmatch(part[-11:]):
+        cut = part[:-11]
+        out = [cut]
+        while "-" in cut:
+            cut = cut.rsplit("-", 1)[0]
+            out.append(cut)
+        return tuple(c for c in out if c)
+    return ()
+
+
+def shortened_node_prefix(node: str) -> str:
+    """The head a shortened per-device part of a device on `node` starts with, when the node name alone fills it."""
+    return (node + "-")[: NAME_PART_LIMIT - 11].rstrip("-.")
+
+
 def resource_env_var(prefix: str, resource_name: str) -> str:
     """KubeVirt's variable for a resource: `PCI_RESOURCE_` + upper-case name with `/` and `.` as `_`."""
     return f"{prefix}_{resource_name.upper().replace('/', '_').replace('.', '_')}"

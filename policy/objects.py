@@ -112,6 +112,7 @@ class PCIDevice:
     host_critical_reasons: tuple[str, ...]
     absent: bool
     observe_only: bool = False  # status.observeOnly: the node's agent runs in observe mode and binds nothing
+    pooled_resource_name: str = ""  # status.pooledResourceName: the shared name pci.ids gives the device's model
 
     @property
     def iommu_group_members(self) -> tuple[GroupMember, ...]:
@@ -154,6 +155,7 @@ class PCIDevice:
             host_critical_reasons=_str_tuple(st.get("hostCriticalReasons"), "status.hostCriticalReasons"),
             absent=_b(st, "absent", "status.absent"),
             observe_only=_b(st, "observeOnly", "status.observeOnly"),
+            pooled_resource_name=_si(st, "pooledResourceName", "status.pooledResourceName"),
         )
 
 

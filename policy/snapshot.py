@@ -11,7 +11,8 @@ import threading
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Generic, Protocol, TypeVar
 
-from policy import hostdevices
+from policy import copies, hostdevices, names
+from policy.copies import Clone, Restore, Snapshot
 from policy.hostdevices import Workload
 from policy.objects import (
     Claim,
@@ -25,9 +26,19 @@ from policy.objects import (
 
 K = TypeVar("K")
 
-KINDS = ("PCIDevice", "PCIDeviceClaim", "USBDevice", "USBDeviceClaim", "Node", *hostdevices.WORKLOAD_KINDS)
+KINDS = (
+    "PCIDevice",
+    "PCIDeviceClaim",
+    "USBDevice",
+    "USBDeviceClaim",
+    "Node",
+    *hostdevices.WORKLOAD_KINDS,
+    *copies.KINDS,
+)
 # kinds whose objects hold devices while they run: indexed by the resource names they ask for (A7, A9)
 _HOLDERS = (hostdevices.VM, hostdevices.VMI)
+# kinds whose devices a holder gets by reference (spec.instancetype)
+_INSTANCETYPES = (hostdevices.INSTANCETYPE, hostdevices.CLUSTER_INSTANCETYPE)
 
 
 class ClusterView(Protocol):
@@ -53,7 +64,27 @@ class ClusterView(Protocol):
         ...
 
     def workloads_naming(self, resource_name: str) -> Sequence[Workload]:
-        """VMs and VMIs with a hostDevices or gpus entry whose deviceName is resource_name."""
+        """VMs and VMIs that ask for resource_name: in hostDevices, gpus or resources, or through their instancetype."""
+        ...
+
+    def devices_for_part(self, part: str) -> Sequence[Device]:
+        """Devices whose per-device resource name ends in `part` (the object name, or its shortened form)."""
+        ...
+
+    def pooled_models(self, resource_name: str) -> Sequence[str]:
+        """The `vendor:device` models of known PCI devices whose pooled name is resource_name."""
+        ...
+
+    def node_for_part(self, part: str) -> str:
+        """The known node (a Node object, or the node of a device object) that a per-device name part belongs to."""
+        ...
+
+    def copy(self, kind: str, namespace: str, name: str) -> Restore | Clone | Snapshot | None:
+        """A VirtualMachineRestore, VirtualMachineClone or VirtualMachineSnapshot."""
+        ...
+
+    def restore_by_mark(self, namespace: str, mark: str) -> Restore | None:
+        """The restore whose `<name>-<uid>` KubeVirt wrote into a VM's lastRestoreUID annotation."""
         ...
 
     def pcidevices_of_model(self, node: str, vendor_id: str, device_id: str) -> Sequence[PCIDevice]:
@@ -82,6 +113,16 @@ class ClusterIndex:
         # kind -> "<namespace>/<name>" -> view; resource name -> "<kind>|<key>" of VMs and VMIs naming it
         self._workloads: dict[str, dict[str, Workload]] = {k: {} for k in hostdevices.WORKLOAD_KINDS}
         self._naming: MultiMap[str] = MultiMap()
+        # "<kind>|<key>" of an instancetype -> "<kind>|<key>" of the VMs and VMIs that reference it
+        self._referencing: MultiMap[str] = MultiMap()
+        # our names before a device is offered under them (issue 21): nodes known through their devices, long device
+        # names by their shortened per-device part, pooled names by model
+        self._device_nodes: dict[str, int] = {}
+        self._short_parts: dict[str, str] = {}
+        self._pooled: dict[tuple[str, str], int] = {}  # (pooled name, "vendor:device") -> devices
+        self._pooled_models: MultiMap[str] = MultiMap()
+        self._copies: dict[str, dict[str, Any]] = {k: {} for k in copies.KINDS}
+        self._restore_marks: dict[tuple[str, str], str] = {}
 
     @classmethod
     def from_objects(cls, objects: Iterable[Mapping[str, Any]]) -> ClusterIndex:
@@ -227,11 +268,61 @@ class ClusterIndex:
 
     def workloads_naming(self, resource_name: str) -> Sequence[Workload]:
         with self._lock:
-            out = []
+            refs: list[str] = []
             for ref in self._naming.get(resource_name):
+                if ref.partition("|")[0] in _INSTANCETYPES:
+                    refs.extend(self._referencing.get(ref))
+                else:
+                    refs.append(ref)
+            out = []
+            for ref in sorted(set(refs)):
                 kind, _, key = ref.partition("|")
-                out.append(self._workloads[kind][key])
+                w = self._workloads[kind].get(key)
+                if w is not None:
+                    out.append(w)
             return out
+
+    def devices_for_part(self, part: str) -> Sequence[Device]:
+        with self._lock:
+            name = self._short_parts.get(part, part)
+            found: list[Device] = []
+            pci, usb = self._pci.get(name), self._usb.get(name)
+            if pci is not None:
+                found.append(pci)
+            if usb is not None:
+                found.append(usb)
+            return found
+
+    def pooled_models(self, resource_name: str) -> Sequence[str]:
+        with self._lock:
+            return self._pooled_models.get(resource_name)
+
+    def node_for_part(self, part: str) -> str:
+        candidates = names.per_device_node_candidates(part)
+        if not candidates:
+            return ""
+        with self._lock:
+            for c in candidates:
+                if c in self._nodes or c in self._device_nodes:
+                    return c
+            if len(part) == names.NAME_PART_LIMIT:  # shortened: the head may be a long node name cut short
+                head = candidates[0]
+                for node in (*self._nodes, *self._device_nodes):
+                    if len(node) >= len(head) and names.shortened_node_prefix(node) == head:
+                        return node
+        return ""
+
+    def copy(self, kind: str, namespace: str, name: str) -> Restore | Clone | Snapshot | None:
+        with self._lock:
+            store = self._copies.get(kind)
+            view: Restore | Clone | Snapshot | None = store.get(f"{namespace}/{name}") if store is not None else None
+            return view
+
+    def restore_by_mark(self, namespace: str, mark: str) -> Restore | None:
+        with self._lock:
+            key = self._restore_marks.get((namespace, mark))
+            view = self._copies[copies.RESTORE].get(key) if key is not None else None
+            return view if isinstance(view, Restore) else None
 
     def pcidevices_of_model(self, node: str, vendor_id: str, device_id: str) -> Sequence[PCIDevice]:
         with self._lock:
@@ -246,6 +337,7 @@ class ClusterIndex:
                 "USBDeviceClaim": len(self._usb_claims),
                 "Node": len(self._nodes),
                 **{kind: len(store) for kind, store in self._workloads.items()},
+                **{kind: len(store) for kind, store in self._copies.items()},
             }
 
     # -- index maintenance (called with the lock held) ----------------------------------------------------------
@@ -257,7 +349,9 @@ class ClusterIndex:
             "PCIDeviceClaim": self._pci_claims,
             "USBDeviceClaim": self._usb_claims,
         }
-        return stores[kind] if kind in stores else self._workloads[kind]
+        if kind in stores:
+            return stores[kind]
+        return self._copies[kind] if kind in self._copies else self._workloads[kind]
 
     def _devices(self, index: dict[str, MultiMap[str]], resource_name: str) -> list[Device]:
         out: list[Device] = [self._pci[n] for n in index["PCIDevice"].get(resource_name)]
@@ -270,10 +364,24 @@ class ClusterIndex:
     def _add(self, kind: str, view: Any) -> None:
         self._store(kind)[_key(view)] = view
         if isinstance(view, Workload):
-            if kind in _HOLDERS:
+            if kind in _HOLDERS or kind in _INSTANCETYPES:
                 for device_name in set(view.device_names):
                     self._naming.add(device_name, f"{kind}|{view.key}")
+            if kind in _HOLDERS and view.instancetype is not None:
+                self._referencing.add(_instancetype_ref(view), f"{kind}|{view.key}")
             return
+        if isinstance(view, Restore):
+            self._restore_marks[(view.namespace, view.mark)] = view.key
+            return
+        if isinstance(view, Clone | Snapshot):
+            return
+        self._count_node(view, +1)
+        if isinstance(view, PCIDevice | USBDevice) and len(view.name) > names.NAME_PART_LIMIT:
+            self._short_parts[names.shorten_name_part(view.name)] = view.name
+        if isinstance(view, PCIDevice) and view.pooled_resource_name:
+            pk = (view.pooled_resource_name, f"{view.vendor_id}:{view.device_id}")
+            self._pooled[pk] = self._pooled.get(pk, 0) + 1
+            self._pooled_models.add(*pk)
         if isinstance(view, PCIDevice):
             self._pci_by_address[(view.node_name, view.address)] = view.name
             self._pci_by_model.add((view.node_name, view.vendor_id, view.device_id), view.name)
@@ -305,7 +413,26 @@ class ClusterIndex:
         if isinstance(view, Workload):
             for device_name in set(view.device_names):
                 self._naming.discard(device_name, f"{kind}|{view.key}")
+            if view.instancetype is not None:
+                self._referencing.discard(_instancetype_ref(view), f"{kind}|{view.key}")
             return
+        if isinstance(view, Restore):
+            if self._restore_marks.get((view.namespace, view.mark)) == view.key:
+                del self._restore_marks[(view.namespace, view.mark)]
+            return
+        if isinstance(view, Clone | Snapshot):
+            return
+        self._count_node(view, -1)
+        if isinstance(view, PCIDevice | USBDevice) and len(view.name) > names.NAME_PART_LIMIT:
+            self._short_parts.pop(names.shorten_name_part(view.name), None)
+        if isinstance(view, PCIDevice) and view.pooled_resource_name:
+            pk = (view.pooled_resource_name, f"{view.vendor_id}:{view.device_id}")
+            left = self._pooled.get(pk, 0) - 1
+            if left > 0:
+                self._pooled[pk] = left
+            else:
+                self._pooled.pop(pk, None)
+                self._pooled_models.discard(*pk)
         if isinstance(view, PCIDevice):
             if self._pci_by_address.get((view.node_name, view.address)) == name:
                 del self._pci_by_address[(view.node_name, view.address)]
@@ -323,6 +450,25 @@ class ClusterIndex:
             device: Device | None = (self._pci if device_kind == "PCIDevice" else self._usb).get(name)
             if device is not None:
                 self._claimed_by_resource[device_kind].discard(device.resource_name, name)
+
+
+    def _count_node(self, view: Any, delta: int) -> None:
+        """Nodes known through their device objects (a device can be seen before its Node is)."""
+        if not isinstance(view, PCIDevice | USBDevice) or not view.node_name:
+            return
+        left = self._device_nodes.get(view.node_name, 0) + delta
+        if left > 0:
+            self._device_nodes[view.node_name] = left
+        else:
+            self._device_nodes.pop(view.node_name, None)
+
+
+def _instancetype_ref(w: Workload) -> str:
+    """The `_naming` reference of the instancetype w points at (cluster instancetypes have no namespace)."""
+    assert w.instancetype is not None
+    kind, name = w.instancetype
+    namespace = "" if kind == hostdevices.CLUSTER_INSTANCETYPE else w.namespace
+    return f"{kind}|{namespace}/{name}"
 
 
 class MultiMap(Generic[K]):
@@ -372,13 +518,13 @@ def _name_of(obj: Mapping[str, Any]) -> str:
 
 
 def _key(view: Any) -> str:
-    """The store key of a view: workloads are namespaced, our kinds are not."""
-    return view.key if isinstance(view, Workload) else str(view.name)
+    """The store key of a view: workloads and KubeVirt's copies are namespaced, our kinds are not."""
+    return view.key if isinstance(view, Workload | Restore | Clone | Snapshot) else str(view.name)
 
 
 def _key_of(kind: str, obj: Mapping[str, Any]) -> str:
     name = _name_of(obj)
-    if kind not in hostdevices.DEVICE_PATHS or not name or "/" in name:
+    if (kind not in hostdevices.DEVICE_PATHS and kind not in copies.KINDS) or not name or "/" in name:
         return name
     meta = obj.get("metadata")
     namespace = meta.get("namespace") if isinstance(meta, Mapping) else None
@@ -391,4 +537,5 @@ _PARSERS: dict[str, Any] = {
     "PCIDeviceClaim": PCIDeviceClaim.from_dict,
     "USBDeviceClaim": USBDeviceClaim.from_dict,
     **{kind: Workload.from_dict for kind in hostdevices.WORKLOAD_KINDS},
+    **{kind: (lambda obj, kind=kind: copies.parse(kind, obj)) for kind in copies.KINDS},
 }

@@ -21,7 +21,7 @@ from policy import access as policy_access
 from policy import decision, dispatch, review, snapshot
 from policy import settings as policy_settings
 from webhook import access as webhook_access
-from webhook import cache, certs, kube, routes, workloads
+from webhook import cache, certs, holds, kube, routes, workloads
 from webhook import metrics as metrics_mod
 from webhook import settings as settings_mod
 
@@ -85,6 +85,7 @@ class Runtime:
     validate: Judge
     mutate: Judge
     keeper_heartbeat: certs.Heartbeat
+    holds: holds.Holds | None = None  # device holds taken before an answer (None: views handed in whole, tests)
     freeze_view: bool = True  # False for views handed in whole (tests): they belong to the caller
     started: bool = False
     settled: threading.Event = field(default_factory=threading.Event)
@@ -127,6 +128,7 @@ def create_app(
     access: policy_access.Access | None = None,
     metrics: metrics_mod.Metrics | None = None,
     source: ViewSource | None = None,
+    device_holds: holds.Holds | None = None,
 ) -> Flask:
     """Build the app; `view`/`access` replace the watch-fed view and SubjectAccessReview (tests, benchmarks)."""
     settings = settings or settings_mod.WebhookSettings()
@@ -138,6 +140,8 @@ def create_app(
     else:
         index = snapshot.ClusterIndex()
         view = index
+        if device_holds is None and settings.hold_devices:
+            device_holds = holds.Holds(connection.get, settings.namespace, index, grace_s=settings.hold_grace_s)
         if source is None:
             if settings.view_source.startswith("file:"):
                 source = cache.FileSource(Path(settings.view_source[len("file:") :]), index)
@@ -188,6 +192,7 @@ def create_app(
         mutate=mutate,
         freeze_view=freeze_view,
         keeper_heartbeat=certs.Heartbeat(settings.cert_dir),
+        holds=device_holds,
     )
     app.register_blueprint(routes.bp)
     return app

@@ -47,6 +47,8 @@ def _admit(webhook: str) -> tuple[Response, int]:
         if rt.wait_synced(rt.settings.unsynced_wait_s):
             judge = rt.validate if webhook == "validate" else rt.mutate
             decision = judge(req, rt.view, rt.access, rt.settings.policy)
+            if webhook == "validate" and decision.allowed and decision.holds and rt.holds is not None:
+                decision = rt.holds.take(decision.holds, dry_run=req.dry_run) or decision
         else:
             decision = policy_decision.deny("unsynced", messages.VIEW_NOT_SYNCED, 503, "ServiceUnavailable")
         answer = codec.encode(envelope, decision)

@@ -55,6 +55,11 @@ class WebhookSettings:
     # A worker that is asked before its own view is complete waits this long for it, then refuses (503): a partial
     # view could allow a claim on a device whose existing claim it has not seen yet.
     unsynced_wait_s: float = 5.0
+    # Devices named exactly by an admitted VM are held for its requester by a Lease in `namespace` (webhook.holds),
+    # so parallel requests of two requesters cannot both be admitted; a hold whose requester no longer names the
+    # device is taken over once it is older than hold_grace_s.
+    hold_devices: bool = True
+    hold_grace_s: float = 30.0
     # prometheus_client's multiprocess directory (its own variable PROMETHEUS_MULTIPROC_DIR): all workers in /metrics
     metrics_dir: Path | None = None
     # logging

@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from policy import hostdevices, snapshot
+from policy import copies, hostdevices, snapshot
 from webhook import cache, kube
 from webhook import metrics as metrics_mod
 
@@ -29,6 +29,13 @@ WATCHED: tuple[cache.WatchedKind, ...] = (
     cache.WatchedKind(
         hostdevices.CLUSTER_INSTANCETYPE, "/apis/instancetype.kubevirt.io/v1beta1/virtualmachineclusterinstancetypes"
     ),
+    # part 3: what makes virt-controller write a VM for someone (restores, clones, and the snapshots between)
+    cache.WatchedKind(
+        hostdevices.SNAPSHOT_CONTENT, "/apis/snapshot.kubevirt.io/v1beta1/virtualmachinesnapshotcontents"
+    ),
+    cache.WatchedKind(copies.SNAPSHOT, "/apis/snapshot.kubevirt.io/v1beta1/virtualmachinesnapshots"),
+    cache.WatchedKind(copies.RESTORE, "/apis/snapshot.kubevirt.io/v1beta1/virtualmachinerestores"),
+    cache.WatchedKind(copies.CLONE, "/apis/clone.kubevirt.io/v1beta1/virtualmachineclones"),
 )
 
 

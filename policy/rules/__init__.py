@@ -17,12 +17,15 @@ from policy.rules import (
     pods,
     usbdeviceclaims,
     usbdevices,
+    virtualmachineclones,
     virtualmachineclusterinstancetypes,
     virtualmachineinstancereplicasets,
     virtualmachineinstances,
     virtualmachineinstancetypes,
     virtualmachinepools,
+    virtualmachinerestores,
     virtualmachines,
+    virtualmachinesnapshotcontents,
 )
 from policy.rules.context import Context
 
@@ -44,6 +47,9 @@ RULES: dict[tuple[str, str], RuleModule] = {
     ("pool.kubevirt.io", "virtualmachinepools"): virtualmachinepools,
     ("instancetype.kubevirt.io", "virtualmachineinstancetypes"): virtualmachineinstancetypes,
     ("instancetype.kubevirt.io", "virtualmachineclusterinstancetypes"): virtualmachineclusterinstancetypes,
+    ("snapshot.kubevirt.io", "virtualmachinerestores"): virtualmachinerestores,
+    ("snapshot.kubevirt.io", "virtualmachinesnapshotcontents"): virtualmachinesnapshotcontents,
+    ("clone.kubevirt.io", "virtualmachineclones"): virtualmachineclones,
     ("", "pods"): pods,
 }
 

@@ -1,8 +1,10 @@
-"""Pod CREATE (A12): only virt-controller, for a VMI the view holds, may request one of our resource names.
+"""Pod CREATE (A12): only virt-controller, for a VMI the view holds, may request one of our resource names, and
+only those its VMI was admitted for (the launcher pod is what the kubelet hands devices to).
 
-The webhook configuration sends only pods that someone other than virt-controller creates and that request an
-extended resource outside devices.kubevirt.io, so ordinary pods and VM starts never wait on the webhook; the check
-of virt-controller's pods is kept here so the rule does not depend on that filter.
+Every container, init and ephemeral container and pod-level resources are read; a name is ours when a device is
+offered under it or could be (policy.offers), so a pod cannot wait for a device before it is claimed. The webhook
+configuration sends every pod that requests an extended resource outside devices.kubevirt.io, virt-controller's
+launcher pods included, so ordinary pods and the launchers of VMs without host devices never wait on the webhook.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
-from policy import decision, hostdevices, messages
+from policy import decision, hostdevices, messages, offers
 from policy.decision import Decision
 from policy.objects import OwnerReference
 from policy.rules import vmlike
@@ -26,7 +28,7 @@ def validate(ctx: Context) -> Decision:
     if isinstance(obj, Decision):
         return obj
     view = ctx.view
-    wanted = [res for res in hostdevices.pod_resources(obj) if view.devices_with_resource(res)]
+    wanted = [res for res in hostdevices.pod_resources(obj) if offers.is_ours(view, res)]
     if not wanted:
         return decision.allow()
     raw_meta = obj.get("metadata")

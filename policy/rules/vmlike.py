@@ -2,18 +2,25 @@
 
 The per-plural modules (virtualmachines.py, ...) are thin and call `validate`/`mutate` here with their kind.
 
-Judged: CREATE, and UPDATE only when `hostDevices`/`gpus` changed as a multiset (the UI reorders entries and saves
-whole objects); status updates and objects being deleted pass. Only entries that resolve to our resource names are
-judged (vGPU and other providers' entries pass). Checks, in order, stopping at the first violation:
+Judged: CREATE, and UPDATE when the devices asked for (`hostDevices`, `gpus`, extended resources in
+`domain.resources`) changed as a multiset, the instancetype reference changed, or the admission record changed (the
+UI reorders entries and saves whole objects); objects being deleted are judged like any other. Only entries whose
+names are ours (policy.offers: offered, or computable before a device is offered) are judged; vGPU and other
+providers' entries pass. Checks, in order, stopping at the first violation:
 
-1. an entry named like one of our devices asks for that device's resource name;
+1. an entry named like one of our devices asks for that device's resource name, and every name of ours is one a
+   device is offered under now (not a device's name before its claim, nor a name of a device that does not exist);
 2. every device is claimed; 3. all devices are on one node (pooled names: a node holding enough claimed devices);
 4. the requester holds `use` on each device in the object's namespace (configured identities are exempt);
-5. no other VM or VMI names the device; 6. every PCI device's IOMMU group is claimed by one owner and named whole.
+5. no VM or VMI of another requester names the device (through an instancetype too); 6. every PCI device's IOMMU
+   group is claimed by one owner and named whole.
 
-A9v: an object virt-controller creates for an owner (VMI of a VM or replica set, VM of a pool) passes only if its
-set of our devices equals the owner's as the view holds it (instancetype included); labels and ownerReferences
-alone are never evidence, only the requester's identity together with the owner in the view (uid checked).
+Who the requester is (policy.records): the authenticated user for a direct request; for what virt-controller writes,
+the requester recorded on the object it writes for: the VM or replica set of a VMI (A9v, the last gate before a
+device reaches a launcher pod), the pool of a VM, the restore whose mark KubeVirt puts on a restored or cloned VM.
+virt-controller's own identity never stands for anyone. The mutator stamps the record; the validator refuses any
+other value. A VMI is judged on its own devices (virt-controller has applied the instancetype by then), against the
+cluster as it is at that moment.
 
 The mutator appends same-owner claimed IOMMU siblings to `hostDevices` and, with pooled names, pins the VM to its
 devices' node by a required node affinity on `metadata.name`; as a JSON patch only.
@@ -26,17 +33,22 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from policy import decision, hostdevices, messages, names
-from policy.decision import Decision
+from policy import decision, hostdevices, messages, names, offers, records
+from policy.decision import Decision, Hold
 from policy.hostdevices import HostDevice, Workload
 from policy.objects import Device, MalformedObject, PCIDevice
+from policy.records import Requester
 from policy.rules.context import Context
+from policy.rules.identity import Role
 from policy.snapshot import ClusterView
 
 OWNER_KINDS = {
     hostdevices.VMI: (hostdevices.VM, hostdevices.REPLICA_SET),
     hostdevices.VM: (hostdevices.POOL,),
 }
+# kinds that hold a device while they run or make objects that do (exclusivity, holds)
+HOLDER_KINDS = (hostdevices.VM, hostdevices.VMI, hostdevices.POOL, hostdevices.REPLICA_SET)
+_RECORD_POINTER = "/metadata/annotations/" + records.ANNOTATION.replace("~", "~0").replace("/", "~1")
 
 
 def validate(ctx: Context, kind: str) -> Decision:
@@ -44,32 +56,55 @@ def validate(ctx: Context, kind: str) -> Decision:
     if r.sub_resource or r.operation not in ("CREATE", "UPDATE"):
         return decision.allow()
     if kind == hostdevices.VMI and r.operation == "UPDATE":
-        return decision.allow()  # a VMI's devices are fixed at creation (KubeVirt rejects spec changes)
-    parsed = _subject(ctx, kind)
+        # a VMI's devices are fixed at creation (KubeVirt rejects spec changes); its record is fixed with them
+        if record_value(r.object) != record_value(r.old_object):
+            return record_denial(ctx, kind, record_value(r.object), record_value(r.old_object))
+        return decision.allow()
+    parsed = subject(ctx, kind)
     if isinstance(parsed, Decision) or parsed is None:
         return parsed or decision.allow()
     workload, obj = parsed
-    if _made_for_owner(ctx, workload):
-        return _validate_for_owner(ctx, workload)
     entries = expanded(ctx.view, workload)
-    plan = _plan(ctx, workload, entries)
-    return plan if isinstance(plan, Decision) else decision.allow()
+    mine = ours(ctx.view, entries)
+    traced = requester(ctx, workload)
+    expected = expected_record(traced, mine, obj)
+    if record_value(obj) != expected:
+        return record_denial(ctx, kind, record_value(obj), expected)
+    if not mine:
+        return decision.allow()
+    if isinstance(traced, str):
+        return decision.deny("A9v", traced)
+    plan = _plan(ctx, workload, entries, traced, strict=not _made_for_owner(ctx, workload))
+    if isinstance(plan, Decision):
+        return plan
+    return decision.allow(holds=plan.holds)
 
 
 def mutate(ctx: Context, kind: str) -> Decision:
-    """Same-owner claimed IOMMU siblings appended, pooled VMs pinned; never a denial (the validator explains)."""
+    """The admission record stamped; same-owner claimed IOMMU siblings appended, pooled VMs pinned; never a denial
+    (the validator explains)."""
     r = ctx.request
-    if r.sub_resource or r.operation not in ("CREATE", "UPDATE") or kind not in hostdevices.POD_SPEC_PATHS:
+    if r.sub_resource or r.operation not in ("CREATE", "UPDATE") or kind not in hostdevices.DEVICE_PATHS:
         return decision.allow()
-    parsed = _subject(ctx, kind)
+    if kind == hostdevices.VMI and r.operation == "UPDATE":
+        return decision.allow()
+    parsed = subject(ctx, kind)
     if isinstance(parsed, Decision) or parsed is None:
         return decision.allow()
     workload, obj = parsed
-    if _made_for_owner(ctx, workload):
-        return decision.allow()  # an owner's copy: must equal the owner, not be completed
-    plan = _plan(ctx, workload, expanded(ctx.view, workload), for_mutation=True)
-    if isinstance(plan, Decision):
-        return decision.allow()
+    entries = expanded(ctx.view, workload)
+    mine = ours(ctx.view, entries)
+    traced = requester(ctx, workload)
+    ops = record_ops(obj, expected_record(traced, mine, obj))
+    if kind in hostdevices.POD_SPEC_PATHS and kind != hostdevices.VMI and not _made_for_owner(ctx, workload):
+        if mine and isinstance(traced, Requester):
+            plan = _plan(ctx, workload, entries, traced, strict=False)
+            if isinstance(plan, Plan):
+                ops.extend(_completion_ops(obj, kind, workload, plan))
+    return decision.patched(ops) if ops else decision.allow()
+
+
+def _completion_ops(obj: Mapping[str, Any], kind: str, w: Workload, plan: Plan) -> list[dict[str, Any]]:
     ops: list[dict[str, Any]] = []
     if plan.siblings:
         path = (*hostdevices.DEVICE_PATHS[kind], "hostDevices")
@@ -79,27 +114,28 @@ def mutate(ctx: Context, kind: str) -> Decision:
             ops.extend({"op": "add", "path": f"{pointer}/-", "value": e} for e in entries)
         else:
             ops.append(_add_nested(obj, path, entries))
-    if plan.pin and plan.node and workload.node != plan.node:
+    if plan.pin and plan.node and w.node != plan.node:
         ops.extend(_pin_ops(obj, kind, plan.node))
-    return decision.patched(ops) if ops else decision.allow()
+    return ops
 
 
 # -- the subject ------------------------------------------------------------------------------------------------
 
 
-def _subject(ctx: Context, kind: str) -> tuple[Workload, Mapping[str, Any]] | Decision | None:
+def subject(ctx: Context, kind: str) -> tuple[Workload, Mapping[str, Any]] | Decision | None:
     """(view, object) to judge, None when the request needs no judgement, or a 400 Decision."""
     obj = ctx.new()
     if isinstance(obj, Decision):
         return obj
     if ctx.request.operation == "UPDATE":
         old = ctx.request.old_object
-        meta = obj.get("metadata")
-        if isinstance(meta, Mapping) and meta.get("deletionTimestamp") is not None:
+        if (
+            old is not None
+            and hostdevices.device_set(old) == hostdevices.device_set(obj)
+            and hostdevices.instancetype_of(old) == hostdevices.instancetype_of(obj)
+            and record_value(old) == record_value(obj)
+        ):
             return None
-        if old is not None and hostdevices.device_set(old) == hostdevices.device_set(obj):
-            if hostdevices.instancetype_of(old) == hostdevices.instancetype_of(obj):
-                return None
     try:
         workload = Workload.from_dict(obj)
     except MalformedObject as e:
@@ -112,7 +148,19 @@ def _subject(ctx: Context, kind: str) -> tuple[Workload, Mapping[str, Any]] | De
 
 
 def _with_namespace(w: Workload, namespace: str) -> Workload:
-    return Workload(w.kind, namespace, w.name, w.uid, w.devices, w.instancetype, w.controller, w.node, w.deleting)
+    return Workload(
+        w.kind,
+        namespace,
+        w.name,
+        w.uid,
+        w.devices,
+        w.instancetype,
+        w.controller,
+        w.node,
+        w.deleting,
+        w.requester,
+        w.last_restore,
+    )
 
 
 def expanded(view: ClusterView, w: Workload) -> tuple[HostDevice, ...]:
@@ -126,53 +174,109 @@ def expanded(view: ClusterView, w: Workload) -> tuple[HostDevice, ...]:
 
 
 def ours(view: ClusterView, entries: Sequence[HostDevice]) -> tuple[str, ...]:
-    """The sorted deviceNames of entries that resolve to our devices."""
-    return tuple(sorted(e.device_name for e in entries if view.devices_with_resource(e.device_name)))
+    """The sorted deviceNames of entries whose names are ours (offered now, or computable before an offer)."""
+    return tuple(sorted(e.device_name for e in entries if offers.is_ours(view, e.device_name)))
 
 
-# -- A9v --------------------------------------------------------------------------------------------------------
+# -- who asked (policy.records) ---------------------------------------------------------------------------------
+
+
+def requester(ctx: Context, w: Workload) -> Requester | str:
+    """The requester whose `use` w's devices are judged by, or why nobody can be named (a denial text)."""
+    user = ctx.request.user
+    if user.username in ctx.settings.virt_controller_usernames:
+        return _traced(ctx, w)
+    if ctx.identity.role is Role.MIGRATION and w.requester is not None:
+        return w.requester  # the takeover records the VMs it adopts (policy.takeover)
+    return Requester.of(user)
+
+
+def _traced(ctx: Context, w: Workload) -> Requester | str:
+    """The requester of the object virt-controller writes w for: an owner (A9v) or a restore."""
+    view, name, user = ctx.view, messages.shown(w.name), ctx.user
+    kind = w.kind.lower()
+    ref = w.controller
+    if w.kind == hostdevices.VMI or (w.kind == hostdevices.VM and ref is not None and ref.kind == hostdevices.POOL):
+        if ref is None or ref.kind not in OWNER_KINDS[w.kind]:
+            why = "it has no controller ownerReference to a " + " or ".join(k.lower() for k in OWNER_KINDS[w.kind])
+            return messages.VMI_OWNER_UNKNOWN.format(kind=kind, name=name, user=user, why=why)
+        owner = view.workload(ref.kind, w.namespace, ref.name)
+        if owner is None or (owner.uid and ref.uid != owner.uid) or owner.deleting:
+            why = f"{ref.kind.lower()} {messages.shown(ref.name)} with uid {messages.shown(ref.uid)} is not known"
+            return messages.VMI_OWNER_UNKNOWN.format(kind=kind, name=name, user=user, why=why)
+        if owner.requester is None:
+            return messages.NO_RECORD.format(
+                kind=kind,
+                name=name,
+                owner_kind=ref.kind.lower(),
+                owner=messages.shown(f"{w.namespace}/{ref.name}"),
+                annotation=records.ANNOTATION,
+            )
+        return owner.requester.traced(f"{ref.kind.lower()} {w.namespace}/{ref.name}")
+    if w.kind == hostdevices.VM and w.last_restore:
+        restore = view.restore_by_mark(w.namespace, w.last_restore)
+        if restore is None:
+            why = f"its {hostdevices.LAST_RESTORE_ANNOTATION} {messages.shown(w.last_restore)} names no restore known"
+            return messages.CONTROLLER_UNTRACED.format(kind=kind, name=name, user=user, why=why)
+        if restore.requester is None:
+            return messages.NO_RECORD.format(
+                kind=kind,
+                name=name,
+                owner_kind="virtualmachinerestore",
+                owner=messages.shown(restore.key),
+                annotation=records.ANNOTATION,
+            )
+        return restore.requester.traced(f"virtualmachinerestore {restore.key}")
+    why = f"it belongs to no pool and carries no {hostdevices.LAST_RESTORE_ANNOTATION} of a restore"
+    return messages.CONTROLLER_UNTRACED.format(kind=kind, name=name, user=user, why=why)
+
+
+def expected_record(traced: Requester | str, mine: Sequence[str], obj: Mapping[str, Any]) -> str | None:
+    """The record the object must carry: the requester when it asks for devices of ours or carries a record."""
+    if isinstance(traced, str) or not (mine or record_value(obj) is not None):
+        return None
+    return traced.encode()
+
+
+def record_value(obj: Mapping[str, Any] | None) -> str | None:
+    meta = obj.get("metadata") if isinstance(obj, Mapping) else None
+    annotations = meta.get("annotations") if isinstance(meta, Mapping) else None
+    value = annotations.get(records.ANNOTATION) if isinstance(annotations, Mapping) else None
+    return value if isinstance(value, str) else None
+
+
+def record_ops(obj: Mapping[str, Any], expected: str | None) -> list[dict[str, Any]]:
+    current = record_value(obj)
+    if current == expected:
+        return []
+    if expected is None:
+        return [{"op": "remove", "path": _RECORD_POINTER}]
+    meta = obj.get("metadata")
+    if not isinstance(meta, Mapping) or not isinstance(meta.get("annotations"), Mapping):
+        return [{"op": "add", "path": "/metadata/annotations", "value": {records.ANNOTATION: expected}}]
+    return [{"op": "add", "path": _RECORD_POINTER, "value": expected}]
+
+
+def record_denial(ctx: Context, kind: str, value: str | None, expected: str | None) -> Decision:
+    return decision.deny(
+        "record",
+        messages.RECORD_MISMATCH.format(
+            kind=kind.lower(),
+            name=messages.shown(ctx.request.name),
+            annotation=records.ANNOTATION,
+            value=messages.shown(value) if value is not None else "none",
+            expected=messages.shown(expected) if expected is not None else "none",
+        ),
+    )
 
 
 def _made_for_owner(ctx: Context, w: Workload) -> bool:
-    """virt-controller creating an owner's copy: any VMI it creates, and a VM its pool controller creates.
-
-    A VM virt-controller creates or changes without a pool (KubeVirt's restore and clone run there) gets the A9
-    checks, with virt-controller exempt from `use`.
-    """
+    """virt-controller creating an owner's copy: any VMI it creates, and a VM its pool controller creates."""
     if ctx.request.user.username not in ctx.settings.virt_controller_usernames or w.kind not in OWNER_KINDS:
         return False
     if w.kind == hostdevices.VMI:
         return ctx.request.operation == "CREATE"
     return w.controller is not None and w.controller.kind in OWNER_KINDS[w.kind]
-
-
-def _validate_for_owner(ctx: Context, w: Workload) -> Decision:
-    view = ctx.view
-    mine = ours(view, expanded(view, w))
-    if not mine:
-        return decision.allow()
-    kind, name = w.kind.lower(), messages.shown(w.name)
-    ref = w.controller
-    if ref is None or ref.kind not in OWNER_KINDS[w.kind]:
-        why = "it has no controller ownerReference to a " + " or ".join(k.lower() for k in OWNER_KINDS[w.kind])
-        return decision.deny("A9v", messages.VMI_OWNER_UNKNOWN.format(kind=kind, name=name, user=_user(ctx), why=why))
-    owner = view.workload(ref.kind, w.namespace, ref.name)
-    if owner is None or (owner.uid and ref.uid != owner.uid) or owner.deleting:
-        why = f"{ref.kind.lower()} {messages.shown(ref.name)} with uid {messages.shown(ref.uid)} is not known"
-        return decision.deny("A9v", messages.VMI_OWNER_UNKNOWN.format(kind=kind, name=name, user=_user(ctx), why=why))
-    theirs = ours(view, expanded(view, owner))
-    if Counter(mine) != Counter(theirs):
-        return decision.deny(
-            "A9v",
-            messages.VMI_OWNER_MISMATCH.format(
-                name=name,
-                owner_kind=ref.kind.lower(),
-                owner=messages.shown(ref.name),
-                devices=messages.listed(mine),
-                owner_devices=messages.listed(theirs) if theirs else "none",
-            ),
-        )
-    return decision.allow()
 
 
 # -- A9 ---------------------------------------------------------------------------------------------------------
@@ -184,17 +288,27 @@ class Plan:
     devices: tuple[Device, ...]  # every device the object may receive
     siblings: tuple[PCIDevice, ...]  # same-owner claimed IOMMU siblings it does not name yet
     pin: bool  # pooled names: pin the VM to `node`
+    holds: tuple[Hold, ...]  # devices named exactly by a holder kind: one requester at a time (webhook.holds)
 
 
-def _plan(ctx: Context, w: Workload, entries: Sequence[HostDevice], *, for_mutation: bool = False) -> Plan | Decision:
+def plan(ctx: Context, w: Workload, entries: Sequence[HostDevice], requester: Requester) -> Plan | Decision:
+    """A9 for an object a rule builds itself (the VM a restore or clone will write), groups not strict."""
+    return _plan(ctx, w, entries, requester, strict=False)
+
+
+def _plan(
+    ctx: Context, w: Workload, entries: Sequence[HostDevice], requester: Requester, *, strict: bool
+) -> Plan | Decision:
     view = ctx.view
     kind, name = w.kind.lower(), messages.shown(w.name)
     exact: dict[str, Device] = {}
     pooled: Counter[str] = Counter()
     for e in entries:
-        resolved = view.devices_with_resource(e.device_name)
-        named = view.pcidevice(e.name) or view.usbdevice(e.name)
-        if named is not None and named.resource_name and all(d.name != named.name for d in resolved):
+        offer = offers.resolve(view, e.device_name)
+        if not offer.ours:
+            continue
+        named = (view.pcidevice(e.name) or view.usbdevice(e.name)) if e.name else None
+        if named is not None and named.resource_name and all(d.name != named.name for d in offer.offered):
             return decision.deny(
                 "A9",
                 messages.VM_DEVICE_NAME.format(
@@ -208,12 +322,15 @@ def _plan(ctx: Context, w: Workload, entries: Sequence[HostDevice], *, for_mutat
                     device_name=messages.shown(e.device_name),
                 ),
             )
+        resolved = offer.offered
+        if not resolved:
+            return decision.deny("A9", _not_offered(view, kind, name, e, offer))
         if len(resolved) == 1:
             exact[resolved[0].name] = resolved[0]
-        elif resolved:
+        else:
             pooled[e.device_name] += 1
     if not exact and not pooled:
-        return Plan("", (), (), False)
+        return Plan("", (), (), False, ())
     for device in exact.values():
         if _claim(view, device) is None:
             return decision.deny(
@@ -233,27 +350,28 @@ def _plan(ctx: Context, w: Workload, entries: Sequence[HostDevice], *, for_mutat
     node = nodes[0] if nodes else w.node
     devices: list[Device] = list(exact.values())
     if pooled:
-        chosen = _pool_node(ctx, w, pooled, node)
+        chosen = _pool_node(ctx, w, pooled, node, requester)
         if isinstance(chosen, Decision):
             return chosen
         node, pool_devices = chosen
         devices.extend(pool_devices)
     for device in devices:
-        if not _may_use(ctx, w, device):
+        if not _may_use(ctx, w, device, requester):
             return decision.deny(
                 "A9",
                 messages.VM_USE.format(
                     kind=kind,
                     name=name,
                     namespace=messages.shown(w.namespace) if w.namespace else "(cluster-wide)",
-                    user=_user(ctx),
+                    user=messages.shown(requester.username),
                     device_resource=_device_kind(device) + "s",
                     device=messages.shown(device.name),
                 ),
             )
-    if w.kind not in (hostdevices.INSTANCETYPE, hostdevices.CLUSTER_INSTANCETYPE):
+    holds: list[Hold] = []
+    if w.kind in HOLDER_KINDS:
         for device in exact.values():
-            other = _other_holder(view, w, device)
+            other = other_holder(view, w, device, requester)
             if other is not None:
                 return decision.deny(
                     "A9",
@@ -263,23 +381,51 @@ def _plan(ctx: Context, w: Workload, entries: Sequence[HostDevice], *, for_mutat
                         device_kind=_device_kind(device),
                         device=messages.shown(device.name),
                         other=f"{other.kind.lower()} {messages.shown(other.key.lstrip('/'))}",
+                        other_user=messages.shown(other.requester.username) if other.requester else "nobody recorded",
                     ),
                 )
+            holds.append(Hold(_device_kind(device), device.name, requester.username, f"{kind} {w.key}"))
     named_resources = {e.device_name for e in entries}
     siblings: list[PCIDevice] = []
     for device in devices:
         if not isinstance(device, PCIDevice):
             continue
-        found = _group(ctx, w, device, named_resources, strict=device.name in exact and not for_mutation)
+        found = _group(ctx, w, device, named_resources, strict=strict and device.name in exact)
         if isinstance(found, Decision):
             return found
         for s in found:
             if all(s.name != x.name for x in siblings):
                 siblings.append(s)
-    return Plan(node, tuple(devices), tuple(siblings), bool(pooled) and ctx.settings.pooled)
+    return Plan(node, tuple(devices), tuple(siblings), bool(pooled) and ctx.settings.pooled, tuple(holds))
 
 
-def _pool_node(ctx: Context, w: Workload, wanted: Counter[str], fixed: str) -> tuple[str, list[Device]] | Decision:
+def _not_offered(view: ClusterView, kind: str, name: str, e: HostDevice, offer: offers.Offer) -> str:
+    """Why a name of ours cannot be asked for yet, and what to do instead."""
+    f = {"kind": kind, "name": name, "field": e.field, "device_name": messages.shown(e.device_name)}
+    if offer.later:
+        device = offer.later[0]
+        claim = _claim(view, device)
+        if claim is None:
+            return messages.NAME_BEFORE_CLAIM.format(
+                **f,
+                device_kind=_device_kind(device),
+                device=messages.shown(device.name),
+                claim_kind=_device_kind(device) + "claim",
+            )
+        return messages.NAME_NOT_OFFERED.format(
+            **f,
+            device_kind=_device_kind(device),
+            device=messages.shown(device.name),
+            offered=messages.shown(device.resource_name),
+        )
+    if offer.pooled_models:
+        return messages.NAME_POOLED_UNUSED.format(**f, models=messages.listed(offer.pooled_models))
+    return messages.NAME_NO_DEVICE.format(**f, node=messages.shown(offer.node))
+
+
+def _pool_node(
+    ctx: Context, w: Workload, wanted: Counter[str], fixed: str, requester: Requester
+) -> tuple[str, list[Device]] | Decision:
     """The node whose claimed devices of every pooled name suffice and may all be used by the requester."""
     view = ctx.view
     by_node: dict[str, dict[str, list[Device]]] = {}
@@ -291,7 +437,7 @@ def _pool_node(ctx: Context, w: Workload, wanted: Counter[str], fixed: str) -> t
         held = by_node.get(node, {})
         if all(len(held.get(r, ())) >= n for r, n in wanted.items()):
             devices = [d for r in sorted(wanted) for d in held[r]]
-            if all(_may_use(ctx, w, d) for d in devices):
+            if all(_may_use(ctx, w, d, requester) for d in devices):
                 return node, devices
     resource, count = sorted(wanted.items())[0]
     return decision.deny(
@@ -301,7 +447,7 @@ def _pool_node(ctx: Context, w: Workload, wanted: Counter[str], fixed: str) -> t
             name=messages.shown(w.name),
             count=count,
             resource=messages.shown(resource),
-            user=_user(ctx),
+            user=messages.shown(requester.username),
             pinned=f" on node {messages.shown(fixed)}" if fixed else "",
         ),
     )
@@ -361,30 +507,40 @@ def _group(
     return out
 
 
-def _other_holder(view: ClusterView, w: Workload, device: Device) -> Workload | None:
+def other_holder(view: ClusterView, w: Workload, device: Device, requester: Requester) -> Workload | None:
+    """A VM or VMI of another requester that names `device` (directly or through its instancetype), if any.
+
+    The kubelet hands a device to one running VM; VMs of one requester may share a name (a clone, a restore beside
+    the original), those of two may not, so a device never waits for two tenants at once.
+    """
     for h in view.workloads_naming(device.resource_name):
         if h.deleting or (h.kind == w.kind and h.key == w.key):
             continue
         if h.namespace == w.namespace and _related(w, h):
+            continue
+        if h.requester is not None and h.requester.username == requester.username:
             continue
         return h
     return None
 
 
 def _related(w: Workload, h: Workload) -> bool:
-    """h is w's owner or one of w's children (a VM's VMI, a pool's VMs, a replica set's VMIs)."""
+    """h is w's owner or one of w's children (a VM's VMI, a pool's VMs, a replica set's VMIs), uids checked."""
     if h.controller is not None and h.controller.kind == w.kind and h.controller.name == w.name:
-        return True
-    return w.controller is not None and w.controller.kind == h.kind and w.controller.name == h.name
+        return not (w.uid and h.controller.uid != w.uid)
+    if w.controller is not None and w.controller.kind == h.kind and w.controller.name == h.name:
+        return not (h.uid and w.controller.uid != h.uid)
+    return False
 
 
-def _may_use(ctx: Context, w: Workload, device: Device) -> bool:
-    user = ctx.request.user
+def _may_use(ctx: Context, w: Workload, device: Device, requester: Requester) -> bool:
     s = ctx.settings
-    if not s.enforce_use or user.username in s.use_exempt_usernames or user.username in s.virt_controller_usernames:
+    if not s.enforce_use or requester.username in s.use_exempt_usernames:
+        return True
+    if device.resource_name and device.resource_name in requester.adopted:
         return True
     return ctx.access.allowed(
-        user,
+        requester.user_info(),
         verb="use",
         group=names.GROUP,
         resource=_device_kind(device) + "s",
@@ -399,10 +555,6 @@ def _claim(view: ClusterView, device: Device) -> Any:
 
 def _device_kind(device: Device) -> str:
     return "pcidevice" if isinstance(device, PCIDevice) else "usbdevice"
-
-
-def _user(ctx: Context) -> str:
-    return ctx.user
 
 
 # -- patches ----------------------------------------------------------------------------------------------------

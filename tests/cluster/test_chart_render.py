@@ -123,7 +123,7 @@ def test_self_signed_mode_lets_the_webhook_manage_its_secret_and_ca_bundle(rende
         assert "annotations" not in conf["metadata"]
         assert all("caBundle" not in h["clientConfig"] for h in conf["webhooks"])  # upgrades keep the patched one
     role = _one(docs, "Role", "pcidevices-webhook")
-    assert {"get", "update"} == {v for r in role["rules"] for v in r["verbs"]}
+    assert {"get", "update"} == {v for r in role["rules"] if r["resources"] == ["secrets"] for v in r["verbs"]}
     assert _one(docs, "Secret", "pcidevices-webhook-certs").get("data") is None  # the webhook fills it
 
 
@@ -139,7 +139,8 @@ def test_cert_manager_mode_issues_a_certificate_for_the_service_and_injects_its_
     env = _env(pod["containers"][0])
     assert env["PCIDEVICES_WEBHOOK_MANAGE_CERTIFICATES"] == "false"
     assert {"name": "tls", "secret": {"secretName": cert["spec"]["secretName"]}} in pod["volumes"]
-    assert not [d for d in docs if d["kind"] == "Role" and d["metadata"]["name"] == "pcidevices-webhook"]
+    role = _one(docs, "Role", "pcidevices-webhook")  # its device holds only: no Secret to manage
+    assert [r["resources"] for r in role["rules"]] == [["leases"]]
     webhook_role = _one(docs, "ClusterRole", "pcidevices-webhook")
     assert not [r for r in webhook_role["rules"] if r["apiGroups"] == ["admissionregistration.k8s.io"]]
 
@@ -256,17 +257,16 @@ REVIEWED = (
     | _grants("ClusterRole/pcidevices-webhook", "pool.kubevirt.io", ("virtualmachinepools",), _READ)
     | _grants("ClusterRole/pcidevices-webhook", "instancetype.kubevirt.io",
               ("virtualmachineinstancetypes", "virtualmachineclusterinstancetypes"), _READ)
-    | _grants("ClusterRole/pcidevices-webhook", "kubevirt.io",
-              ("virtualmachines", "virtualmachineinstances", "virtualmachineinstancereplicasets"), _READ)
-    | _grants("ClusterRole/pcidevices-webhook", "pool.kubevirt.io", ("virtualmachinepools",), _READ)
-    | _grants("ClusterRole/pcidevices-webhook", "instancetype.kubevirt.io",
-              ("virtualmachineinstancetypes", "virtualmachineclusterinstancetypes"), _READ)
+    | _grants("ClusterRole/pcidevices-webhook", "snapshot.kubevirt.io",
+              ("virtualmachinerestores", "virtualmachinesnapshots", "virtualmachinesnapshotcontents"), _READ)
+    | _grants("ClusterRole/pcidevices-webhook", "clone.kubevirt.io", ("virtualmachineclones",), _READ)
     | _grants("ClusterRole/pcidevices-webhook", "authorization.k8s.io", ("subjectaccessreviews",), ("create",))
     | _grants("ClusterRole/pcidevices-webhook", "admissionregistration.k8s.io", ("validatingwebhookconfigurations",),
               ("get", "patch"), "pcidevices-validating")
     | _grants("ClusterRole/pcidevices-webhook", "admissionregistration.k8s.io", ("mutatingwebhookconfigurations",),
               ("get", "patch"), "pcidevices-mutating")
     | _grants("Role/pcidevices-webhook", "", ("secrets",), ("get", "update"), "pcidevices-webhook-certs")
+    | _grants("Role/pcidevices-webhook", "coordination.k8s.io", ("leases",), ("get", "create", "update"))
     # agent: device objects, claim finalizers and status, the KubeVirt CR (all node-restricted by the webhook)
     | _grants("ClusterRole/pcidevices-agent", GROUP, _DEV, _CRUD)
     | _grants("ClusterRole/pcidevices-agent", GROUP, tuple(f"{r}/status" for r in _DEV + _CLAIMS), ("update", "patch"))

@@ -13,6 +13,8 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import jsonpatch  # type: ignore[import-untyped]
+
 from policy import dispatch, names
 from policy.access import Grant, StaticAccess
 from policy.decision import Decision
@@ -410,6 +412,27 @@ def judge(
     access = StaticAccess([Grant(ADMIN, "*"), *grants])
     run = dispatch.mutate if mutate else dispatch.validate
     return run(request, view, access, settings or PolicySettings())
+
+
+def admit(
+    review_body: Mapping[str, Any],
+    cluster: Iterable[Mapping[str, Any]] = (),
+    grants: Iterable[Grant] = (),
+    *,
+    settings: PolicySettings | None = None,
+) -> Decision:
+    """What the API server does: the mutator's patch applied to the object, then the validator on the result."""
+    mutated = judge(review_body, cluster, grants, settings=settings, mutate=True)
+    if not mutated.allowed:
+        return mutated
+    body = copy.deepcopy(dict(review_body))
+    request = body["request"]
+    if mutated.patch and request.get("object") is not None:
+        request["object"] = jsonpatch.apply_patch(request["object"], list(mutated.patch))
+    validated = judge(body, cluster, grants, settings=settings)
+    if validated.allowed and mutated.warnings:
+        return Decision(True, warnings=mutated.warnings + validated.warnings, holds=validated.holds)
+    return validated
 
 
 # -- a standard cluster for the policy tables --------------------------------------------------------------------

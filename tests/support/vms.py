@@ -11,6 +11,8 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from policy import hostdevices, records
+from policy.review import UserInfo
 from policy.settings import VIRT_CONTROLLERS
 from tests.support.objects import TENANT_A, user
 
@@ -27,6 +29,10 @@ PLURALS = {
     "VirtualMachineInstancetype": ("instancetype.kubevirt.io", "v1beta1", "virtualmachineinstancetypes"),
     "VirtualMachineClusterInstancetype": ("instancetype.kubevirt.io", "v1beta1", "virtualmachineclusterinstancetypes"),
     "Pod": ("", "v1", "pods"),
+    "VirtualMachineRestore": ("snapshot.kubevirt.io", "v1beta1", "virtualmachinerestores"),
+    "VirtualMachineSnapshot": ("snapshot.kubevirt.io", "v1beta1", "virtualmachinesnapshots"),
+    "VirtualMachineSnapshotContent": ("snapshot.kubevirt.io", "v1beta1", "virtualmachinesnapshotcontents"),
+    "VirtualMachineClone": ("clone.kubevirt.io", "v1beta1", "virtualmachineclones"),
 }
 
 
@@ -155,6 +161,61 @@ def pod(
     limits.update({r: "1" for r in resources})
     spec = {"containers": [{"name": "compute", "image": "virt-launcher", "resources": {"limits": limits}}]}
     return _obj("Pod", _meta("Pod", name, namespace, owner), spec)
+
+
+def recorded(obj: Mapping[str, Any], username: str, *, groups: Sequence[str] = ("system:authenticated",),
+             via: str = "") -> dict[str, Any]:
+    """obj as the webhook's mutator left it for `username`: the admission record stamped (policy.records)."""
+    out = copy.deepcopy(dict(obj))
+    info = user(username, groups=groups)
+    requester = records.Requester.of(UserInfo(username, uid=info["uid"], groups=tuple(groups)), via)
+    out["metadata"].setdefault("annotations", {})[records.ANNOTATION] = requester.encode()
+    return out
+
+
+def restored(obj: Mapping[str, Any], restore: Mapping[str, Any]) -> dict[str, Any]:
+    """A VM as KubeVirt's restore controller writes it: marked with the restore's `<name>-<uid>`."""
+    out = copy.deepcopy(dict(obj))
+    mark = f"{restore['metadata']['name']}-{restore['metadata']['uid']}"
+    out["metadata"].setdefault("annotations", {})[hostdevices.LAST_RESTORE_ANNOTATION] = mark
+    return out
+
+
+def vm_restore(
+    name: str, target: str, snapshot: str = "snap", namespace: str = "ns-a", *, patches: Sequence[str] = (),
+    owner: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "target": {"apiGroup": "kubevirt.io", "kind": "VirtualMachine", "name": target},
+        "virtualMachineSnapshotName": snapshot,
+    }
+    if patches:
+        spec["patches"] = list(patches)
+    return _obj("VirtualMachineRestore", _meta("VirtualMachineRestore", name, namespace, owner), spec)
+
+
+def vm_clone(
+    name: str, source: str, target: str = "", namespace: str = "ns-a", *, patches: Sequence[str] = ()
+) -> dict[str, Any]:
+    spec: dict[str, Any] = {"source": {"apiGroup": "kubevirt.io", "kind": "VirtualMachine", "name": source}}
+    if target:
+        spec["target"] = {"apiGroup": "kubevirt.io", "kind": "VirtualMachine", "name": target}
+    if patches:
+        spec["patches"] = list(patches)
+    return _obj("VirtualMachineClone", _meta("VirtualMachineClone", name, namespace), spec)
+
+
+def vm_snapshot(name: str, source: str, content: str, namespace: str = "ns-a") -> dict[str, Any]:
+    spec = {"source": {"apiGroup": "kubevirt.io", "kind": "VirtualMachine", "name": source}}
+    obj = _obj("VirtualMachineSnapshot", _meta("VirtualMachineSnapshot", name, namespace), spec)
+    obj["status"] = {"virtualMachineSnapshotContentName": content, "readyToUse": True}
+    return obj
+
+
+def snapshot_content(name: str, vm_copy: Mapping[str, Any], namespace: str = "ns-a") -> dict[str, Any]:
+    source = {"virtualMachine": {k: copy.deepcopy(v) for k, v in vm_copy.items() if k in ("metadata", "spec")}}
+    spec = {"source": source, "virtualMachineSnapshotName": "snap", "volumeBackups": []}
+    return _obj("VirtualMachineSnapshotContent", _meta("VirtualMachineSnapshotContent", name, namespace), spec)
 
 
 def review(

@@ -3,12 +3,13 @@ cluster view, the mutator's patch applied with jsonpatch, and the claim DELETE i
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import jsonpatch  # type: ignore[import-untyped]
 import pytest
 
-from policy import names
+from policy import names, records
 from policy.access import Grant
 from policy.settings import PolicySettings
 from tests.support import vms
@@ -18,6 +19,7 @@ from tests.support.objects import (
     TENANT_A,
     TENANT_B,
     Lab,
+    admit,
     changed,
     judge,
     pciclaim,
@@ -26,11 +28,28 @@ from tests.support.objects import (
     user,
 )
 from tests.support.objects import review as claim_review
-from tests.support.vms import entry, instancetype, pod, pool, replicaset, review, virt_controller, vm, vmi
+from tests.support.vms import (
+    entry,
+    instancetype,
+    pod,
+    pool,
+    recorded,
+    replicaset,
+    restored,
+    review,
+    snapshot_content,
+    virt_controller,
+    vm,
+    vm_clone,
+    vm_restore,
+    vm_snapshot,
+    vmi,
+)
 
 GPU, AUDIO = entry(Lab.gpu), entry(Lab.audio)
 GPU_1A, AUDIO_1A = entry(Lab.gpu_1a), entry(Lab.audio_1a)
 STICK = entry(Lab.stick)
+STICK_1A = entry(Lab.stick_1a)
 VGPU = ("vgpu1", "nvidia.com/GRID_T4-1Q")
 GRANTS = (
     Grant(TENANT_A, "use", names.GROUP, "pcidevices", namespace="ns-a"),
@@ -61,13 +80,26 @@ def case(
 
 
 TENANT_B_USER = user(TENANT_B)
+UNCLAIMED_T4 = pcidevice(NODE1, "0000:d9:00.0", iommu_group="95", resource_name="nvidia.com/TU104GL_TESLA_T4")
+PER_DEVICE_UNCLAIMED = f"nvidia.com/{UNCLAIMED_T4['metadata']['name']}"
+POOLED_T4 = "nvidia.com/TU104GL_TESLA_T4"
+CLAIMED_T4 = changed(pcidevice(NODE1, "0000:da:00.0", iommu_group="96"), "status.pooledResourceName", POOLED_T4)
+
+
+def _add_devices(*entries: tuple[str, str]) -> str:
+    """A restore or clone patch that gives the VM host devices."""
+    value = [{"name": n, "deviceName": d} for n, d in entries]
+    return json.dumps({"op": "add", "path": "/spec/template/spec/domain/devices/hostDevices", "value": value})
 RESTORE_USER = user(vms.RESTORE, groups=("system:serviceaccounts", "system:authenticated"))
-OWNED_VM = vm("gpu-vm", host=[GPU, AUDIO])
+OWNED_VM = recorded(vm("gpu-vm", host=[GPU, AUDIO]), TENANT_A)
 OTHER_VM = vm("other-vm", host=[GPU, AUDIO])
+B_VM = recorded(vm("b-vm", "ns-b", host=[GPU_1A, AUDIO_1A]), TENANT_B)  # tenant-b may use the node1-a GPU in ns-b
 IT = instancetype("gpu-it", host=[AUDIO], gpus=[GPU])
-IT_VM = vm("it-vm", instancetype=("VirtualMachineInstancetype", "gpu-it"))
-RS = replicaset("rs", host=[GPU, AUDIO])
-POOL = pool("pool", host=[GPU, AUDIO])
+IT_VM = recorded(vm("it-vm", instancetype=("VirtualMachineInstancetype", "gpu-it")), TENANT_A)
+RS = recorded(replicaset("rs", host=[GPU, AUDIO]), TENANT_A)
+POOL = recorded(pool("pool", host=[GPU, AUDIO]), TENANT_A)
+RESTORE_A = recorded(vm_restore("r1", "restored"), TENANT_A)
+RESTORE_B = recorded(vm_restore("r2", "restored", namespace="ns-b"), TENANT_B)
 
 TABLE = [
     # -- VirtualMachine CREATE ---------------------------------------------------------------------------------
@@ -75,12 +107,6 @@ TABLE = [
     case("allow create of vm naming the gpu under gpus", review("CREATE", vm("g", gpus=[GPU], host=[AUDIO])), True),
     case("allow create of vm with a usb device it may use", review("CREATE", vm("u", host=[STICK])), True),
     case("allow create of vm naming only other providers' devices", review("CREATE", vm("v", gpus=[VGPU])), True),
-    case(
-        "forbid create of vm naming a gpu without its iommu sibling",
-        review("CREATE", vm("half", host=[GPU])),
-        False,
-        f'shares group "45" with pcidevice "{AUDIO[0]}", which it does not name; add a hostDevices entry',
-    ),
     case(
         "forbid create of vm in a namespace where its requester lacks use",
         review("CREATE", vm("gpu-vm", "ns-b", host=[GPU, AUDIO])),
@@ -94,7 +120,7 @@ TABLE = [
         'user "tenant-b" lacks the verb use on pcidevices',
     ),
     case(
-        "allow create of vm by the restore controller without use",
+        "allow create of vm by a use-exempt restore controller without use",
         review("CREATE", vm("restored", "ns-b", host=[GPU, AUDIO]), user_info=RESTORE_USER),
         True,
     ),
@@ -111,11 +137,108 @@ TABLE = [
         f'by its resource name "{GPU[1]}"; its hostDevices entry "{GPU[0]}" asks for "{AUDIO[1]}"',
     ),
     case(
-        "forbid create of a second vm naming the same device",
+        "allow create of a second vm of the same requester naming the same device (a clone)",
+        review("CREATE", OTHER_VM),
+        True,
+        extra=(OWNED_VM,),
+    ),
+    case(
+        "forbid create of a vm naming a device another requester's vm names",
+        review("CREATE", vm("a-vm", host=[GPU_1A, AUDIO_1A])),
+        False,
+        'is named by virtualmachine "ns-b/b-vm" (requested by "tenant-b")',
+        extra=(B_VM,),
+    ),
+    case(
+        "forbid create of a vm naming a device a vm without a record names",
         review("CREATE", OTHER_VM),
         False,
-        'is named by virtualmachine "ns-a/gpu-vm"',
-        extra=(OWNED_VM,),
+        'is named by virtualmachine "ns-a/gpu-vm" (requested by nobody recorded)',
+        extra=(vm("gpu-vm", host=[GPU, AUDIO]),),
+    ),
+    case(
+        "forbid create of a vm naming a device another requester's vm names through an instancetype",
+        review("CREATE", vm("a-vm", host=[GPU_1A, AUDIO_1A])),
+        False,
+        'is named by virtualmachine "ns-b/it-b" (requested by "tenant-b")',
+        extra=(
+            instancetype("it-1a", "ns-b", host=[GPU_1A, AUDIO_1A]),
+            recorded(vm("it-b", "ns-b", instancetype=("virtualmachineinstancetypes", "it-1a")), TENANT_B),
+        ),
+    ),
+    case(
+        "forbid create of a vm whose forged controller ownerReference names the holder with another uid",
+        review(
+            "CREATE",
+            changed(
+                vm("a-vm", "ns-b", host=[GPU_1A, AUDIO_1A]),
+                "metadata.ownerReferences",
+                [{**vmi("x", "ns-b", owner=B_VM)["metadata"]["ownerReferences"][0], "uid": "forged"}],
+            ),
+            user_info=user(TENANT_A),
+        ),
+        False,
+        "lacks the verb use",
+        extra=(B_VM,),
+    ),
+    case(
+        "forbid create of vm asking for a claimed device in domain.resources by a user without use",
+        review(
+            "CREATE",
+            changed(vm("res", "ns-b"), "spec.template.spec.domain.resources", {"limits": {GPU[1]: "1"}}),
+            user_info=TENANT_B_USER,
+        ),
+        False,
+        'user "tenant-b" lacks the verb use on pcidevices',
+    ),
+    case(
+        "forbid create of vmi asking for a claimed device in domain.resources requests by a user without use",
+        review(
+            "CREATE",
+            changed(vmi("res", "ns-b"), "spec.domain.resources", {"requests": {GPU[1]: "1"}}),
+            user_info=TENANT_B_USER,
+        ),
+        False,
+        'user "tenant-b" lacks the verb use on pcidevices',
+    ),
+    case(
+        "allow create of vm asking for its claimed gpu and audio in domain.resources",
+        review(
+            "CREATE",
+            changed(vm("res"), "spec.template.spec.domain.resources", {"limits": {GPU[1]: "1", AUDIO[1]: "1"}}),
+        ),
+        True,
+    ),
+    case(
+        "forbid create of vm naming the per-device name of an unclaimed device",
+        review("CREATE", vm("early", host=[("x", PER_DEVICE_UNCLAIMED)])),
+        False,
+        f'the name pcidevice "{UNCLAIMED_T4["metadata"]["name"]}" gets once claimed; create pcideviceclaim',
+        extra=(UNCLAIMED_T4,),
+    ),
+    case(
+        "forbid create of vm naming a device that does not exist yet on a known node",
+        review("CREATE", vm("early", host=[("x", "intel.com/node1-0000d9001")])),
+        False,
+        'shaped like the name of a device on node "node1", which has no such device',
+    ),
+    case(
+        "forbid create of vm naming a usb device that does not exist yet on a known node",
+        review("CREATE", vm("early", host=[("x", "kubevirt.io/node1-1234-5678-003007")])),
+        False,
+        'shaped like the name of a device on node "node1"',
+    ),
+    case(
+        "forbid create of vm naming the pooled name of a model whose devices are all offered per device",
+        review("CREATE", vm("early", host=[("x", POOLED_T4)])),
+        False,
+        'the pooled name of models "10de:1eb8", under which no device is offered now',
+        extra=(CLAIMED_T4, pciclaim(CLAIMED_T4, owner=TENANT_A)),
+    ),
+    case(
+        "allow create of vm naming a name of another provider that looks like nothing of ours",
+        review("CREATE", vm("other", host=[("x", "intel.com/qat-vf")])),
+        True,
     ),
     case(
         "forbid create of vm naming devices on two nodes",
@@ -131,17 +254,29 @@ TABLE = [
     ),
     case(
         "allow update of vm that only reorders its host devices",
-        review("UPDATE", vm("gpu-vm", host=[AUDIO, GPU]), OWNED_VM, user_info=TENANT_B_USER),
+        review("UPDATE", recorded(vm("gpu-vm", host=[AUDIO, GPU]), TENANT_A), OWNED_VM, user_info=TENANT_B_USER),
         True,
     ),
     case(
-        "allow update of vm that is being deleted",
+        "forbid update of a vm being deleted that adds a device its requester may not use",
         review(
             "UPDATE",
-            changed(vm("gpu-vm", "ns-b", host=[GPU]), "metadata.deletionTimestamp", "2026-11-27T06:00:00Z"),
-            vm("gpu-vm", "ns-b"),
+            changed(vm("gpu-vm", "ns-b", host=[GPU, AUDIO]), "metadata.deletionTimestamp", "2026-11-27T06:00:00Z"),
+            changed(vm("gpu-vm", "ns-b"), "metadata.deletionTimestamp", "2026-11-27T06:00:00Z"),
+            user_info=TENANT_B_USER,
         ),
-        True,
+        False,
+        "lacks the verb use",
+    ),
+    case(
+        "forbid update of vm that forges the admission record of another user",
+        review(
+            "UPDATE",
+            recorded(vm("b", "ns-b"), TENANT_A),
+            vm("b", "ns-b"),
+            user_info=TENANT_B_USER,
+        ),
+        True,  # the mutator rewrites it to the requester; what is stored then names tenant-b
     ),
     case(
         "forbid update of vm adding a device its requester may not use",
@@ -163,11 +298,41 @@ TABLE = [
         extra=(OWNED_VM,),
     ),
     case(
-        "forbid create of vmi by virt-controller whose devices differ from its vm's",
-        review("CREATE", vmi("gpu-vm", host=[GPU, AUDIO, STICK], owner=OWNED_VM), user_info=virt_controller()),
+        "forbid create of vmi by virt-controller carrying a device its vm's requester may not use",
+        review(
+            "CREATE", vmi("b-vm", "ns-b", host=[GPU_1A, AUDIO_1A, STICK_1A], owner=B_VM), user_info=virt_controller()
+        ),
         False,
-        "can only carry the devices of the virtualmachine that owns it",
-        extra=(OWNED_VM,),
+        f'user "tenant-b" lacks the verb use on usbdevices "{STICK_1A[0]}"',
+        extra=(B_VM, usbclaim(Lab.stick_1a, owner=TENANT_A)),
+    ),
+    case(
+        "forbid create of vmi by virt-controller for a vm without an admission record",
+        review("CREATE", vmi("legacy", host=[GPU, AUDIO], owner=vm("legacy")), user_info=virt_controller()),
+        False,
+        'carries no devices.harvesterhci.io/requester record',
+        extra=(vm("legacy", host=[GPU, AUDIO]),),
+    ),
+    case(
+        "forbid create of vmi by virt-controller whose vm's requester lost use since the vm was admitted",
+        review("CREATE", vmi("gone", "ns-b", host=[GPU, AUDIO], owner=vm("gone", "ns-b")), user_info=virt_controller()),
+        False,
+        'user "tenant-b" lacks the verb use',
+        extra=(recorded(vm("gone", "ns-b", host=[GPU, AUDIO]), TENANT_B),),
+    ),
+    case(
+        "forbid create of vmi by virt-controller when the vm's instancetype gained a device its requester may not use",
+        review(
+            "CREATE",
+            vmi("it-b", "ns-b", gpus=[GPU], host=[AUDIO], owner=vm("it-b", "ns-b")),
+            user_info=virt_controller(),
+        ),
+        False,
+        'user "tenant-b" lacks the verb use',
+        extra=(
+            recorded(vm("it-b", "ns-b", instancetype=("VirtualMachineClusterInstancetype", "later")), TENANT_B),
+            instancetype("later", "", host=[AUDIO], gpus=[GPU]),
+        ),
     ),
     case(
         "forbid create of vmi by virt-controller for a vm the view does not hold",
@@ -222,16 +387,114 @@ TABLE = [
         extra=(RS,),
     ),
     case(
-        "allow create of vm by virt-controller without a pool (kubevirt's restore) without use",
+        "forbid create of vm by virt-controller that no pool or restore accounts for",
         review("CREATE", vm("restored", "ns-b", host=[GPU, AUDIO]), user_info=virt_controller()),
+        False,
+        "it belongs to no pool and carries no restore.kubevirt.io/lastRestoreUID of a restore",
+    ),
+    case(
+        "allow create of vm by virt-controller for a restore whose requester may use its devices",
+        review("CREATE", restored(vm("restored", host=[GPU, AUDIO]), RESTORE_A), user_info=virt_controller()),
+        True,
+        extra=(RESTORE_A,),
+    ),
+    case(
+        "forbid create of vm by virt-controller for a restore whose requester may not use its devices",
+        review(
+            "CREATE", restored(vm("restored", "ns-b", host=[GPU, AUDIO]), RESTORE_B), user_info=virt_controller()
+        ),
+        False,
+        'user "tenant-b" lacks the verb use',
+        extra=(RESTORE_B,),
+    ),
+    case(
+        "forbid create of vm by virt-controller marked by a restore the view does not hold",
+        review("CREATE", restored(vm("restored", host=[GPU, AUDIO]), RESTORE_A), user_info=virt_controller()),
+        False,
+        "names no restore known",
+    ),
+    case(
+        "forbid create of vm by a user carrying a restore mark (the mark traces only virt-controller's writes)",
+        review("CREATE", restored(vm("restored", "ns-b", host=[GPU, AUDIO]), RESTORE_A), user_info=TENANT_B_USER),
+        False,
+        'user "tenant-b" lacks the verb use',
+        extra=(RESTORE_A,),
+    ),
+    # -- restores, clones, snapshot contents (issue 22) --------------------------------------------------------
+    case(
+        "forbid create of a restore whose patch adds a device its requester may not use",
+        review(
+            "CREATE",
+            vm_restore("r", "mine", namespace="ns-b", patches=[_add_devices(GPU, AUDIO)]),
+            user_info=TENANT_B_USER,
+        ),
+        False,
+        'user "tenant-b" lacks the verb use',
+    ),
+    case(
+        "allow create of a restore whose patch adds the requester's own devices",
+        review("CREATE", vm_restore("r", "mine", patches=[_add_devices(GPU, AUDIO)])),
         True,
     ),
     case(
-        "forbid create of vm by virt-controller without a pool naming a device another vm names",
-        review("CREATE", vm("restored", "ns-b", host=[GPU, AUDIO]), user_info=virt_controller()),
+        "forbid create of a restore of a snapshot whose copy names a device the requester may not use",
+        review("CREATE", vm_restore("r", "back", snapshot="s1", namespace="ns-b"), user_info=TENANT_B_USER),
         False,
-        'is named by virtualmachine "ns-a/gpu-vm"',
+        'user "tenant-b" lacks the verb use',
+        extra=(
+            vm_snapshot("s1", "orig", "c1", namespace="ns-b"),
+            snapshot_content("c1", vm("orig", "ns-b", host=[GPU, AUDIO]), namespace="ns-b"),
+        ),
+    ),
+    case(
+        "forbid create of a clone whose patch adds a device its requester may not use",
+        review("CREATE", vm_clone("c", "empty", namespace="ns-b", patches=[_add_devices(GPU, AUDIO)]),
+               user_info=TENANT_B_USER),
+        False,
+        'user "tenant-b" lacks the verb use',
+        extra=(vm("empty", "ns-b"),),
+    ),
+    case(
+        "allow create of a clone of the requester's own vm with its device",
+        review("CREATE", vm_clone("c", "gpu-vm")),
+        True,
         extra=(OWNED_VM,),
+    ),
+    case(
+        "forbid create of a clone of another requester's vm by a user without use",
+        review("CREATE", vm_clone("c", "gpu-vm", namespace="ns-a"), user_info=TENANT_B_USER),
+        False,
+        'user "tenant-b" lacks the verb use',
+        extra=(OWNED_VM,),
+    ),
+    case(
+        "forbid create of a snapshot content by a user whose vm copy names a device it may not use",
+        review(
+            "CREATE",
+            snapshot_content("c2", vm("orig", "ns-b", host=[GPU, AUDIO]), namespace="ns-b"),
+            user_info=TENANT_B_USER,
+        ),
+        False,
+        'user "tenant-b" lacks the verb use',
+    ),
+    case(
+        "allow create of a snapshot content by virt-controller (a copy of an admitted vm)",
+        review(
+            "CREATE",
+            snapshot_content("c2", vm("orig", "ns-b", host=[GPU, AUDIO]), namespace="ns-b"),
+            user_info=virt_controller(),
+        ),
+        True,
+    ),
+    case(
+        "forbid create of a restore by virt-controller for a clone the view does not hold",
+        review(
+            "CREATE",
+            vm_restore("tmp-restore-x", "copy", owner=vm_clone("c", "gpu-vm"), patches=[_add_devices(GPU, AUDIO)]),
+            user_info=virt_controller(),
+        ),
+        False,
+        'virtualmachineclone "c" with uid',
     ),
     case(
         "forbid create of vmi by virt-controller without a controller ownerReference",
@@ -266,6 +529,42 @@ TABLE = [
         'namespace (cluster-wide); user "tenant-a" lacks the verb use',
     ),
     # -- pods (A12) --------------------------------------------------------------------------------------------
+    case(
+        "forbid create of a plain pod asking for the per-device name of an unclaimed device",
+        review("CREATE", pod("p", resources=[PER_DEVICE_UNCLAIMED])),
+        False,
+        'pod "p" can only request device resources when virt-controller creates it',
+        extra=(UNCLAIMED_T4,),
+    ),
+    case(
+        "forbid create of a plain pod asking for a device that does not exist yet on a known node",
+        review("CREATE", pod("p", resources=["intel.com/node1-0000d9001"])),
+        False,
+        'pod "p" can only request device resources',
+    ),
+    case(
+        "forbid create of a pod whose init container requests a claimed device",
+        review(
+            "CREATE",
+            changed(
+                pod("p"),
+                "spec.initContainers",
+                [{"name": "init", "image": "x", "resources": {"requests": {GPU[1]: "1"}}}],
+            ),
+        ),
+        False,
+        'pod "p" can only request device resources',
+    ),
+    case(
+        "forbid create of virt-launcher pod by virt-controller for a vmi the view does not hold",
+        review(
+            "CREATE",
+            pod("virt-launcher-x", resources=[GPU[1]], owner=vmi("x", host=[GPU, AUDIO])),
+            user_info=virt_controller(),
+        ),
+        False,
+        "for no virtualmachineinstance the webhook knows",
+    ),
     case(
         "forbid create of a plain pod asking for a claimed device",
         review("CREATE", pod("p", resources=[GPU[1]])),
@@ -303,16 +602,22 @@ TABLE = [
 
 @pytest.mark.parametrize(("body", "allowed", "message", "extra"), TABLE)
 def test_vm_like_and_pod_admission(body: dict[str, Any], allowed: bool, message: str, extra: tuple[Any, ...]) -> None:
-    d = judge(body, cluster(*extra), GRANTS)
+    d = admit(body, cluster(*extra), GRANTS)
     assert d.allowed is allowed, d.message
     if not allowed:
         assert d.code == 403
         assert message in d.message
 
 
+def test_validator_alone_forbids_a_vm_naming_a_gpu_without_its_iommu_sibling() -> None:
+    d = judge(review("CREATE", recorded(vm("half", host=[GPU]), TENANT_A)), cluster(), GRANTS)
+    assert not d.allowed
+    assert f'shares group "45" with pcidevice "{AUDIO[0]}", which it does not name; add a hostDevices' in d.message
+
+
 def test_message_of_an_unclaimed_sibling_names_the_claim_to_create() -> None:
     claims = (pciclaim(Lab.gpu, owner=TENANT_A),)
-    d = judge(review("CREATE", vm("v", host=[GPU])), cluster(claims=claims), GRANTS)
+    d = admit(review("CREATE", vm("v", host=[GPU])), cluster(claims=claims), GRANTS)
     assert not d.allowed
     assert f'with unclaimed pcidevice "{AUDIO[0]}"; create pcideviceclaim "{AUDIO[0]}" for "tenant-a"' in d.message
 
@@ -326,6 +631,9 @@ def test_mutator_appends_same_owner_claimed_sibling_and_the_result_is_admitted()
     entries = patched["spec"]["template"]["spec"]["domain"]["devices"]["hostDevices"]
     assert {"name": AUDIO[0], "deviceName": AUDIO[1]} in entries
     assert judge(review("CREATE", patched), cluster(), GRANTS).allowed
+    assert patched["metadata"]["annotations"][records.ANNOTATION] == recorded(obj, TENANT_A)["metadata"][
+        "annotations"
+    ][records.ANNOTATION]
 
 
 def test_mutator_adds_host_devices_when_the_vm_names_the_gpu_only_under_gpus() -> None:
@@ -337,23 +645,41 @@ def test_mutator_adds_host_devices_when_the_vm_names_the_gpu_only_under_gpus() -
     ]
 
 
-def test_mutator_leaves_a_complete_vm_and_unrelated_updates_alone() -> None:
+def test_mutator_leaves_a_complete_recorded_vm_and_unrelated_updates_alone() -> None:
     assert judge(review("CREATE", OWNED_VM), cluster(), GRANTS, mutate=True).patch == ()
     relabel = review("UPDATE", changed(vm("half", host=[GPU]), "metadata.labels", {"a": "b"}), vm("half", host=[GPU]))
     assert judge(relabel, cluster(), GRANTS, mutate=True).patch == ()
 
 
+def test_mutator_stamps_the_record_of_the_requester_and_replaces_a_forged_one() -> None:
+    forged = recorded(vm("v", host=[GPU, AUDIO]), TENANT_B)
+    d = judge(review("CREATE", forged), cluster(), GRANTS, mutate=True)
+    patched = jsonpatch.apply_patch(forged, list(d.patch))
+    assert records.Requester.decode(patched["metadata"]["annotations"][records.ANNOTATION]).username == TENANT_A
+    assert not judge(review("CREATE", forged), cluster(), GRANTS).allowed, "the validator refuses a forged record"
+
+
+def test_mutator_removes_a_record_from_an_object_virt_controller_writes_for_nobody() -> None:
+    obj = recorded(vm("v"), TENANT_A)
+    d = judge(review("CREATE", obj, user_info=virt_controller()), cluster(), GRANTS, mutate=True)
+    assert {"op": "remove", "path": "/metadata/annotations/devices.harvesterhci.io~1requester"} in d.patch
+
+
+def _record_only(patch: tuple[Any, ...]) -> bool:
+    return all("requester" in str(op.get("path")) + str(op.get("value")) for op in patch)
+
+
 def test_mutator_never_completes_an_unclaimed_sibling() -> None:
     claims = (pciclaim(Lab.gpu, owner=TENANT_A),)
     d = judge(review("CREATE", vm("v", host=[GPU])), cluster(claims=claims), GRANTS, mutate=True)
-    assert d.allowed and d.patch == ()
+    assert d.allowed and _record_only(d.patch)
 
 
 def test_mutator_never_completes_a_sibling_of_another_owner() -> None:
     claims = (pciclaim(Lab.gpu, owner=TENANT_A), pciclaim(Lab.audio, owner=TENANT_B))
     d = judge(review("CREATE", vm("v", host=[GPU])), cluster(claims=claims), GRANTS, mutate=True)
-    assert d.patch == ()
-    v = judge(review("CREATE", vm("v", host=[GPU])), cluster(claims=claims), GRANTS)
+    assert _record_only(d.patch)
+    v = admit(review("CREATE", vm("v", host=[GPU])), cluster(claims=claims), GRANTS)
     assert not v.allowed and f'claimed by "{TENANT_B}"' in v.message
 
 
@@ -374,7 +700,7 @@ def pooled_cluster(*extra: dict[str, Any]) -> list[dict[str, Any]]:
 def test_pooled_vm_is_admitted_and_pinned_to_the_node_holding_its_claimed_pool() -> None:
     obj = vm("pooled", host=[("gpu1", POOL_NAME), ("gpu2", POOL_NAME)])
     body = review("CREATE", obj)
-    assert judge(body, pooled_cluster(), GRANTS, settings=POOLED).allowed
+    assert admit(body, pooled_cluster(), GRANTS, settings=POOLED).allowed
     d = judge(body, pooled_cluster(), GRANTS, settings=POOLED, mutate=True)
     patched = jsonpatch.apply_patch(obj, list(d.patch))
     terms = patched["spec"]["template"]["spec"]["affinity"]["nodeAffinity"][
@@ -385,7 +711,7 @@ def test_pooled_vm_is_admitted_and_pinned_to_the_node_holding_its_claimed_pool()
 
 def test_pooled_vm_asking_for_more_than_a_node_holds_is_forbidden() -> None:
     obj = vm("pooled", host=[("a", POOL_NAME), ("b", POOL_NAME), ("c", POOL_NAME)])
-    d = judge(review("CREATE", obj), pooled_cluster(), GRANTS, settings=POOLED)
+    d = admit(review("CREATE", obj), pooled_cluster(), GRANTS, settings=POOLED)
     assert not d.allowed and f'no node has 3 claimed devices of "{POOL_NAME}"' in d.message
 
 

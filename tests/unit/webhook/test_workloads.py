@@ -10,7 +10,7 @@ import pytest
 
 from policy import access, hostdevices, names, snapshot
 from tests.support.objects import TENANT_A, Lab, pciclaim
-from tests.support.vms import entry, review, vm
+from tests.support.vms import entry, recorded, review, vm
 from webhook import app as app_mod
 from webhook import cache, kube, metrics, workloads
 from webhook import settings as settings_mod
@@ -97,6 +97,7 @@ def test_a_vm_review_goes_through_the_routes_patched_then_judged() -> None:
     body = review("CREATE", vm("half", host=[entry(Lab.gpu)]))
     mutated = client.post("/mutate", json=body).get_json()["response"]
     assert mutated["allowed"] and mutated["patchType"] == "JSONPatch"
+    body = review("CREATE", recorded(vm("half", host=[entry(Lab.gpu)]), TENANT_A))  # as the mutator leaves it
     judged = client.post("/validate", json=body).get_json()["response"]
     assert not judged["allowed"] and judged["status"]["code"] == 403
     assert "which it does not name; add a hostDevices entry" in judged["status"]["message"]
