@@ -6,6 +6,7 @@ LEASE_DURATION_S, KUBECONFIG, LOG_LEVEL), POD_NAMESPACE (Lease and Events) and P
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import logging
 import logging.config
@@ -117,6 +118,14 @@ def run(settings: ControllerSettings, stop: threading.Event) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # No options: everything comes from the environment; --help says so (the image's smoke test runs it).
+    argparse.ArgumentParser(
+        prog="pcidevices-controller",
+        description="The leader-elected cluster controller: IOMMU-group completion and the janitor for claims of "
+        "vanished nodes.",
+        epilog=f"Settings come from the environment: {PREFIX}* (LEASE_NAME, COMPLETE_GROUPS auto|warn, GRACE_S, "
+        "RESYNC_S, LEASE_DURATION_S, KUBECONFIG, LOG_LEVEL), POD_NAMESPACE and POD_NAME.",
+    ).parse_args(argv)
     settings = ControllerSettings.from_env(os.environ)
     logging.config.dictConfig(webhook_logging.config_dict(settings.log_level, settings.log_json))
     stop = threading.Event()
