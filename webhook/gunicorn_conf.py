@@ -1,6 +1,8 @@
 """gunicorn settings and hooks, all derived from WebhookSettings (no config file, no environment reads here).
 
-- gthread workers; keep-alive longer than the API server's 90 s idle timeout for webhook connections.
+- webhook.worker.FrontWorker by default (connections served by webhook.front: deadlines for the handshake, the
+  head and the body, bounded connections and memory); `worker_class = "gthread"` keeps gunicorn's own threads.
+  Either way keep-alive is longer than the API server's 90 s idle timeout for webhook connections.
 - TLS 1.2 or newer only; the serving certificate is re-read when its file changes (checked per new connection), so
   rotation needs no restart and connections already open finish on the old certificate.
 - preload the app in the master (no threads, no connections there); `post_fork` starts each worker's own cluster
@@ -82,6 +84,8 @@ def _worker_exit(server: Any, worker: Any) -> None:
 
 def build(settings: settings_mod.WebhookSettings) -> dict[str, Any]:
     """gunicorn settings (names as gunicorn's config knows them)."""
+    if settings.worker_class not in ("front", "gthread"):
+        raise ValueError(f"worker_class must be 'front' or 'gthread'; got {settings.worker_class!r}")
     reloading = ReloadingContext(settings.certfile, settings.keyfile)
     metrics_dir = settings.metrics_dir
 
@@ -95,7 +99,7 @@ def build(settings: settings_mod.WebhookSettings) -> dict[str, Any]:
     return {
         "bind": [settings.bind],
         "workers": settings.workers,
-        "worker_class": "gthread",
+        "worker_class": "webhook.worker.FrontWorker" if settings.worker_class == "front" else "gthread",
         "threads": settings.threads,
         "keepalive": settings.keepalive_s,
         "timeout": settings.timeout_s,

@@ -48,6 +48,20 @@ class Metrics:
             ["kind"],
             registry=self.registry,
         )
+        self.connections = Gauge(
+            "pcidevices_webhook_connections",
+            "Open client connections (TLS handshakes under way included), all workers.",
+            registry=self.registry,
+            multiprocess_mode="livesum",
+        )
+        self.connections_closed = Counter(
+            "pcidevices_webhook_connections_closed",
+            "Connections the server closed, by reason: a deadline (handshake, header, body, idle), a limit "
+            "(limit: too many open, budget: request bodies), or a request it would not serve (tls, malformed, "
+            "too_large, pipeline).",
+            ["reason"],
+            registry=self.registry,
+        )
 
         self.view_synced = Gauge(
             "pcidevices_webhook_view_synced_workers",

@@ -23,6 +23,18 @@ class WebhookSettings:
     # The API server keeps idle connections to webhooks for 90 s; a shorter keep-alive makes it reuse connections
     # we already closed (spurious "connection reset" admissions failures).
     keepalive_s: int = 120
+    # How connections are served: "front" (asyncio + TLS + httptools in front of the app, webhook/front.py: deadlines
+    # and bounds below) or "gthread" (gunicorn's threads read requests themselves: no deadlines; kept for comparison).
+    worker_class: str = "front"
+    # Deadlines (front): a client is cut when its TLS handshake, its request head or its body takes longer.
+    handshake_timeout_s: float = 5.0
+    header_timeout_s: float = 5.0
+    body_timeout_s: float = 10.0
+    # Bounds per worker process (front): open connections (handshakes included), bytes of one request head, bytes
+    # of request bodies held by all connections together (a request that would go past it is answered 503).
+    max_connections: int = 4096
+    max_header_bytes: int = 64 * 1024
+    body_budget_bytes: int = 64 * 1024 * 1024
     timeout_s: int = 30
     graceful_timeout_s: int = 30
     max_body_bytes: int = MAX_BODY_BYTES
