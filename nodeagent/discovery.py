@@ -43,6 +43,7 @@ class PCIDeviceStatus(TypedDict, total=False):
     iommuGroup: str
     nodeName: str
     resourceName: str
+    pooledResourceName: str
     description: str
     kernelDriverInUse: str
     subsystemVendorId: str
@@ -119,6 +120,7 @@ def _model_status(fn: HostPCIFunction, db: NamesDatabases, node: str) -> PCIDevi
     """The status fields every function of one model shares (ids, names, node), in the object's field order, with
     placeholders where each function differs. Servers repeat models, so this is built once per model and copied."""
     ids = db.pci
+    pooled = names.pci_resource_name(ids.vendor(fn.vendor_id), ids.device(fn.vendor_id, fn.device_id), fn.device_id)
     return {
         "address": "",
         "vendorId": fn.vendor_id,
@@ -126,9 +128,8 @@ def _model_status(fn: HostPCIFunction, db: NamesDatabases, node: str) -> PCIDevi
         "classId": fn.class_id,
         "iommuGroup": "",
         "nodeName": node,
-        "resourceName": names.pci_resource_name(
-            ids.vendor(fn.vendor_id), ids.device(fn.vendor_id, fn.device_id), fn.device_id
-        ),
+        "resourceName": pooled,
+        "pooledResourceName": pooled,  # kept when a claim offers the device under its per-device name
         "description": names.pci_description(
             ids.lspci_class(fn.class_code), ids.lspci_vendor(fn.vendor_id), ids.lspci_device(fn.vendor_id, fn.device_id)
         ),

@@ -84,6 +84,23 @@ KUBEVIRTS = Resource("kubevirt.io", "v1", "kubevirts", "KubeVirt", namespaced=Tr
 NODES = Resource("", "v1", "nodes", "Node")
 EVENTS = Resource("", "v1", "events", "Event", namespaced=True)
 PODS = Resource("", "v1", "pods", "Pod", namespaced=True)
+# KubeVirt's kinds that name devices, read (never written) by the offering gate and the allocation audit
+VIRTUALMACHINES = Resource("kubevirt.io", "v1", "virtualmachines", "VirtualMachine", namespaced=True)
+VIRTUALMACHINEINSTANCES = Resource(
+    "kubevirt.io", "v1", "virtualmachineinstances", "VirtualMachineInstance", namespaced=True
+)
+VIRTUALMACHINEINSTANCEREPLICASETS = Resource(
+    "kubevirt.io", "v1", "virtualmachineinstancereplicasets", "VirtualMachineInstanceReplicaSet", namespaced=True
+)
+VIRTUALMACHINEPOOLS = Resource(
+    "pool.kubevirt.io", "v1alpha1", "virtualmachinepools", "VirtualMachinePool", namespaced=True
+)
+VIRTUALMACHINEINSTANCETYPES = Resource(
+    "instancetype.kubevirt.io", "v1beta1", "virtualmachineinstancetypes", "VirtualMachineInstancetype", namespaced=True
+)
+VIRTUALMACHINECLUSTERINSTANCETYPES = Resource(
+    "instancetype.kubevirt.io", "v1beta1", "virtualmachineclusterinstancetypes", "VirtualMachineClusterInstancetype"
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,10 +12,12 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from nodeagent import kube
 from nodeagent.deviceplugin import health as plugin_health
@@ -30,7 +32,7 @@ from nodeagent.host.guard import HostWriteGuard, guarded_chown, guarded_modules
 from nodeagent.host.modules import Modprobe
 from nodeagent.idsdb import NamesDatabases
 from nodeagent.reconcile import allocations
-from nodeagent.reconcile.cycle import NodePass
+from nodeagent.reconcile.cycle import HELD_RECHECK_S, NodePass
 from nodeagent.reconcile.pcideviceclaims import PCIClaimReconciler
 from nodeagent.reconcile.runner import Runner, Watcher
 from nodeagent.reconcile.usbdeviceclaims import USBClaimReconciler
@@ -40,6 +42,25 @@ from nodeagent.udev import UdevNudger
 from policy import names
 
 log = logging.getLogger(__name__)
+
+
+class UnexpectedAllocations(Collector):
+    """Gauge `pcidevices_agent_unexpected_allocations{resource}`: per resource name this node offers, the pods the
+    kubelet allocated it to that are not virt-launcher pods of a VMI the webhook admitted for it (the last pass's
+    audit; 0 is the only good value)."""
+
+    def __init__(self, node_pass: NodePass) -> None:
+        self._pass = node_pass
+
+    def collect(self) -> Iterable[Metric]:
+        family = GaugeMetricFamily(
+            "pcidevices_agent_unexpected_allocations",
+            "Pods holding an offered device that are not virt-launcher pods of an admitted VMI, by resource name.",
+            labels=["resource"],
+        )
+        for resource, count in sorted(self._pass.report.unexpected_allocations.items()):
+            family.add_metric([resource], float(count))
+        yield family
 
 
 def utc_now() -> str:
@@ -189,6 +210,7 @@ def build(
             plugins.refresh()  # binds may have changed health
 
     runner = Runner(work, clock=clock, resync_s=settings.resync_s)
+    runner.sooner = lambda: HELD_RECHECK_S if node_pass.report.held else None
     poller = allocations.AllocationPoller(
         lambda: allocations.read_allocations(lister, socket_path), runner.nudge, interval_s=settings.allocations_poll_s
     )
@@ -220,6 +242,7 @@ def build(
             host_writes.labels(kind=kind, result=result).set_function(host_count((kind, result)))
     observing = Gauge("pcidevices_agent_observe_only", "1 while the agent runs in observe mode.", registry=registry)
     observing.set_function(lambda: float(settings.observe_only or node_pass.observe_only))
+    registry.register(UnexpectedAllocations(node_pass))
 
     selector = f"{names.LABEL_NODENAME}={settings.node_name}"
     watchers = [

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,6 +14,9 @@ from nodeagent import kube
 from nodeagent.deviceplugin import podresources
 from nodeagent.deviceplugin.errors import PodResourcesError
 from nodeagent.errors import KubeError
+from nodeagent.reconcile import plan
+from policy import hostdevices
+from policy.objects import MalformedObject
 
 log = logging.getLogger(__name__)
 
@@ -61,26 +64,92 @@ def vmi_owner(pod: Mapping[str, Any]) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class PodOwner:
+    """What a pod's ownerReferences say: the VMI it shows as its owner (allocatedTo's `vmi`), and the uid of the
+    VMI its controller reference names (the audit's evidence; "" when none)."""
+
+    vmi: str | None
+    controller_uid: str = ""
+    controller: str = ""  # the name of that controller VMI
+
+
 class VmiResolver:
-    """(namespace, pod) -> VMI name, read once per pod (a pod never changes its owner); None for other pods."""
+    """(namespace, pod) -> its VMI, read once per pod while the kubelet reports it; and whether the kubelet's
+    allocation to it is the one the webhook admitted (the allocation audit, `plan.admitted_launcher`).
+
+    A pod's ownerReferences can change and a name can be reused, so a pod's entry lives only while the kubelet
+    keeps reporting that pod (`prune`); a VMI is keyed by its uid, whose record and devices the webhook fixed when
+    it admitted it."""
 
     def __init__(self, api: kube.KubeApi) -> None:
         self._api = api
-        self._cache: dict[tuple[str, str], str | None] = {}
+        self._cache: dict[tuple[str, str], PodOwner] = {}
+        self._vmis: dict[tuple[str, str, str], hostdevices.Workload | None] = {}
 
-    def __call__(self, namespace: str, pod: str) -> str | None:
+    def owner(self, namespace: str, pod: str) -> PodOwner | None:
+        """None when the pod cannot be read (gone, or not allowed): nothing is concluded about it."""
         key = (namespace, pod)
         if key not in self._cache:
             try:
-                self._cache[key] = vmi_owner(self._api.get(kube.PODS, pod, namespace=namespace))
+                obj = self._api.get(kube.PODS, pod, namespace=namespace)
             except kube.NotFound:
                 return None
             except KubeError:
                 log.warning("pod could not be read for allocatedTo", extra={"pod": f"{namespace}/{pod}"})
                 return None
+            controller_uid = plan.launcher_uid(obj)
+            controller = ""
+            for ref in (obj.get("metadata") or {}).get("ownerReferences") or []:
+                if controller_uid and ref.get("uid") == controller_uid:
+                    controller = str(ref.get("name", ""))
+            self._cache[key] = PodOwner(vmi_owner(obj), controller_uid, controller)
             if len(self._cache) > 4096:
                 self._cache.pop(next(iter(self._cache)))
         return self._cache[key]
+
+    def __call__(self, namespace: str, pod: str) -> str | None:
+        found = self.owner(namespace, pod)
+        return found.vmi if found is not None else None
+
+    def _vmi(self, namespace: str, name: str, uid: str) -> hostdevices.Workload | None:
+        key = (namespace, name, uid)
+        if key not in self._vmis:
+            try:
+                obj = self._api.get(kube.VIRTUALMACHINEINSTANCES, name, namespace=namespace)
+            except kube.NotFound:
+                self._vmis[key] = None
+                return None
+            try:
+                self._vmis[key] = hostdevices.Workload.from_dict(dict(obj, kind=hostdevices.VMI))
+            except MalformedObject:
+                self._vmis[key] = None
+            if len(self._vmis) > 4096:
+                self._vmis.pop(next(iter(self._vmis)))
+        return self._vmis[key]
+
+    def admitted(self, namespace: str, pod: str, resource: str) -> bool | None:
+        """Whether the pod is the launcher pod of a VMI the webhook admitted for `resource`; None when the pod or its
+        VMI cannot be read (nothing is concluded; a VMI that is gone is not admitted)."""
+        found = self.owner(namespace, pod)
+        if found is None:
+            return None
+        if not found.controller_uid:
+            return False
+        try:
+            vmi = self._vmi(namespace, found.controller, found.controller_uid)
+        except KubeError:
+            log.warning("vmi could not be read for the allocation audit", extra={"pod": f"{namespace}/{pod}"})
+            return None
+        return plan.admitted_launcher(vmi, found.controller_uid, resource)
+
+    def prune(self, pods: Set[tuple[str, str]]) -> None:
+        """Forget pods the kubelet no longer reports (a later pod of the same name is read afresh)."""
+        for pod in [k for k in self._cache if k not in pods]:
+            del self._cache[pod]
+        live = {(ns, o.controller, o.controller_uid) for (ns, _), o in self._cache.items()}
+        for vmi in [k for k in self._vmis if k not in live]:
+            del self._vmis[vmi]
 
 
 def socket_lister(socket_path: str, *, timeout_s: float = 5.0) -> Lister:

@@ -4,11 +4,16 @@ Level-based: every pass reads the host and the API afresh and writes only what d
 fresh start, a resync, a nudge and recovery after a crash. The order is the contract:
 
 1. discovery (host facts);
-2. this node's PCIDevice/USBDevice objects (claimed ones carry their effective resource name / `enabled`);
+2. this node's PCIDevice/USBDevice objects (claimed ones whose name was offered carry their effective resource
+   name / `enabled`);
 3. the kubelet's allocations (PodResources);
-4. PCI claims (bind/release) and USB claims;
+4. PCI claims (bind/release) and USB claims, each through the offering gate before its name is first offered, and
+   the allocation audit once it is;
 5. the KubeVirt CR's permitted host devices;
 6. the device plugins' desired set.
+
+The gate (`offers.read_requests`, `plan.offer_condition`) lists the cluster only in a pass that has a claim whose
+name was never offered, at most once; the audit reads a pod (and its VMI) only while the kubelet reports it.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from nodeagent.deviceplugin import model
 from nodeagent.errors import KubeError
 from nodeagent.events import EventRecorder
 from nodeagent.idsdb import NamesDatabases
-from nodeagent.reconcile import allocations, pcidevices, permits, plan, usbdevices
+from nodeagent.reconcile import allocations, offers, pcidevices, permits, plan, usbdevices
 from nodeagent.reconcile.devices import apply_device_actions
 from nodeagent.reconcile.pcideviceclaims import ClaimResult, PCIClaimReconciler, claim_owner, is_adopted
 from nodeagent.reconcile.usbdeviceclaims import USBClaimReconciler, USBClaimResult
@@ -35,6 +40,8 @@ from policy.objects import USB_CONTROLLER_CLASS_PREFIX
 log = logging.getLogger(__name__)
 
 Obj = dict[str, Any]
+HELD_RECHECK_S = 30.0
+"""While the gate holds a claim back, the next pass comes this soon (no watch tells the agent that a pod is gone)."""
 
 
 @dataclass
@@ -49,6 +56,10 @@ class PassReport:
     kubevirt: str = ""
     host_critical: dict[str, list[str]] = field(default_factory=dict)
     observe_only: bool = False
+    held: tuple[str, ...] = ()
+    """Claims whose name the offering gate holds back (the runner looks again sooner while there are any)."""
+    unexpected_allocations: dict[str, int] = field(default_factory=dict)
+    """Offered resource name -> pods the kubelet allocated it to that are not admitted launcher pods."""
 
 
 class NodePass:
@@ -90,6 +101,7 @@ class NodePass:
         self._read_allocations = read_allocations
         self._set_plugins = set_plugins
         self._last_plugins: tuple[model.Resource, ...] = ()
+        self._reported: dict[str, frozenset[str]] = {}  # claim -> unexpected holders already announced
         self._node_uid: str | None = None
         self.report = PassReport()
         self.allocations = allocations.Allocations(known=True)
@@ -140,10 +152,13 @@ class NodePass:
             or (c.get("status") or {}).get("nodeName") == node
         ]
         claimed_pci: dict[str, str] = {}
+        per_device: dict[str, str] = {}
+        offered_pci: set[str] = set()
         for c in my_pci_claims:
             cname = c["metadata"]["name"]
             src: Any = found_pci.get(cname) or have_pci.get(cname) or {}
-            pooled = str((src.get("status") or {}).get("resourceName", ""))
+            sst = src.get("status") or {}
+            pooled = str(sst.get("pooledResourceName") or sst.get("resourceName", ""))
             claimed_pci[cname] = plan.effective_resource_name(
                 pooled,
                 cname,
@@ -151,19 +166,54 @@ class NodePass:
                 disable_pooling=bool((c.get("spec") or {}).get("disableResourcePooling")),
                 adopted=is_adopted(c),
             )
+            per_device[cname] = plan.effective_resource_name(pooled, cname, mode="perDevice")
+            cst = c.get("status") or {}
+            offered_on = (have_pci.get(cname) or {}).get("status") or {}
+            if plan.already_offered(
+                cst,
+                adopted=is_adopted(c),
+                name_on_device=offered_on.get("resourceName") == claimed_pci[cname],
+                enabled_before=cst.get("passthroughEnabled") is True,
+            ):
+                offered_pci.add(cname)
         claimed_usb = {c["metadata"]["name"] for c in my_usb_claims}
         live_usb = {c["metadata"]["name"] for c in my_usb_claims if not c["metadata"].get("deletionTimestamp")}
+        offered_usb = {
+            c["metadata"]["name"]
+            for c in my_usb_claims
+            if plan.already_offered(
+                c.get("status") or {},
+                adopted=is_adopted(c),
+                name_on_device=True,
+                enabled_before=((have_usb.get(c["metadata"]["name"]) or {}).get("status") or {}).get("enabled")
+                is True,
+            )
+        }
 
         # -- device objects ------------------------------------------------------------------------------------
         now = self._now()
         pci_actions = pcidevices.plan_pcidevices(
-            inv.pci_devices, have_pci, claimed_pci, node=node, owner=owner, now=now, observe_only=observe
+            inv.pci_devices,
+            have_pci,
+            claimed_pci,
+            node=node,
+            owner=owner,
+            now=now,
+            observe_only=observe,
+            offered=offered_pci,
         )
         have_pci = apply_device_actions(
             self._api, kube.PCIDEVICES, pci_actions, have_pci, self._events, plan.PCI_STATUS_KEYS
         )
         usb_actions = usbdevices.plan_usbdevices(
-            inv.usb_devices, have_usb, claimed_usb, live_usb, node=node, owner=owner, now=now, observe_only=observe
+            inv.usb_devices,
+            have_usb,
+            claimed_usb,
+            live_usb & offered_usb,
+            node=node,
+            owner=owner,
+            now=now,
+            observe_only=observe,
         )
         have_usb = apply_device_actions(
             self._api, kube.USBDEVICES, usb_actions, have_usb, self._events, plan.USB_STATUS_KEYS
@@ -171,6 +221,8 @@ class NodePass:
 
         # -- allocations, KubeVirt -----------------------------------------------------------------------------
         self.allocations = self._read_allocations()
+        if self.allocations.known:
+            self._vmi_of.prune({(h.namespace, h.pod) for hs in self.allocations.index.values() for h in hs})
         kv = permits.find_kubevirt(self._api, self._kubevirt_namespace)
         permit = kv.condition()
 
@@ -209,6 +261,69 @@ class NodePass:
         def allocated_to(resource_name: str, device_id: str) -> list[Any]:
             return self.allocations.allocated_to_with_vmi(resource_name, device_id, self._vmi_of)
 
+        # -- the offering gate: read the cluster at most once a pass, and only for a claim never offered -------
+        gate_reads: dict[str, Any] = {}
+
+        def requests() -> plan.ClusterRequests:
+            if "requests" not in gate_reads:
+                gate_reads["requests"] = offers.read_requests(self._api)
+            found: plan.ClusterRequests = gate_reads["requests"]
+            return found
+
+        def offered_elsewhere(cname: str, resource: str) -> bool:
+            """A name shared by several devices (pooled) may already be offered by another claim, on any node."""
+            if resource == per_device.get(cname):
+                return False  # a per-device name belongs to this one device
+            if "devices" not in gate_reads:
+                gate_reads["devices"] = {
+                    o["metadata"]["name"]: str((o.get("status") or {}).get("resourceName", ""))
+                    for o in self._api.list(kube.PCIDEVICES).items
+                }
+            return plan.offered_by_others(resource, cname, all_pci_claims, gate_reads["devices"])
+
+        def offer_pci(claim: Obj, resource: str) -> plan.Condition:
+            cname = claim["metadata"]["name"]
+            if cname in offered_pci or offered_elsewhere(cname, resource):
+                return plan.offered(resource)
+            return plan.offer_condition(resource, claim_owner(claim), requests())
+
+        def offer_usb(claim: Obj, resource: str) -> plan.Condition:
+            if claim["metadata"]["name"] in offered_usb:
+                return plan.offered(resource)
+            return plan.offer_condition(resource, claim_owner(claim), requests())
+
+        # -- the allocation audit ------------------------------------------------------------------------------
+        unexpected: dict[str, int] = {}
+        audited: set[str] = set()
+
+        def audit(claim: Obj, resource: str, device_id: str) -> plan.Condition | None:
+            cname = claim["metadata"]["name"]
+            if not self.allocations.known:
+                audited.add(cname)  # nothing is concluded from an unreadable kubelet; what was announced stays
+                kept = plan.condition(claim.get("status") or {}, plan.ALLOCATION)
+                return plan.as_condition(kept) if kept is not None else None
+            holders = self.allocations.index.get((resource, device_id), ())
+            holdings = sorted(
+                {
+                    plan.Holding(f"{h.namespace}/{h.pod}", self._vmi_of.admitted(h.namespace, h.pod, resource))
+                    for h in holders
+                }
+            )
+            bad = plan.unexpected_pods(holdings)
+            unexpected[resource] = unexpected.get(resource, 0) + len(bad)
+            previous = plan.condition(claim.get("status") or {}, plan.ALLOCATION)
+            for pod in plan.new_offenders(bad, self._reported.get(cname), previous):
+                log.warning("device allocated to an unexpected pod", extra={"claim": cname, "pod": pod})
+                self._events.record(
+                    claim,
+                    "Warning",
+                    plan.UNEXPECTED_ALLOCATION_EVENT,
+                    plan.UNEXPECTED_ALLOCATION_EVENT_MESSAGE.format(resource=resource, pod=pod),
+                )
+            self._reported[cname] = frozenset(bad)
+            audited.add(cname)
+            return plan.allocation_condition(resource, holdings)
+
         # A released device must leave the kubelet before it leaves vfio-pci, or the plugin would advertise a device
         # that is being unbound for a moment: withdraw the devices of claims being deleted from the last plugin set.
         leaving = {
@@ -231,14 +346,27 @@ class NodePass:
                     permit=permit,
                     allocated_to=allocated_to,
                     observe_only=observe,
+                    offer=offer_pci,
+                    audit=audit,
                 )
             )
         usb_results: list[USBClaimResult] = []
         for c in my_usb_claims:
             dev = have_usb.get(c["metadata"]["name"]) or {"status": {"absent": True}}
             usb_results.append(
-                self._usb_claims.reconcile(c, dev, permit=permit, allocated_to=allocated_to, observe_only=observe)
+                self._usb_claims.reconcile(
+                    c,
+                    dev,
+                    permit=permit,
+                    allocated_to=allocated_to,
+                    observe_only=observe,
+                    offer=offer_usb,
+                    audit=audit,
+                )
             )
+        for cname in [k for k in self._reported if k not in audited]:
+            del self._reported[cname]  # a claim that is gone or no longer enabled starts afresh
+        held = tuple(sorted([r.name for r in pci_results if r.held] + [r.name for r in usb_results if r.held]))
 
         # -- KubeVirt permits ----------------------------------------------------------------------------------
         pci_permits = {plan.PciPermit(r.resource_name, r.selector) for r in pci_results if r.enabled}
@@ -278,6 +406,8 @@ class NodePass:
             kubevirt=permit.reason,
             host_critical=inv.critical.reasons,
             observe_only=observe,
+            held=held,
+            unexpected_allocations=unexpected,
         )
 
     def _needed_anywhere(self, candidates: Set[str], pci_claims: list[Obj], usb_claims: list[Obj]) -> Set[str]:

@@ -2,7 +2,8 @@
 
 Order matters for crash safety: the finalizer first (a claim deleted meanwhile cannot vanish with the device still
 on vfio-pci), then the original driver into `status.kernelDriverToUnbind` (the binder's proof that it bound the
-device), then the node-side re-check of A3-A5, the bind, the device's effective resource name, and only then
+device), then the node-side re-check of A3-A5, the bind, the offering gate (condition `Offered`: a name offered for
+the first time must not be waiting in anyone else's pod or VM), the device's effective resource name, and only then
 `passthroughEnabled: true`. Every step re-reads what it needs, so a kill at any point converges on the next pass.
 """
 
@@ -28,6 +29,10 @@ from policy.takeover import ANNOTATION_ADOPTED
 log = logging.getLogger(__name__)
 
 Obj = dict[str, Any]
+Offer = Callable[[Obj, str], plan.Condition]
+"""(claim, resource name) -> condition Offered: the offering gate, asked only once the device is bound."""
+Audit = Callable[[Obj, str, str], plan.Condition | None]
+"""(claim, resource name, device id) -> condition Allocation (None: nothing holds the device)."""
 
 BOUND = "Bound"
 GROUP_COMPLETE = "GroupComplete"
@@ -46,6 +51,7 @@ class ClaimResult:
     resource_name: str = ""
     device: model.PciDevice | None = None
     selector: str = ""
+    held: bool = False  # bound, but the offering gate holds its name back
 
 
 def claim_owner(claim: Obj) -> str:
@@ -132,6 +138,8 @@ class PCIClaimReconciler:
         permit: plan.Condition | None,
         allocated_to: Callable[[str, str], list[Any]],
         observe_only: bool = False,
+        offer: Offer | None = None,
+        audit: Audit | None = None,
     ) -> ClaimResult:
         name = claim["metadata"]["name"]
         address = str((claim.get("spec") or {}).get("address", ""))
@@ -204,6 +212,13 @@ class PCIClaimReconciler:
         else:
             missing = ", ".join(gs.missing)
             gcond = plan.Condition(GROUP_COMPLETE, False, "MembersNotBound", f"not on vfio-pci: {missing}; claim them")
+        bound = plan.Condition(BOUND, True, "BoundToVfio", f"bound to vfio-pci (IOMMU group {group})")
+        conditions = plan.drop_conditions(st.get("conditions") or [], frozenset({IN_USE, UNBIND_PENDING}))
+        # Binding was the claim's own business; offering the name is the cluster's: the gate may hold it back.
+        offer_cond = offer(claim, resource_name) if offer is not None else plan.offered(resource_name)
+        if not offer_cond.status:
+            self._hold(claim, offer_cond, [bound, gcond], conditions)
+            return ClaimResult(name, False, held=True)
         # The device's status must name the resource before passthroughEnabled becomes true.
         if dst.get("resourceName") != resource_name:
             self._api.patch(
@@ -212,16 +227,17 @@ class PCIClaimReconciler:
                 {"status": {"resourceName": resource_name}},
                 subresource="status",
             )
-        wanted = [plan.Condition(BOUND, True, "BoundToVfio", f"bound to vfio-pci (IOMMU group {group})"), gcond]
+        wanted = [bound, gcond, offer_cond]
         if permit is not None:
             wanted.append(permit)
+        allocation = audit(claim, resource_name, address) if audit is not None else None
+        if allocation is not None:
+            wanted.append(allocation)
+        else:
+            conditions = plan.drop_conditions(conditions, frozenset({plan.ALLOCATION}))
         desired: Obj = {
             "passthroughEnabled": True,
-            "conditions": plan.set_conditions(
-                plan.drop_conditions(st.get("conditions") or [], frozenset({IN_USE, UNBIND_PENDING})),
-                wanted,
-                self._now(),
-            ),
+            "conditions": plan.set_conditions(conditions, wanted, self._now()),
             "allocatedTo": allocated_to(resource_name, address),
         }
         if not st.get("passthroughEnabled"):
@@ -231,6 +247,27 @@ class PCIClaimReconciler:
         dev = model.PciDevice(address, int(group), numa if isinstance(numa, int) and numa >= 0 else None)
         selector = f"{dst.get('vendorId', '')}:{dst.get('deviceId', '')}"
         return ClaimResult(name, True, resource_name, dev, selector)
+
+    def _hold(
+        self,
+        claim: Obj,
+        held: plan.Condition,
+        others: Sequence[plan.Condition],
+        conditions: Sequence[Mapping[str, Any]],
+    ) -> None:
+        """The device is bound but its name is not offered: Offered=False says why, once as a Warning Event (again
+        only when the reason or the objects it names change)."""
+        before = plan.condition(claim.get("status") or {}, plan.OFFERED)
+        wanted = [*others, held]
+        desired: Obj = {"passthroughEnabled": False, "conditions": plan.set_conditions(conditions, wanted, self._now())}
+        self._write_status(claim, desired)
+        if before is None or (before.get("status"), before.get("reason"), before.get("message")) != (
+            "False",
+            held.reason,
+            held.message,
+        ):
+            log.warning("offer held back", extra={"claim": claim["metadata"]["name"], "reason": held.reason})
+            self._events.record(claim, "Warning", held.reason, held.message)
 
     def _observe(self, claim: Obj, device: Obj | None) -> None:
         """Observe mode: the host is never touched. A live claim is refused (Bound=False, reason ObserveOnly, one

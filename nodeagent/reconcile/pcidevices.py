@@ -1,8 +1,9 @@
-"""PCIDevice objects of this node: discovery's objects with the effective resource name of claimed devices."""
+"""PCIDevice objects of this node: discovery's objects with the effective resource name of claimed devices whose name
+is offered (until the offering gate lets a claim's name out, its device keeps the pooled name)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, Sequence, Set
 from typing import Any
 
 from nodeagent.discovery import PCIDevice
@@ -37,10 +38,13 @@ def plan_pcidevices(
     owner: Obj | None,
     now: str = "",
     observe_only: bool = False,
+    offered: Set[str] | None = None,
 ) -> list[plan.DeviceAction]:
-    """`claimed`: object name -> effective resource name for every live or releasing claim of this node."""
+    """`claimed`: object name -> effective resource name for every live or releasing claim of this node; `offered`:
+    the claims whose name was offered (None: all), the only ones whose device carries that name."""
+    names = claimed if offered is None else {k: v for k, v in claimed.items() if k in offered}
     return plan.plan_devices(
-        build_desired(found, claimed, observe_only=observe_only),
+        build_desired(found, names, observe_only=observe_only),
         existing,
         set(claimed),
         node=node,

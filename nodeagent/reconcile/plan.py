@@ -10,8 +10,8 @@ from collections.abc import Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from policy import names
-from policy.objects import FINALIZER_AGENT
+from policy import hostdevices, names
+from policy.objects import FINALIZER_AGENT, MalformedObject
 
 Obj = dict[str, Any]
 ResourceNameMode = Literal["perDevice", "pooled"]
@@ -26,6 +26,7 @@ PCI_STATUS_KEYS = frozenset(
         "address", "vendorId", "deviceId", "classId", "iommuGroup", "nodeName", "resourceName", "description",
         "kernelDriverInUse", "subsystemVendorId", "subsystemDeviceId", "revision", "numaNode", "resetMethods",
         "iommuGroupMembers", "hostCritical", "hostCriticalReasons", "hostWarnings", "absent", "observeOnly",
+        "pooledResourceName",
     }
 )  # fmt: skip
 USB_STATUS_KEYS = frozenset(
@@ -208,6 +209,12 @@ def set_conditions(current: Sequence[Mapping[str, Any]], wanted: Iterable[Condit
     return out
 
 
+def as_condition(c: Mapping[str, Any]) -> Condition:
+    """A condition as the API holds it, to write back unchanged."""
+    status = c.get("status") == "True"
+    return Condition(str(c.get("type", "")), status, str(c.get("reason", "")), str(c.get("message", "")))
+
+
 def drop_conditions(current: Sequence[Mapping[str, Any]], types: Set[str]) -> list[Obj]:
     return [dict(c) for c in current if c.get("type") not in types]
 
@@ -352,3 +359,283 @@ def plan_permits(
         added=tuple(add_p + add_u),
         removed=tuple(rem_p + rem_u),
     )
+
+
+# -- the offering gate (issue 21): nothing may be waiting for a name when it is first offered ---------------------
+
+OFFERED = "Offered"
+OFFERED_REASON = "Offered"
+FOREIGN_REQUESTS = "ForeignRequests"
+REQUESTS_UNREADABLE = "RequestsUnreadable"
+MAX_NAMED_OBJECTS = 5
+OFFERED_MESSAGE = "offered as {resource}"
+FOREIGN_REQUESTS_MESSAGE = (
+    "{resource} is not offered yet: {objects} already {verb} for it and {pronoun} not allowed for the claim's owner "
+    "{owner}; delete them or remove the device from them; the agent offers the device once none is left"
+)
+REQUESTS_UNREADABLE_MESSAGE = (
+    "{resource} is not offered yet: the agent may not list {kinds}, so it cannot check that nothing else asks for "
+    "it; grant the agent's ClusterRole read access (the chart's pcidevices-agent role does)"
+)
+USB_NOT_OFFERED = "NotOffered"
+USB_NOT_OFFERED_MESSAGE = "the device is not offered yet; condition Offered says why"
+
+POD = "pod"
+_FINISHED_PHASES = ("Succeeded", "Failed")
+
+
+@dataclass(frozen=True, order=True)
+class Request:
+    """One object that asks for (pods) or names (VM-like objects) an extended resource.
+
+    `requester` is the username of the webhook's admission record (policy.records), which only the webhook can
+    write; pods carry none (a pod's annotations are the user's), so a pod counts only as the virt-launcher pod of a
+    VMI (`launcher_of`, the uid its controller ownerReference names)."""
+
+    kind: str  # lower-case, as messages print kinds: pod, virtualmachine, ...
+    namespace: str
+    name: str
+    requester: str | None = None
+    launcher_of: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.namespace}/{self.name}" if self.namespace else f"{self.kind} {self.name}"
+
+
+@dataclass(frozen=True)
+class RecordedVmi:
+    """What judges a launcher pod: its VMI's namespace, the requester of its admission record, the names it asks for."""
+
+    namespace: str
+    requester: str
+    names: frozenset[str]
+
+
+@dataclass(frozen=True)
+class ClusterRequests:
+    """What the cluster asks for, read once by a pass that has a claim to gate: resource name -> requests, the VMIs
+    that carry an admission record (by uid, to judge launcher pods), and the kinds the agent could not list."""
+
+    by_name: Mapping[str, tuple[Request, ...]] = field(default_factory=dict)
+    vmis: Mapping[str, RecordedVmi] = field(default_factory=dict)
+    unreadable: tuple[str, ...] = ()
+
+
+def build_requests(
+    pods: Iterable[Mapping[str, Any]],
+    workloads: Iterable[Mapping[str, Any]],
+    instancetypes: Iterable[Mapping[str, Any]] = (),
+    unreadable: Sequence[str] = (),
+) -> ClusterRequests:
+    """Index every request by name. Finished pods and objects being deleted ask for nothing any more (none of them
+    can be handed a device later); `workloads` carry their `kind`, and a VM or pool that refers to an instancetype
+    names that instancetype's devices too (KubeVirt copies them into the VMI)."""
+    found: dict[str, set[Request]] = {}
+    per_instancetype: dict[tuple[str, str], frozenset[str]] = {}
+    for obj in instancetypes:
+        try:
+            it = hostdevices.Workload.from_dict(obj)
+        except MalformedObject:
+            continue
+        per_instancetype[(it.kind, it.key)] = frozenset(it.device_names)
+    vmis: dict[str, RecordedVmi] = {}
+    for obj in workloads:
+        try:
+            w = hostdevices.Workload.from_dict(obj)
+        except MalformedObject:
+            continue  # the API server's schema keeps these out; a misshapen object names nothing we can read
+        wanted = set(w.device_names)
+        if w.instancetype is not None:
+            kind, it_name = w.instancetype
+            key = f"/{it_name}" if kind == hostdevices.CLUSTER_INSTANCETYPE else f"{w.namespace}/{it_name}"
+            wanted |= per_instancetype.get((kind, key), frozenset())
+        who = w.requester.username if w.requester is not None else None
+        if w.kind == hostdevices.VMI and w.uid and who is not None:
+            vmis[w.uid] = RecordedVmi(w.namespace, who, frozenset(wanted))
+        if w.deleting:
+            continue
+        for resource in wanted:
+            found.setdefault(resource, set()).add(Request(w.kind.lower(), w.namespace, w.name, who))
+    for pod in pods:
+        meta = pod.get("metadata") or {}
+        if meta.get("deletionTimestamp") or (pod.get("status") or {}).get("phase") in _FINISHED_PHASES:
+            continue
+        request = Request(POD, str(meta.get("namespace", "")), str(meta.get("name", "")), None, launcher_uid(pod))
+        for resource in set(hostdevices.pod_resources(pod)):
+            found.setdefault(resource, set()).add(request)
+    return ClusterRequests({k: tuple(sorted(v)) for k, v in sorted(found.items())}, vmis, tuple(sorted(unreadable)))
+
+
+def launcher_uid(pod: Mapping[str, Any]) -> str:
+    """The uid of the VirtualMachineInstance a pod's controller ownerReference names ("" for any other pod)."""
+    for ref in (pod.get("metadata") or {}).get("ownerReferences") or ():
+        if (
+            isinstance(ref, Mapping)
+            and ref.get("controller") is True
+            and ref.get("kind") == hostdevices.VMI
+            and str(ref.get("apiVersion", "")).startswith("kubevirt.io/")
+        ):
+            return str(ref.get("uid") or "")
+    return ""
+
+
+def foreign_requests(
+    resource: str, requests: Iterable[Request], owner: str, vmis: Mapping[str, RecordedVmi]
+) -> tuple[Request, ...]:
+    """The requests for `resource` not allowed for `owner`: a VM-like object counts as the owner's when its
+    admission record names the owner; a pod when it is the launcher pod of such a VMI in its own namespace that
+    names the resource. Anything else (a plain pod, an object the webhook never judged, another requester's VM,
+    a pod that only claims a VMI as its controller) is foreign."""
+    out = []
+    for r in requests:
+        if r.kind == POD:
+            vmi = vmis.get(r.launcher_of) if r.launcher_of else None
+            ok = vmi is not None and vmi.namespace == r.namespace and resource in vmi.names and vmi.requester == owner
+        else:
+            ok = r.requester == owner
+        if not ok:
+            out.append(r)
+    return tuple(sorted(set(out)))
+
+
+def name_objects(objects: Sequence[object], limit: int = MAX_NAMED_OBJECTS) -> str:
+    """`a, b, c` or `a, b, c, d, e and 3 more`: messages stay short however many objects there are."""
+    named = ", ".join(str(o) for o in objects[:limit])
+    more = len(objects) - limit
+    return f"{named} and {more} more" if more > 0 else named
+
+
+def offered(resource: str) -> Condition:
+    return Condition(OFFERED, True, OFFERED_REASON, OFFERED_MESSAGE.format(resource=resource))
+
+
+def offer_condition(resource: str, owner: str, requests: ClusterRequests) -> Condition:
+    """Whether a name may be offered for the first time: only when nothing foreign asks for it, and only when the
+    agent could look (a kind it may not list holds the offer back: it fails closed)."""
+    if requests.unreadable:
+        kinds = ", ".join(requests.unreadable)
+        return Condition(
+            OFFERED, False, REQUESTS_UNREADABLE, REQUESTS_UNREADABLE_MESSAGE.format(resource=resource, kinds=kinds)
+        )
+    foreign = foreign_requests(resource, requests.by_name.get(resource, ()), owner, requests.vmis)
+    if not foreign:
+        return offered(resource)
+    one = len(foreign) == 1
+    message = FOREIGN_REQUESTS_MESSAGE.format(
+        resource=resource,
+        objects=name_objects(foreign),
+        verb="asks" if one else "ask",
+        pronoun="is" if one else "are",
+        owner=owner,
+    )
+    return Condition(OFFERED, False, FOREIGN_REQUESTS, message)
+
+
+def already_offered(
+    claim_status: Mapping[str, Any], *, adopted: bool, name_on_device: bool, enabled_before: bool
+) -> bool:
+    """Whether a claim's name was offered before, so the gate is not run again (an idle agent lists nothing).
+
+    Claims the takeover adopted were offered by upstream, and a claim an earlier agent enabled under the same name
+    (an upgrade: `enabled_before`) was offered by it; otherwise condition Offered=True says so. `name_on_device`:
+    the device carries the name (a PCI device's status.resourceName; always for USB), so a claim whose name changes
+    (the cluster's naming mode) is gated again for the new one.
+    """
+    if adopted:
+        return True
+    if not name_on_device:
+        return False
+    c = condition(claim_status, OFFERED)
+    return enabled_before or (c is not None and c.get("status") == "True")
+
+
+def offered_by_others(
+    resource: str, claim_name: str, claims: Iterable[Mapping[str, Any]], device_names: Mapping[str, str]
+) -> bool:
+    """Whether another live claim already offers `resource` (a pooled name shared by a model's devices, possibly on
+    another node): then this claim is not the name's first offer, and a tenant's pooled VM must not hold it back.
+    `device_names`: PCIDevice name -> its status.resourceName."""
+    for c in claims:
+        meta = c.get("metadata") or {}
+        name = str(meta.get("name", ""))
+        if name == claim_name or meta.get("deletionTimestamp"):
+            continue
+        st = c.get("status") or {}
+        was = condition(st, OFFERED)
+        if not (st.get("passthroughEnabled") is True or (was is not None and was.get("status") == "True")):
+            continue
+        if device_names.get(name) == resource:
+            return True
+    return False
+
+
+# -- the allocation audit (issue 21): whom the kubelet handed a device to -----------------------------------------
+
+ALLOCATION = "Allocation"
+ALLOCATION_EXPECTED = "Expected"
+ALLOCATION_UNEXPECTED = "Unexpected"
+UNEXPECTED_ALLOCATION_EVENT = "UnexpectedAllocation"
+ALLOCATION_EXPECTED_MESSAGE = "allocated to virt-launcher pods of admitted VMIs: {pods}"
+ALLOCATION_UNEXPECTED_MESSAGE = (
+    "the kubelet allocated {resource} to {pods}, which {verb} not the virt-launcher pod of a VMI the webhook admitted "
+    "for it; find out how {pronoun} got the device and delete {pronoun}"
+)
+UNEXPECTED_ALLOCATION_EVENT_MESSAGE = (
+    "the kubelet allocated {resource} to pod {pod}, which is not the virt-launcher pod of a VMI the webhook admitted "
+    "for it"
+)
+
+
+@dataclass(frozen=True, order=True)
+class Holding:
+    """A pod the kubelet allocated a device to; `expected` None when the pod could not be read (it is gone)."""
+
+    pod: str  # namespace/name
+    expected: bool | None
+
+
+def admitted_launcher(vmi: hostdevices.Workload | None, uid: str, resource: str) -> bool:
+    """Whether a launcher pod whose controller is the VMI with `uid` may hold `resource`: the VMI (`vmi`, as read
+    from its pod's namespace; None when it is gone) has that uid, carries the webhook's admission record and names
+    the resource (in any field)."""
+    return (
+        vmi is not None and bool(uid) and vmi.uid == uid and vmi.requester is not None and resource in vmi.device_names
+    )
+
+
+def unexpected_pods(holdings: Iterable[Holding]) -> tuple[str, ...]:
+    return tuple(sorted({h.pod for h in holdings if h.expected is False}))
+
+
+def allocation_condition(resource: str, holdings: Sequence[Holding]) -> Condition | None:
+    """Allocation=False naming the unexpected pods, True when every holder is expected, None when nothing holds the
+    device (the condition is then dropped)."""
+    judged = [h for h in holdings if h.expected is not None]
+    if not judged:
+        return None
+    bad = unexpected_pods(judged)
+    if bad:
+        one = len(bad) == 1
+        message = ALLOCATION_UNEXPECTED_MESSAGE.format(
+            resource=resource,
+            pods=name_objects([f"pod {p}" for p in bad]),
+            verb="is" if one else "are",
+            pronoun="it" if one else "they",
+        )
+        return Condition(ALLOCATION, False, ALLOCATION_UNEXPECTED, message)
+    pods = name_objects(sorted({f"pod {h.pod}" for h in judged}))
+    return Condition(ALLOCATION, True, ALLOCATION_EXPECTED, ALLOCATION_EXPECTED_MESSAGE.format(pods=pods))
+
+
+def new_offenders(
+    unexpected: Sequence[str], reported: Set[str] | None, previous: Mapping[str, Any] | None
+) -> tuple[str, ...]:
+    """The unexpected pods not announced yet (one Warning Event each). `reported` is what this process announced
+    for the claim; on its first look (None) the pods the claim's Allocation=False condition already names count as
+    announced, so an agent restart does not repeat the Events."""
+    if reported is None:
+        reported = set()
+        if previous is not None and previous.get("status") == "False":
+            reported = set(str(previous.get("message", "")).replace(",", " ").split())
+    return tuple(p for p in unexpected if p not in reported)
+

@@ -50,6 +50,8 @@ class Runner:
         self._nudged = threading.Event()
         self.stats = RunnerStats()
         self.on_pass: Callable[[bool], None] | None = None
+        self.sooner: Callable[[], float | None] | None = None
+        """After a successful pass: a shorter wait than the resync, when the pass asks for one (None: the resync)."""
 
     def nudge(self) -> None:
         self._nudged.set()
@@ -74,7 +76,8 @@ class Runner:
         self.stats.last_error = ""
         if self.on_pass is not None:
             self.on_pass(True)
-        return self._resync_s
+        wait = self.sooner() if self.sooner is not None else None
+        return self._resync_s if wait is None else min(wait, self._resync_s)
 
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():

@@ -1,5 +1,6 @@
 """USBDeviceClaims of devices on this node: finalizer, prompt `status.nodeName`/`pciAddress`, the device node owned
-by QEMU's uid, `enabled` on the USBDevice (written by the device reconciler); release on delete."""
+by QEMU's uid, the offering gate (condition `Offered`), then `enabled` on the USBDevice (written here on the first
+offer, by the device reconciler afterwards); release on delete."""
 
 from __future__ import annotations
 
@@ -20,6 +21,10 @@ Obj = dict[str, Any]
 READY = "Ready"
 OBSERVE_ONLY = "ObserveOnly"
 OwnerSetter = Callable[[model.UsbDevice], bool]
+Offer = Callable[[Obj, str], plan.Condition]
+"""(claim, resource name) -> condition Offered: the offering gate, asked once the device node is ready."""
+Audit = Callable[[Obj, str, str], plan.Condition | None]
+"""(claim, resource name, device id) -> condition Allocation (None: nothing holds the device)."""
 
 
 @dataclass(frozen=True)
@@ -30,6 +35,7 @@ class USBClaimResult:
     device: model.UsbDevice | None = None
     vendor: str = ""
     product: str = ""
+    held: bool = False  # the offering gate holds its name back
 
 
 class USBClaimReconciler:
@@ -97,6 +103,8 @@ class USBClaimReconciler:
         permit: plan.Condition | None,
         allocated_to: Callable[[str, str], list[Any]],
         observe_only: bool = False,
+        offer: Offer | None = None,
+        audit: Audit | None = None,
     ) -> USBClaimResult:
         name = claim["metadata"]["name"]
         if observe_only:
@@ -142,18 +150,46 @@ class USBClaimReconciler:
             self._write_status(claim, {"conditions": conditions})
             return USBClaimResult(name, False)
         resource = str(dst.get("resourceName", ""))
-        wanted = [plan.Condition(READY, True, "Enabled", message)]
+        offer_cond = offer(claim, resource) if offer is not None else plan.offered(resource)
+        if not offer_cond.status:
+            self._hold(claim, offer_cond)
+            return USBClaimResult(name, False, held=True)
+        if dst.get("enabled") is not True:
+            # The first offer: the device reconciler keeps `enabled` from the next pass on (the claim is Offered).
+            self._api.patch(kube.USBDEVICES, name, {"status": {"enabled": True}}, subresource="status")
+        wanted = [plan.Condition(READY, True, "Enabled", message), offer_cond]
         if permit is not None:
             wanted.append(permit)
+        conditions = st.get("conditions") or []
+        allocation = audit(claim, resource, udev.id) if audit is not None else None
+        if allocation is not None:
+            wanted.append(allocation)
+        else:
+            conditions = plan.drop_conditions(conditions, frozenset({plan.ALLOCATION}))
         if not plan.condition(st, READY) or plan.condition(st, READY).get("status") != "True":  # type: ignore[union-attr]
             self._events.record(claim, "Normal", "Enabled", f"USB device {name} {message}")
         self._write_status(
             claim,
             {
-                "conditions": plan.set_conditions(st.get("conditions") or [], wanted, self._now()),
+                "conditions": plan.set_conditions(conditions, wanted, self._now()),
                 "allocatedTo": allocated_to(resource, udev.id),
             },
         )
         return USBClaimResult(
             name, True, resource, udev, str(dst.get("vendorID", "")), str(dst.get("productID", ""))
         )
+
+    def _hold(self, claim: Obj, held: plan.Condition) -> None:
+        """The device node is ready but the name is not offered: Ready=False and Offered=False say why, once as a
+        Warning Event (again only when the reason or the objects it names change)."""
+        st = claim.get("status") or {}
+        before = plan.condition(st, plan.OFFERED)
+        wanted = [plan.Condition(READY, False, plan.USB_NOT_OFFERED, plan.USB_NOT_OFFERED_MESSAGE), held]
+        self._write_status(claim, {"conditions": plan.set_conditions(st.get("conditions") or [], wanted, self._now())})
+        if before is None or (before.get("status"), before.get("reason"), before.get("message")) != (
+            "False",
+            held.reason,
+            held.message,
+        ):
+            log.warning("offer held back", extra={"claim": claim["metadata"]["name"], "reason": held.reason})
+            self._events.record(claim, "Warning", held.reason, held.message)

@@ -273,6 +273,14 @@ REVIEWED = (
     | _grants("ClusterRole/pcidevices-agent", GROUP, _CLAIMS, _WRITE)
     | _grants("ClusterRole/pcidevices-agent", "kubevirt.io", ("kubevirts",), _WRITE)
     | _grants("ClusterRole/pcidevices-agent", "", ("nodes",), _READ)
+    # agent, read-only: what the offering gate lists and the allocation audit reads (issue 21)
+    | _grants("ClusterRole/pcidevices-agent", "", ("pods",), ("get", "list"))
+    | _grants("ClusterRole/pcidevices-agent", "kubevirt.io", ("virtualmachineinstances",), ("get", "list"))
+    | _grants("ClusterRole/pcidevices-agent", "kubevirt.io",
+              ("virtualmachines", "virtualmachineinstancereplicasets"), ("list",))
+    | _grants("ClusterRole/pcidevices-agent", "pool.kubevirt.io", ("virtualmachinepools",), ("list",))
+    | _grants("ClusterRole/pcidevices-agent", "instancetype.kubevirt.io",
+              ("virtualmachineinstancetypes", "virtualmachineclusterinstancetypes"), ("list",))
     | _grants("Role/pcidevices-agent", "", ("events",), ("create", "patch"))
     # cluster controller: claims, reads, its Lease, Events
     | _grants("ClusterRole/pcidevices-controller", GROUP, _CLAIMS, _CRUD)
@@ -312,9 +320,11 @@ def test_every_granted_verb_is_in_the_reviewed_list_and_none_is_missing(render: 
 
 def test_no_role_uses_wildcards_or_reaches_into_pods(render: Render) -> None:
     for mode in ("selfSigned", "certManager"):
-        for _, group, res, name, verb in _granted(render(f"certificates.mode={mode}")):
+        for role, group, res, name, verb in _granted(render(f"certificates.mode={mode}")):
             assert "*" not in (group, res, name, verb)
-            assert not res.startswith("pods")
+            assert not res.startswith("pods/")  # no exec, attach, log, eviction, ...
+            if res == "pods":  # only the agent reads them (offering gate, allocation audit), and writes none
+                assert role == "ClusterRole/pcidevices-agent" and verb in ("get", "list")
             if res == "secrets":  # only the webhook's own Secret
                 assert name == "pcidevices-webhook-certs"
 

@@ -50,6 +50,16 @@ def test_an_unexpected_exception_does_not_end_the_loop() -> None:
     assert runner.stats.last_error == "bug"
 
 
+def test_a_pass_may_ask_for_the_next_one_sooner_than_the_resync() -> None:
+    runner = Runner(lambda: None, clock=Clock(), resync_s=300.0)
+    runner.sooner = lambda: 30.0  # e.g. while the offering gate holds a claim back
+    assert runner.step() == 30.0
+    runner.sooner = lambda: 900.0
+    assert runner.step() == 300.0
+    runner.sooner = lambda: None
+    assert runner.step() == 300.0
+
+
 def test_the_backoff_ladder_ends_at_its_last_rung() -> None:
     assert backoff(1) == LADDER_S[0] and backoff(100) == LADDER_S[-1]
 
