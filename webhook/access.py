@@ -8,10 +8,11 @@ A user allowed a verb on a whole resource needs one answer for all its objects (
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Protocol
 
 from policy import review
@@ -42,6 +43,24 @@ def build_review(
     if user.extra:
         spec["extra"] = {k: list(v) for k, v in user.extra.items()}
     return {"apiVersion": SAR_API_VERSION, "kind": "SubjectAccessReview", "spec": spec}
+
+
+_local = threading.local()
+
+
+class WouldWait(Exception):
+    """An answer that is not cached was asked for while waiting is not allowed (see without_waiting)."""
+
+
+@contextlib.contextmanager
+def without_waiting() -> Iterator[None]:
+    """In this thread, for the block: a question whose answer is not cached raises WouldWait instead of asking the
+    API server (the caller is an event loop that must not block; it asks again from a thread)."""
+    _local.no_wait = True
+    try:
+        yield
+    finally:
+        _local.no_wait = False
 
 
 class CachedAccess:
@@ -100,6 +119,8 @@ class CachedAccess:
                 self.hits += 1
                 self._metrics.sar_cache.labels("hit").inc()
                 return entry[1]
+            if getattr(_local, "no_wait", False):
+                raise WouldWait
             self.misses += 1
         self._metrics.sar_cache.labels("miss").inc()
         body = build_review(

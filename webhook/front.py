@@ -9,6 +9,10 @@ loop, and every phase has a deadline (Go's net/http ReadHeaderTimeout/ReadTimeou
     accepted --handshake_timeout_s--> TLS up --header_timeout_s--> headers --body_timeout_s--> request complete
         --(app in the pool)--> answer written --keepalive_s (idle)--> first byte of the next request --> headers ...
 
+Requests that `inline` can answer without waiting (for the webhook: admissions whose SubjectAccessReviews are
+cached) are answered on the event loop, which saves two thread switches per request; everything else goes to the
+pool, so a slow API server or a slow app never stops the loop.
+
 A periodic sweep (every `sweep_s`) cuts connections past their deadline, so a request pays for no timer of its own.
 Bounds per worker process: `max_connections` open (handshakes included; one more is closed at once),
 `max_header_bytes` per request head, `max_body_bytes` per body, and `body_budget_bytes` for the bodies of all
@@ -42,6 +46,9 @@ import httptools
 log = logging.getLogger(__name__)
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+# Answers a complete request on the event loop itself, as (status, content type, body), or returns None to have the
+# WSGI app answer it in a thread. It must never block: it runs between every other connection's reads.
+Inline = Callable[["Request"], "tuple[int, bytes, bytes] | None"]
 
 # Connection phases (ints: compared on every chunk of data).
 HANDSHAKE, HEAD, BODY, BUSY, IDLE, LINGER, CLOSED = range(7)
@@ -92,10 +99,22 @@ _STATUS = {
     408: b"Request Timeout",
     411: b"Length Required",
     413: b"Content Too Large",
+    415: b"Unsupported Media Type",
     431: b"Request Header Fields Too Large",
     500: b"Internal Server Error",
     503: b"Service Unavailable",
 }
+
+
+def _response(status: int, content_type: bytes, body: bytes, *, keep: bool) -> bytes:
+    return b"".join(
+        (
+            b"HTTP/1.1 %d %s\r\nContent-Type: " % (status, _STATUS.get(status, b"Error")),
+            content_type,
+            b"\r\nContent-Length: %d\r\n%s\r\n" % (len(body), b"" if keep else b"Connection: close\r\n"),
+            body,
+        )
+    )
 
 
 def _simple(status: int, body: bytes, content_type: bytes = b"text/plain; charset=utf-8") -> bytes:
@@ -135,8 +154,10 @@ class Front:
         observer: Observer | None = None,
         too_large: bytes | None = None,
         server_port: int = 0,
+        inline: Inline | None = None,
     ) -> None:
         self.app = app
+        self.inline = inline
         self.context = context
         self.limits = limits
         self.executor = executor
@@ -467,6 +488,25 @@ class Connection(asyncio.Protocol):
         self.linger()
 
     def _dispatch(self, req: Request) -> None:
+        front = self.front
+        if front.inline is not None:
+            try:
+                answer = front.inline(req)
+            except Exception:
+                log.error("request failed on the event loop; retrying in a thread", exc_info=True)
+                answer = None
+            if answer is not None:
+                self._release_body()
+                keep = req.keep_alive and not front.draining
+                self._send(_response(*answer, keep=keep))
+                if not keep or self.eof:
+                    self.close()
+                    return
+                assert front.loop is not None
+                self.phase, self.deadline = IDLE, front.loop.time() + self.limits.keepalive_s
+                if self.request is not None:  # the next request began in the same read
+                    self.phase, self.deadline = HEAD, front.loop.time() + self.limits.header_timeout_s
+                return
         self.phase, self.deadline = BUSY, float("inf")
         if self.transport is not None:
             self.transport.pause_reading()

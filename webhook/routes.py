@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from flask import Blueprint, Response, current_app, request
@@ -13,6 +14,7 @@ from werkzeug import exceptions as http_exceptions
 
 from policy import decision as policy_decision
 from policy import messages
+from webhook import access as webhook_access
 from webhook import codec
 from webhook import logging as webhook_logging
 
@@ -28,26 +30,46 @@ def _runtime() -> Runtime:
     return rt
 
 
-def _admit(webhook: str) -> tuple[Response, int]:
-    rt = _runtime()
+# admit(wait=False) raises it before any effect when the answer needs a wait: an unsynced view, a SubjectAccessReview
+# that is not cached, a device hold to take. The caller then asks again from a thread.
+WouldWait = webhook_access.WouldWait
+
+
+def admit(
+    rt: Runtime,
+    webhook: str,
+    content_type: str | None,
+    content_length: int | None,
+    read: Callable[[], bytes],
+    *,
+    wait: bool = True,
+) -> tuple[bytes, int]:
+    """The answer to one admission request (JSON body, HTTP status), for the Flask route and for webhook.front.
+
+    With wait=False nothing blocks: the event loop of a worker judges most reviews itself this way and hands the
+    rest (WouldWait) to its threads, which judge them from the start."""
     started = time.perf_counter()
     envelope = codec.Envelope(api_version=codec.DEFAULT_API_VERSION, uid="")
     resource = operation = "unknown"
     rule, result = "", "error"
     status = 200
     try:
-        codec.check_content_type(request.content_type)
-        codec.check_length(request.content_length, rt.settings.max_body_bytes)
-        try:
-            body = request.get_data(cache=False)
-        except http_exceptions.RequestEntityTooLarge:
-            raise codec.Rejected(413, f"the body is over {rt.settings.max_body_bytes} bytes") from None
-        envelope, req = codec.decode(body, rt.settings.max_body_bytes)
+        codec.check_content_type(content_type)
+        codec.check_length(content_length, rt.settings.max_body_bytes)
+        envelope, req = codec.decode(read(), rt.settings.max_body_bytes)
         resource, operation = req.resource.resource, req.operation
+        if not wait and not rt.wait_synced(0):
+            raise WouldWait
         if rt.wait_synced(rt.settings.unsynced_wait_s):
             judge = rt.validate if webhook == "validate" else rt.mutate
-            decision = judge(req, rt.view, rt.access, rt.settings.policy)
+            if wait:
+                decision = judge(req, rt.view, rt.access, rt.settings.policy)
+            else:
+                with webhook_access.without_waiting():
+                    decision = judge(req, rt.view, rt.access, rt.settings.policy)
             if webhook == "validate" and decision.allowed and decision.holds and rt.holds is not None:
+                if not wait:
+                    raise WouldWait
                 decision = rt.holds.take(decision.holds, dry_run=req.dry_run) or decision
         else:
             decision = policy_decision.deny("unsynced", messages.VIEW_NOT_SYNCED, 503, "ServiceUnavailable")
@@ -60,6 +82,8 @@ def _admit(webhook: str) -> tuple[Response, int]:
             webhook_logging.for_request(log, req).info(
                 "denied", extra={"webhook": webhook, "rule": decision.rule, "code": decision.code}
             )
+    except WouldWait:
+        raise
     except codec.Rejected as rejected:
         result, rule = "malformed", "malformed"
         answer = codec.encode_rejected(rejected)
@@ -72,7 +96,28 @@ def _admit(webhook: str) -> tuple[Response, int]:
     elapsed = time.perf_counter() - started
     rt.metrics.latency.labels(webhook).observe(elapsed)
     rt.metrics.admissions.labels(webhook, resource, operation, rule, result).inc()
-    return Response(json.dumps(answer), mimetype="application/json"), status
+    return json.dumps(answer).encode(), status
+
+
+def _read_body() -> bytes:
+    try:
+        return request.get_data(cache=False)
+    except http_exceptions.RequestEntityTooLarge:
+        raise codec.Rejected(413, f"the body is over {_runtime().settings.max_body_bytes} bytes") from None
+
+
+def _admit(webhook: str) -> tuple[Response, int]:
+    body, status = admit(_runtime(), webhook, request.content_type, request.content_length, _read_body)
+    return Response(body, mimetype="application/json"), status
+
+
+# Paths of the two webhooks, ours and upstream's (the chart's configurations use ours).
+ADMISSION_PATHS = {
+    "/validate": "validate",
+    "/v1/webhook/validation": "validate",
+    "/mutate": "mutate",
+    "/v1/webhook/mutation": "mutate",
+}
 
 
 @bp.post("/validate")

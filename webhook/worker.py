@@ -17,7 +17,7 @@ from typing import Any
 from gunicorn.workers.base import Worker
 
 from webhook import app as app_mod
-from webhook import codec, front
+from webhook import codec, front, routes
 from webhook import metrics as metrics_mod
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,26 @@ def too_large_answer(max_body_bytes: int) -> bytes:
     return head.encode() + body
 
 
+def inline_admissions(rt: app_mod.Runtime) -> front.Inline:
+    """Admission reviews answered on the event loop when nothing needs a wait (routes.admit with wait=False)."""
+
+    def inline(req: front.Request) -> tuple[int, bytes, bytes] | None:
+        if req.method != b"POST":
+            return None
+        webhook = routes.ADMISSION_PATHS.get(req.url.split(b"?", 1)[0].decode("latin-1"))
+        if webhook is None:
+            return None
+        content_type = next((v.decode("latin-1") for k, v in req.headers if k.lower() == b"content-type"), None)
+        body = b"".join(req.body)
+        try:
+            answer, status = routes.admit(rt, webhook, content_type, len(body), lambda: body, wait=False)
+        except routes.WouldWait:
+            return None
+        return status, b"application/json", answer
+
+    return inline
+
+
 class FrontWorker(Worker):  # type: ignore[misc]
     alive: bool  # set by gunicorn's signal handlers
 
@@ -87,6 +107,7 @@ class FrontWorker(Worker):  # type: ignore[misc]
             observer=MetricsObserver(rt.metrics),
             too_large=too_large_answer(settings.max_body_bytes),
             server_port=port,
+            inline=inline_admissions(rt),
         )
         ppid = self.ppid
 

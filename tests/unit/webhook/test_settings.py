@@ -52,10 +52,14 @@ def test_the_service_names_cover_every_form_the_api_server_may_use() -> None:
     assert s.dns_names == ("svc", "svc.ns", "svc.ns.svc", "svc.ns.svc.cluster.local", "localhost")
 
 
-def test_gunicorn_runs_gthread_workers_with_keepalive_beyond_the_api_servers_idle_timeout() -> None:
-    conf = gunicorn_conf.build(settings_mod.WebhookSettings())
-    assert conf["worker_class"] == "gthread"
-    assert conf["keepalive"] > 90
+def test_gunicorn_runs_front_workers_with_keepalive_beyond_the_api_servers_idle_timeout() -> None:
+    settings = settings_mod.WebhookSettings()
+    conf = gunicorn_conf.build(settings)
+    assert conf["worker_class"] == "webhook.worker.FrontWorker"
+    assert conf["keepalive"] > 90 and settings.keepalive_s > 90
+    assert gunicorn_conf.build(settings_mod.WebhookSettings(worker_class="gthread"))["worker_class"] == "gthread"
+    with pytest.raises(ValueError, match="worker_class"):
+        gunicorn_conf.build(settings_mod.WebhookSettings(worker_class="sync"))
     assert conf["preload_app"] is True
     assert conf["certfile"].endswith("tls.crt") and conf["keyfile"].endswith("tls.key")
 
