@@ -217,7 +217,8 @@ class PCIClaimReconciler:
         # Binding was the claim's own business; offering the name is the cluster's: the gate may hold it back.
         offer_cond = offer(claim, resource_name) if offer is not None else plan.offered(resource_name)
         if not offer_cond.status:
-            self._hold(claim, offer_cond, [bound, gcond], conditions)
+            held_conditions = plan.drop_conditions(conditions, frozenset({PERMITTED, plan.ALLOCATION}))
+            self._hold(claim, offer_cond, [bound, gcond], held_conditions)
             return ClaimResult(name, False, held=True)
         # The device's status must name the resource before passthroughEnabled becomes true.
         if dst.get("resourceName") != resource_name:

@@ -380,3 +380,17 @@ def test_a_launcher_pod_of_a_vmi_the_webhook_never_admitted_is_unexpected(host: 
     allocation = _cond(_claim(api), "Allocation")
     assert allocation is not None and allocation["reason"] == "Unexpected"
     assert "ns-m/virt-launcher-unjudged-x" in allocation["message"]
+
+
+def test_a_claim_offered_under_one_name_is_gated_again_for_a_new_one(host: SimHost, api: FakeKube) -> None:
+    api.put(kube.PCIDEVICECLAIMS, pci_claim(NODE, NIC))
+    _agent(host, api).node_pass()
+    assert _cond(_claim(api), "Permitted") is not None
+    _put(api, _sneaky_pod(POOLED))
+    _agent(host, api, resource_names="pooled").node_pass()  # the cluster switched to pooled names
+    claim = _claim(api)
+    offered = _cond(claim, "Offered")
+    assert offered is not None and offered["reason"] == "ForeignRequests" and POOLED in offered["message"]
+    assert _cond(claim, "Permitted") is None and not claim["status"]["passthroughEnabled"]
+    assert _device_resource(api) == POOLED and POOLED not in _permitted(api)
+    assert RN not in _permitted(api)  # the old name is withdrawn with the offer
