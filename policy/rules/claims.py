@@ -13,6 +13,7 @@ from typing import Any
 from policy import decision, messages, names
 from policy.decision import Decision
 from policy.objects import FINALIZER_AGENT, Claim, Device, MalformedObject, Meta, OwnerReference
+from policy.rules import vmlike
 from policy.rules.context import Context
 from policy.rules.identity import Role
 from policy.takeover import ANNOTATION_ADOPTED
@@ -285,7 +286,7 @@ def check_in_use(ctx: Context, ck: ClaimKind, claim: Claim, node: str) -> Decisi
     )
     if device is None or not device.resource_name:
         return None
-    holders = [w for w in view.workloads_naming(device.resource_name) if not w.deleting]
+    holders = vmlike.holders(ctx, device)
     if len(view.devices_with_resource(device.resource_name)) > 1:
         holders = [w for w in holders if w.node == node]
     if not holders:

@@ -46,7 +46,8 @@ OWNER_KINDS = {
     hostdevices.VMI: (hostdevices.VM, hostdevices.REPLICA_SET),
     hostdevices.VM: (hostdevices.POOL,),
 }
-# kinds that hold a device while they run or make objects that do (exclusivity, holds)
+# kinds that hold a device while they run or make objects that do (exclusivity, holds), and carry admission records;
+# instancetypes and snapshot contents do neither (their devices are judged for the requester of the VM using them)
 HOLDER_KINDS = (hostdevices.VM, hostdevices.VMI, hostdevices.POOL, hostdevices.REPLICA_SET)
 _RECORD_POINTER = "/metadata/annotations/" + records.ANNOTATION.replace("~", "~0").replace("/", "~1")
 
@@ -67,7 +68,7 @@ def validate(ctx: Context, kind: str) -> Decision:
     entries = expanded(ctx.view, workload)
     mine = ours(ctx.view, entries)
     traced = requester(ctx, workload)
-    expected = expected_record(traced, mine, obj)
+    expected = expected_record(traced) if kind in HOLDER_KINDS else record_value(obj)
     if record_value(obj) != expected:
         return record_denial(ctx, kind, record_value(obj), expected)
     if not mine:
@@ -95,7 +96,7 @@ def mutate(ctx: Context, kind: str) -> Decision:
     entries = expanded(ctx.view, workload)
     mine = ours(ctx.view, entries)
     traced = requester(ctx, workload)
-    ops = record_ops(obj, expected_record(traced, mine, obj))
+    ops = record_ops(obj, expected_record(traced)) if kind in HOLDER_KINDS else []
     if kind in hostdevices.POD_SPEC_PATHS and kind != hostdevices.VMI and not _made_for_owner(ctx, workload):
         if mine and isinstance(traced, Requester):
             plan = _plan(ctx, workload, entries, traced, strict=False)
@@ -231,11 +232,10 @@ def _traced(ctx: Context, w: Workload) -> Requester | str:
     return messages.CONTROLLER_UNTRACED.format(kind=kind, name=name, user=user, why=why)
 
 
-def expected_record(traced: Requester | str, mine: Sequence[str], obj: Mapping[str, Any]) -> str | None:
-    """The record the object must carry: the requester when it asks for devices of ours or carries a record."""
-    if isinstance(traced, str) or not (mine or record_value(obj) is not None):
-        return None
-    return traced.encode()
+def expected_record(traced: Requester | str) -> str | None:
+    """The record a judged object must carry: the requester, whenever there is one. An object that names no device
+    today may get one later through its instancetype, and is then judged at its VMI for this requester."""
+    return None if isinstance(traced, str) else traced.encode()
 
 
 def record_value(obj: Mapping[str, Any] | None) -> str | None:
@@ -307,6 +307,9 @@ def _plan(
         offer = offers.resolve(view, e.device_name)
         if not offer.ours:
             continue
+        resolved = offer.offered
+        if not resolved:
+            return decision.deny("A9", _not_offered(view, kind, name, e, offer))
         named = (view.pcidevice(e.name) or view.usbdevice(e.name)) if e.name else None
         if named is not None and named.resource_name and all(d.name != named.name for d in offer.offered):
             return decision.deny(
@@ -322,9 +325,6 @@ def _plan(
                     device_name=messages.shown(e.device_name),
                 ),
             )
-        resolved = offer.offered
-        if not resolved:
-            return decision.deny("A9", _not_offered(view, kind, name, e, offer))
         if len(resolved) == 1:
             exact[resolved[0].name] = resolved[0]
         else:
@@ -369,9 +369,10 @@ def _plan(
                 ),
             )
     holds: list[Hold] = []
-    if w.kind in HOLDER_KINDS:
+    # use-exempt identities (Harvester's restore and clone) write VMs for their users: they neither hold nor conflict
+    if w.kind in HOLDER_KINDS and requester.username not in ctx.settings.use_exempt_usernames:
         for device in exact.values():
-            other = other_holder(view, w, device, requester)
+            other = other_holder(ctx, w, device, requester)
             if other is not None:
                 return decision.deny(
                     "A9",
@@ -507,14 +508,14 @@ def _group(
     return out
 
 
-def other_holder(view: ClusterView, w: Workload, device: Device, requester: Requester) -> Workload | None:
+def other_holder(ctx: Context, w: Workload, device: Device, requester: Requester) -> Workload | None:
     """A VM or VMI of another requester that names `device` (directly or through its instancetype), if any.
 
     The kubelet hands a device to one running VM; VMs of one requester may share a name (a clone, a restore beside
     the original), those of two may not, so a device never waits for two tenants at once.
     """
-    for h in view.workloads_naming(device.resource_name):
-        if h.deleting or (h.kind == w.kind and h.key == w.key):
+    for h in holders(ctx, device):
+        if h.kind == w.kind and h.key == w.key:
             continue
         if h.namespace == w.namespace and _related(w, h):
             continue
@@ -522,6 +523,20 @@ def other_holder(view: ClusterView, w: Workload, device: Device, requester: Requ
             continue
         return h
     return None
+
+
+def holders(ctx: Context, device: Device) -> list[Workload]:
+    """The VMs and VMIs that name `device` and could get it: not being deleted, and, when the webhook recorded who
+    asked, that requester may use the device in its namespace now. A VM whose instancetype gained someone else's
+    device later names it too, but can never receive it (the VMI gate refuses), so it must not block the owner."""
+    out = []
+    for h in ctx.view.workloads_naming(device.resource_name):
+        if h.deleting:
+            continue
+        if h.requester is not None and not _may_use(ctx, h, device, h.requester):
+            continue
+        out.append(h)
+    return out
 
 
 def _related(w: Workload, h: Workload) -> bool:

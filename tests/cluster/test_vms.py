@@ -69,12 +69,15 @@ def _roles(u: str, lab_devices: dict[str, dict[str, Any]]) -> list[dict[str, Any
     }
     claims = {"apiGroups": [group], "resources": ["pcideviceclaims"], "verbs": ["get", "list", "create", "delete"]}
     names_b = [lab_devices[k]["metadata"]["name"] for k in ("gpu2", "audio2")]
+    names_3 = [lab_devices[k]["metadata"]["name"] for k in ("gpu3", "audio3")]
     return [
         vc.cluster_role(f"{u}-vm-editor", [workloads, claims]),
         vc.cluster_role(f"{u}-claimer", [{"apiGroups": [group], "resources": ["pcidevices"], "verbs": ["claim"]}]),
         vc.cluster_role(f"{u}-use", [{"apiGroups": [group], "resources": ["pcidevices"], "verbs": ["use"]}]),
         vc.cluster_role(f"{u}-use-b", [{"apiGroups": [group], "resources": ["pcidevices"], "verbs": ["use"],
                                         "resourceNames": names_b}]),
+        vc.cluster_role(f"{u}-use-3", [{"apiGroups": [group], "resources": ["pcidevices"], "verbs": ["use"],
+                                        "resourceNames": names_3}]),
     ]  # fmt: skip
 
 
@@ -102,7 +105,7 @@ def lab(wh: Webhook) -> Iterator[Lab]:
     vc.apply(cp, _roles(u, devices) + [
         vc.bind(ta, f"{u}-vm-editor"), vc.bind(tb, f"{u}-vm-editor"), vc.bind(vcu, f"{u}-vm-editor"),
         vc.bind(restore, f"{u}-vm-editor"), vc.bind(ta, f"{u}-claimer"), vc.bind(tb, f"{u}-claimer"),
-        vc.bind(ta, f"{u}-use", ns_a), vc.bind(tb, f"{u}-use-b", ns_b),
+        vc.bind(ta, f"{u}-use", ns_a), vc.bind(tb, f"{u}-use-b", ns_b), vc.bind(tb, f"{u}-use-3", ns_b),
     ])  # fmt: skip
     lab = Lab(cp, node, ns_a, ns_b, cp.mint_user(ta), cp.mint_user(tb), cp.mint_user(vcu),
               cp.mint_user(restore), devices)  # fmt: skip
@@ -148,19 +151,26 @@ def test_use_granted_by_a_rolebinding_counts_in_its_namespace_only(lab: Lab) -> 
 
 
 def test_attaching_someone_elses_device_is_denied(lab: Lab) -> None:
-    r = vc.create(lab.cp, _vm_body(lab, "steal", lab.ns_b, ["gpu3", "audio3"]), lab.tenant_b)
+    r = vc.create(lab.cp, _vm_body(lab, "steal", lab.ns_b, ["gpu", "audio"]), lab.tenant_b)
     assert r.returncode != 0 and "lacks the verb use on pcidevices" in r.stderr
     mine = vc.create(lab.cp, _vm_body(lab, "mine", lab.ns_b, ["gpu2", "audio2"]), lab.tenant_b, "--dry-run=server")
     assert mine.returncode == 0, mine.stderr
 
 
-def test_a_second_vm_naming_a_device_is_denied_and_the_claim_cannot_be_deleted_while_a_vm_names_it(lab: Lab) -> None:
+def test_a_vm_of_another_requester_naming_a_device_is_denied_and_the_claim_stays_while_a_vm_names_it(
+    lab: Lab,
+) -> None:
     cp = lab.cp
     r = vc.create(cp, _vm_body(lab, "taken", lab.ns_a, ["gpu3", "audio3"]), lab.tenant_a)
     assert r.returncode == 0, r.stderr
     vc.until(lambda: False, timeout=1)
-    second = vc.create(cp, _vm_body(lab, "second", lab.ns_a, ["gpu3", "audio3"]), lab.tenant_a)
+    # tenant-b may use gpu3 in ns-b, but tenant-a's VM names it: one requester at a time
+    second = vc.create(cp, _vm_body(lab, "second", lab.ns_b, ["gpu3", "audio3"]), lab.tenant_b)
     assert second.returncode != 0 and f'is named by virtualmachine "{lab.ns_a}/taken"' in second.stderr
+    assert f"(requested by {messages.shown(lab.tenant_a.name)})" in second.stderr
+    # a second VM of the same requester (a clone beside the original) is hers to make
+    clone = vc.create(cp, _vm_body(lab, "taken-clone", lab.ns_a, ["gpu3", "audio3"]), lab.tenant_a, "--dry-run=server")
+    assert clone.returncode == 0, clone.stderr
     gpu3 = lab.devices["gpu3"]["metadata"]["name"]
     busy = cp.kubectl("delete", "pcideviceclaim", gpu3, user=lab.tenant_a, check=False)
     assert busy.returncode != 0 and "can only be deleted while no VM or VMI names" in busy.stderr
@@ -176,15 +186,21 @@ def test_a_direct_vmi_without_use_is_denied(lab: Lab) -> None:
     assert 'virtualmachineinstance "direct" can only use devices its requester may use' in r.stderr
 
 
-def test_a_vmi_of_virt_controller_must_carry_exactly_its_vms_devices(lab: Lab) -> None:
+def test_a_vmi_of_virt_controller_is_judged_for_the_requester_recorded_on_its_vm(lab: Lab) -> None:
     cp = lab.cp
     vm_obj = _gpu_vm(lab)
+    assert "devices.harvesterhci.io/requester" in vm_obj["metadata"]["annotations"]
     same = vms.vmi("gpu-vm", lab.ns_a, host=[lab.entry("audio"), lab.entry("gpu")], owner=vm_obj)
     ok = vc.create_once_visible(cp, same, lab.virt_controller, "--dry-run=server")
     assert ok.returncode == 0, ok.stderr
-    more = vms.vmi("gpu-vm", lab.ns_a, host=[lab.entry("gpu"), lab.entry("audio"), lab.entry("gpu2")], owner=vm_obj)
-    r = vc.create(cp, more, lab.virt_controller, "--dry-run=server")
-    assert r.returncode != 0 and "can only carry the devices of the virtualmachine that owns it" in r.stderr
+    # tenant-b's VM may use gpu2; a VMI of it that also carries tenant-a's GPU is refused for tenant-b
+    r = vc.create(cp, _vm_body(lab, "b-vm", lab.ns_b, ["gpu2", "audio2"]), lab.tenant_b)
+    assert r.returncode == 0, r.stderr
+    b_vm = vc.until(lambda: vc.get(cp, "vm", "b-vm", lab.ns_b))
+    more = vms.vmi("b-vm", lab.ns_b, host=[lab.entry(k) for k in ("gpu2", "audio2", "gpu", "audio")], owner=b_vm)
+    r = vc.create_once_visible(cp, more, lab.virt_controller, "--dry-run=server")
+    assert r.returncode != 0 and f"user {messages.shown(lab.tenant_b.name)} lacks the verb use" in r.stderr, r.stderr
+    cp.kubectl("delete", "vm", "b-vm", "-n", lab.ns_b)
 
 
 def test_a_pool_or_replica_set_naming_someone_elses_device_is_denied(lab: Lab) -> None:
@@ -244,8 +260,8 @@ def test_the_pod_entry_takes_its_failure_policy_from_the_values_and_the_others_f
     rendered = render_webhook_configurations(control_plane, **{"webhook.podFailurePolicy": "Ignore"})
     hooks = {h["name"]: h for doc in yaml.safe_load_all(rendered) if doc for h in doc["webhooks"]}
     assert hooks["pods.validate.devices.harvesterhci.io"]["failurePolicy"] == "Ignore"
-    part2 = [n for n in hooks if n.split(".")[0] in ("vms", "pools", "vmis", "instancetypes")]
-    assert len(part2) == 6 and all(hooks[n]["failurePolicy"] == "Fail" for n in part2)
+    part2 = [n for n in hooks if n.split(".")[0] in ("vms", "pools", "vmis", "instancetypes", "copies")]
+    assert len(part2) == 9 and all(hooks[n]["failurePolicy"] == "Fail" for n in part2)
     assert all(hooks[n]["matchConditions"] for n in part2)
 
 

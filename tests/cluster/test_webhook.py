@@ -247,6 +247,9 @@ def webhook(control_plane: ControlPlane, installed_crds: str) -> Iterator[Webhoo
             proc.wait(20)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, 9)
+        kept = os.environ.get("PCIDEVICES_KEEP_WEBHOOK_LOG")  # a directory: keep the log for a post-mortem
+        if kept:
+            shutil.copy(log, Path(kept) / f"webhook-{proc.pid}.log")
         shutil.rmtree(workdir, ignore_errors=True)
 
 

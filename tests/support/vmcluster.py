@@ -96,9 +96,19 @@ def webhook_kubevirt_reads() -> list[dict[str, Any]]:
             {"apiGroups": ["instancetype.kubevirt.io"],
              "resources": ["virtualmachineinstancetypes", "virtualmachineclusterinstancetypes"],
              "verbs": ["get", "list", "watch"]},
+            {"apiGroups": ["snapshot.kubevirt.io"],
+             "resources": ["virtualmachinerestores", "virtualmachinesnapshots", "virtualmachinesnapshotcontents"],
+             "verbs": ["get", "list", "watch"]},
+            {"apiGroups": ["clone.kubevirt.io"], "resources": ["virtualmachineclones"],
+             "verbs": ["get", "list", "watch"]},
         ]),
         # the webhook runs as its ServiceAccount (tests/cluster/test_webhook.py), as in a pod
         bind(f"system:serviceaccount:{NS}:pcidevices-webhook", "pcidevices-webhook-kubevirt"),
+        # its device holds (webhook/holds.py): Leases in its own namespace, as the chart's Role grants
+        cluster_role("pcidevices-webhook-holds", [
+            {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]},
+        ]),
+        bind(f"system:serviceaccount:{NS}:pcidevices-webhook", "pcidevices-webhook-holds", NS),
     ]  # fmt: skip
 
 
