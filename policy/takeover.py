@@ -10,6 +10,11 @@ name). Rancher authenticates its users to Kubernetes as the User object's `metad
 `user-xxxxx`), so the owner is the name of the one Rancher User whose `username` equals spec.userName, else of the
 one User whose `displayName` equals it; no match or several matches give `legacy:<userName>`, which holders of
 `claim` on the device may release (policy/rules/claims.py).
+
+VMs. Upstream checked nobody's right to use a device, so the VMs that name a claimed device's current name are
+grandfathered: the takeover records them (policy.records) with the names they already use (`adopted`), so their
+next VMI passes the last gate for exactly those names; any other change of their devices is judged afresh. A record
+found on a VM before the takeover was written by nobody the webhook trusts and is replaced or removed.
 """
 
 from __future__ import annotations
@@ -18,8 +23,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from policy import names
-from policy.objects import FINALIZER_AGENT
+from policy import hostdevices, names, records
+from policy.objects import FINALIZER_AGENT, MalformedObject
 
 UPSTREAM_PCI_FINALIZER = "wrangler.cattle.io/PCIDeviceClaimOnRemove"
 UPSTREAM_USB_FINALIZER = "wrangler.cattle.io/usbClaimClient-device-claim-remove"
@@ -31,6 +36,8 @@ OVERRIDE_RESOURCE_NAME = "pcidevice.harvesterhci.io/override-resource-name"
 ANNOTATION_ADOPTED = f"{names.GROUP}/adopted-from"
 ADOPTED_FROM = "harvester/pcidevices"
 LEGACY_PREFIX = "legacy:"
+# the requester recorded on adopted VMs: nobody's `use`, only the names the VM already used upstream
+ADOPTED_REQUESTER = "pcidevices-takeover"
 UPSTREAM_NAMESPACE = "harvester-system"
 UPSTREAM_WEBHOOKS = (
     ("admissionregistration.k8s.io/v1", "validatingwebhookconfigurations", "pcidevices-validator"),
@@ -96,6 +103,7 @@ class Observed:
     users: Sequence[Mapping[str, Any]] = ()  # management.cattle.io/v3 User
     nodes: Sequence[Mapping[str, Any]] = ()
     vmis: Sequence[Mapping[str, Any]] = ()
+    vms: Sequence[Mapping[str, Any]] = ()  # kubevirt.io VirtualMachines
     node_devices: Sequence[Mapping[str, Any]] = ()  # nodes.devices.harvesterhci.io
     webhook_configurations: Sequence[tuple[str, str]] = ()  # (plural, name) present
     secrets: Sequence[str] = ()  # names present in the upstream namespace
@@ -261,6 +269,7 @@ def plan(observed: Observed, settings: TakeoverSettings) -> Plan:
                 Change(Target("v1", "secrets", name, UPSTREAM_NAMESPACE), "delete", "upstream's webhook certificate")
             )
 
+    changes += _vm_record_changes(observed, found)
     changes += _crd_changes(observed.crds, settings, found)
     if not observed.kubevirts:
         found.append("no KubeVirt CR")
@@ -302,6 +311,36 @@ def _claim_changes(
         if ops:
             target = Target(names.API_VERSION, plural, name)
             out.append(Change(target, "patch", "adopt: " + "; ".join(why), (_rv_test(claim), *ops)))
+    return out
+
+
+def _vm_record_changes(observed: Observed, found: list[str]) -> list[Change]:
+    """Record the VMs that name a claimed device's current name (grandfathered), and drop records nobody wrote."""
+    claimed = {_name(c) for c in observed.pci_claims}
+    offered = {
+        str(_section(d, "status").get("resourceName") or "") for d in observed.pci_devices if _name(d) in claimed
+    }
+    offered.update(f"kubevirt.io/{_name(c)}" for c in observed.usb_claims)
+    offered.discard("")
+    out: list[Change] = []
+    adopted = 0
+    for vm in observed.vms:
+        try:
+            asked = sorted({d.device_name for d in hostdevices.host_devices(vm)} & offered)
+        except MalformedObject:
+            continue
+        wanted = records.Requester(ADOPTED_REQUESTER, via="takeover", adopted=tuple(asked)).encode() if asked else None
+        current = _str_map(vm, "annotations").get(records.ANNOTATION)
+        if current == wanted:
+            continue
+        ops = _map_ops(vm, "annotations", {records.ANNOTATION: wanted} if wanted else {})
+        if wanted is None:
+            ops = [{"op": "remove", "path": "/metadata/annotations/" + _pointer(records.ANNOTATION)}]
+        target = Target("kubevirt.io/v1", "virtualmachines", _name(vm), str(_meta(vm).get("namespace", "")))
+        why = f"record the devices it used upstream: {', '.join(asked)}" if asked else "drop a record nobody wrote"
+        out.append(Change(target, "patch", why, (_rv_test(vm), *ops)))
+        adopted += bool(asked)
+    found.append(f"{len(observed.vms)} virtualmachines, {adopted} naming claimed devices")
     return out
 
 

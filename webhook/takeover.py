@@ -90,6 +90,7 @@ def observe(kube: KubeLike, not_found: type[Exception]) -> Observed:
         users=listed("/apis/management.cattle.io/v3/users"),
         nodes=listed("/api/v1/nodes"),
         vmis=listed("/apis/kubevirt.io/v1/virtualmachineinstances"),
+        vms=listed("/apis/kubevirt.io/v1/virtualmachines"),
         node_devices=listed(f"{_DEVICES}/nodes"),
         webhook_configurations=webhooks,
         secrets=secrets,

@@ -8,10 +8,11 @@ from typing import Any
 import jsonpatch  # type: ignore[import-untyped]
 import pytest
 
-from policy import names
+from policy import names, records
 from policy.objects import FINALIZER_AGENT
 from policy.takeover import (
     ADOPTED_FROM,
+    ADOPTED_REQUESTER,
     ANNOTATION_ADOPTED,
     UPSTREAM_NODE_FINALIZER,
     UPSTREAM_PCI_FINALIZER,
@@ -77,6 +78,7 @@ def apply(observed: Observed, p: Plan) -> Observed:
         "usbdeviceclaims": copy.deepcopy(list(observed.usb_claims)),
         "nodes": copy.deepcopy(list(observed.nodes)),
         "virtualmachineinstances": copy.deepcopy(list(observed.vmis)),
+        "virtualmachines": copy.deepcopy(list(observed.vms)),
         "customresourcedefinitions": copy.deepcopy(list(observed.crds)),
     }
     kvs = copy.deepcopy(list(observed.kubevirts))
@@ -107,6 +109,7 @@ def apply(observed: Observed, p: Plan) -> Observed:
         users=observed.users,
         nodes=objs["nodes"],
         vmis=objs["virtualmachineinstances"],
+        vms=objs["virtualmachines"],
         node_devices=node_devices,
         webhook_configurations=webhooks,
         secrets=secrets,
@@ -352,3 +355,29 @@ def test_every_patch_is_conditional_on_the_observed_resource_version() -> None:
     for change in p.changes:
         if change.op == "patch":
             assert change.patch[0]["op"] == "test" and change.patch[0]["path"] == "/metadata/resourceVersion"
+
+
+def _upstream_vm(name: str, device_names: list[str], annotations: dict[str, str] | None = None) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name, "namespace": "default", "resourceVersion": "7"}
+    if annotations is not None:
+        meta["annotations"] = annotations
+    host = [{"name": f"d{i}", "deviceName": d} for i, d in enumerate(device_names)]
+    return {"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine", "metadata": meta,
+            "spec": {"template": {"spec": {"domain": {"devices": {"hostDevices": host}}}}}}  # fmt: skip
+
+
+def test_vms_naming_claimed_devices_are_recorded_with_the_names_they_used_and_forged_records_dropped() -> None:
+    forged = records.Requester("alice").encode()
+    observed = upstream_cluster(vms=[
+        _upstream_vm("uses-it", [POOLED]),
+        _upstream_vm("other", ["nvidia.com/GRID_T4-1Q"], {records.ANNOTATION: forged, "keep": "me"}),
+        _upstream_vm("plain", []),
+    ])  # fmt: skip
+    p = plan(observed, SETTINGS)
+    after = apply(observed, p)
+    by_name = {vm["metadata"]["name"]: vm for vm in after.vms}
+    recorded = records.Requester.decode(by_name["uses-it"]["metadata"]["annotations"][records.ANNOTATION])
+    assert recorded is not None and recorded.adopted == (POOLED,) and recorded.username == ADOPTED_REQUESTER
+    assert by_name["other"]["metadata"]["annotations"] == {"keep": "me"}, "a record nobody wrote is removed"
+    assert "annotations" not in by_name["plain"]["metadata"]
+    assert [c for c in plan(after, SETTINGS).changes if c.target.plural == "virtualmachines"] == []  # idempotent

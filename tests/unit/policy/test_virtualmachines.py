@@ -12,6 +12,7 @@ import pytest
 from policy import names, records
 from policy.access import Grant
 from policy.settings import PolicySettings
+from policy.takeover import ADOPTED_REQUESTER
 from tests.support import vms
 from tests.support.objects import (
     NODE1,
@@ -22,6 +23,7 @@ from tests.support.objects import (
     admit,
     changed,
     judge,
+    migration,
     pciclaim,
     pcidevice,
     usbclaim,
@@ -753,3 +755,29 @@ def test_claim_delete_is_allowed_once_no_vm_names_the_device_or_the_node_is_gone
 def test_claim_delete_ignores_vms_being_deleted() -> None:
     deleting = changed(OWNED_VM, "metadata.deletionTimestamp", "2026-11-27T06:00:00Z")
     assert judge(_delete(CLAIMS[0]), cluster(deleting), GRANTS).allowed
+
+
+# -- the takeover's records of adopted VMs ------------------------------------------------------------------------
+
+
+def _adopted(obj: dict[str, Any], *resources: str) -> dict[str, Any]:
+    rec = records.Requester(ADOPTED_REQUESTER, via="takeover", adopted=resources).encode()
+    return changed(obj, ["metadata", "annotations"], {records.ANNOTATION: rec})
+
+
+def test_the_vmi_of_an_adopted_vm_passes_for_the_names_it_used_upstream_only() -> None:
+    adopted_vm = _adopted(vm("legacy", "ns-b", host=[GPU, AUDIO]), GPU[1], AUDIO[1])
+    vmi_body = review("CREATE", vmi("legacy", "ns-b", host=[GPU, AUDIO], owner=adopted_vm), user_info=virt_controller())
+    assert admit(vmi_body, cluster(adopted_vm), GRANTS).allowed
+    partly = _adopted(vm("legacy", "ns-b", host=[GPU, AUDIO]), GPU[1])
+    more = review("CREATE", vmi("legacy", "ns-b", host=[GPU, AUDIO], owner=partly), user_info=virt_controller())
+    d = admit(more, cluster(partly), GRANTS)
+    assert not d.allowed and "lacks the verb use" in d.message
+
+
+def test_only_the_takeover_writes_an_adopted_record() -> None:
+    old = vm("legacy", "ns-b", host=[GPU, AUDIO])
+    new = _adopted(old, GPU[1], AUDIO[1])
+    assert admit(review("UPDATE", new, old, user_info=migration()), cluster(), GRANTS).allowed
+    d = admit(review("UPDATE", new, old, user_info=TENANT_B_USER), cluster(), GRANTS)
+    assert not d.allowed and 'user "tenant-b" lacks the verb use' in d.message
