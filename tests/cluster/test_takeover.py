@@ -5,6 +5,12 @@ whose spec.userName is not their Kubernetes username, with upstream's finalizers
 User objects; a VM naming a pooled deviceName; duplicated permits; upstream's webhook configurations and Secrets;
 Node and VMI finalizers; nodes.devices objects; an Addon whose spec.chart a ValidatingAdmissionPolicy keeps fixed.
 The seeding happens before our webhook starts (upstream had its own); the releases go through ours.
+
+The takeover reads and repairs the whole cluster: every KubeVirt CR wherever it lives, every claim, VMI and Node, our
+CRDs, upstream's webhook configurations. So this module has an API server of its own: on the session's shared one it
+would also patch other modules' KubeVirt CRs (test_agent's, whose namespaces the namespace controller deletes some
+seconds after each test, so one could vanish between the takeover's plan and its patch; test_crds's) and count
+their objects in its before/after comparisons.
 """
 
 from __future__ import annotations
@@ -33,10 +39,11 @@ from policy.takeover import (
     UPSTREAM_VMI_FINALIZER,
 )
 from tests.cluster import test_webhook
-from tests.support.controlplane import ControlPlane, KubeUser
+from tests.support.controlplane import Binaries, ControlPlane, KubeUser
 from tests.support.sysfs_tree import SysfsTree
 
 REPO = Path(__file__).resolve().parents[2]
+CRDS = (REPO / "crds", REPO / "tests" / "fixtures" / "crds")
 NS = "harvester-system"
 API = names.API_VERSION
 OWNER = names.ANNOTATION_REQUESTED_BY
@@ -357,6 +364,19 @@ def _chart_rejected(cp: ControlPlane) -> bool:
 
 
 @pytest.fixture(scope="module")
+def control_plane(binaries: Binaries, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
+    """This module's own etcd + kube-apiserver (it replaces the session's for every fixture here, the webhook's too):
+    the cluster holds only the seeded upstream installation, so the takeover meets nothing another module left."""
+    with ControlPlane(binaries, tmp_path_factory.mktemp("takeover-controlplane")) as cp:
+        yield cp
+
+
+@pytest.fixture(scope="module")
+def installed_crds(control_plane: ControlPlane) -> str:
+    return control_plane.install_crds(*CRDS)
+
+
+@pytest.fixture(scope="module")
 def upstream(control_plane: ControlPlane, installed_crds: str, request: pytest.FixtureRequest) -> Iterator[Upstream]:
     """Seeded, then: a refused run (vGPU enabled), a dry run, the real run and a second run; our webhook afterwards."""
     cp = control_plane
@@ -379,25 +399,9 @@ def upstream(control_plane: ControlPlane, installed_crds: str, request: pytest.F
     site.versions["after-real"] = site.resource_versions()
     site.runs["second"] = site.takeover("--addon-repo", "https://charts.example.test", "--addon-version", "0.1.0")
     site.versions["after-second"] = site.resource_versions()
-    try:
-        request.getfixturevalue("webhook")
-        time.sleep(1.0)  # the webhook's view follows watches
-        yield site
-    finally:
-        # other modules share the API server: no second KubeVirt CR, no Addon, no policy on Addons outlive this one
-        for args in (("kubevirt", "kubevirt"), ("vm", "vm1"), ("vmi", "vm1")):
-            cp.kubectl("delete", *args, "-n", site.kv_ns, "--ignore-not-found", "--wait=false", check=False)
-        cp.kubectl("delete", "addon", CHART_ADDON, "-n", NS, "--ignore-not-found", check=False)
-        cp.kubectl(
-            "delete",
-            "validatingadmissionpolicybinding",
-            f"{site.unique}-addon-chart",
-            "--ignore-not-found",
-            check=False,
-        )
-        cp.kubectl(
-            "delete", "validatingadmissionpolicy", f"{site.unique}-addon-chart", "--ignore-not-found", check=False
-        )
+    request.getfixturevalue("webhook")
+    time.sleep(1.0)  # the webhook's view follows watches
+    yield site  # nothing to clean up: the control plane goes with the module
 
 
 def test_with_a_vgpu_enabled_the_takeover_refuses_and_changes_nothing(upstream: Upstream) -> None:
@@ -418,6 +422,9 @@ def test_the_real_run_changes_and_a_second_run_changes_nothing(upstream: Upstrea
     r = upstream.runs["real"]
     assert r.returncode == 0, r.stdout + r.stderr
     assert ", 0 failed" in r.stdout and "failed " not in r.stdout
+    # the cluster is this module's alone: the one KubeVirt CR repaired is the seeded one
+    kubevirts = [line.split()[1] for line in r.stdout.splitlines() if line.strip().startswith("patch kubevirts/")]
+    assert kubevirts == [f"kubevirts/{upstream.kv_ns}/kubevirt:"], r.stdout
     second = upstream.runs["second"]
     assert second.returncode == 0 and "nothing to change" in second.stdout, second.stdout + second.stderr
     assert upstream.versions["after-second"] == upstream.versions["after-real"]
