@@ -7,10 +7,11 @@ so in the body). /metrics serves the agent's Prometheus registry (device plugins
 
 from __future__ import annotations
 
+import asyncio
+import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
@@ -61,47 +62,106 @@ class HealthState:
 
 
 class HealthServer:
-    def __init__(self, state: HealthState, registry: CollectorRegistry, *, host: str, port: int) -> None:
-        handler = _handler(state, registry)
-        self._server = ThreadingHTTPServer((host, port), handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="health", daemon=True)
+    """The probes' and Prometheus' port, on the host network, so anything on the node can reach it.
+
+    One asyncio loop in its own thread instead of a thread per connection: a client that connects and sends nothing,
+    or sends its request a byte at a time, is cut after `request_timeout_s` (the whole request and its answer), at
+    most `max_connections` are open at once (one more is closed at accept), and a request head may not exceed
+    `max_request_bytes`. Each connection then costs a few kilobytes, so a flood cannot grow the agent's memory or
+    its thread count, and the kubelet's probe is answered as soon as a slot is free.
+    """
+
+    def __init__(
+        self,
+        state: HealthState,
+        registry: CollectorRegistry,
+        *,
+        host: str,
+        port: int,
+        request_timeout_s: float = 5.0,
+        max_connections: int = 512,
+        max_request_bytes: int = 8192,
+    ) -> None:
+        self._state = state
+        self._registry = registry
+        self._timeout = request_timeout_s
+        self._max_connections = max_connections
+        self._max_request_bytes = max_request_bytes
+        self.open_connections = 0
+        self.refused = 0
+        self._sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind((host, port))
+        self._sock.listen(128)
+        self._sock.setblocking(False)
+        self._loop = asyncio.new_event_loop()
+        self._server: asyncio.Server | None = None
+        self._thread = threading.Thread(target=self._run, name="health", daemon=True)
 
     @property
     def port(self) -> int:
-        return int(self._server.server_address[1])
+        return int(self._sock.getsockname()[1])
 
     def start(self) -> HealthServer:
         self._thread.start()
         return self
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
+        if self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=5)
+        self._sock.close()
 
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._server = self._loop.run_until_complete(
+            asyncio.start_server(self._handle, sock=self._sock, limit=self._max_request_bytes)
+        )
+        try:
+            self._loop.run_forever()
+        finally:
+            self._server.close()
+            self._loop.close()
 
-def _handler(state: HealthState, registry: CollectorRegistry) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
-            if self.path == "/metrics":
-                self._send(200, generate_latest(registry), CONTENT_TYPE_LATEST)
-                return
-            check = {"/healthz": state.live, "/readyz": state.ready}.get(self.path)
-            if check is None:
-                self._send(404, b"not found\n", "text/plain")
-                return
-            v = check()
-            self._send(200 if v.ok else 503, (v.reason + "\n").encode(), "text/plain")
-
-        def _send(self, code: int, body: bytes, ctype: str) -> None:
-            self.send_response(code)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the stdlib's signature
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.open_connections >= self._max_connections:
+            self.refused += 1
+            writer.transport.abort()
             return
+        self.open_connections += 1
+        try:
+            async with asyncio.timeout(self._timeout):
+                head = await reader.readuntil(b"\r\n\r\n")
+                writer.write(self._answer(head))
+                await writer.drain()
+        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError):
+            pass  # too slow, too long or gone: nothing to answer
+        finally:
+            self.open_connections -= 1
+            writer.transport.abort()
 
-    return Handler
+    def _answer(self, head: bytes) -> bytes:
+        parts = head.split(b"\r\n", 1)[0].split(b" ")
+        if len(parts) != 3 or not parts[2].startswith(b"HTTP/1."):
+            return _response(400, b"bad request\n", "text/plain")
+        method, path = parts[0], parts[1].split(b"?", 1)[0]
+        if method != b"GET":
+            return _response(405, b"only GET\n", "text/plain")
+        if path == b"/metrics":
+            return _response(200, generate_latest(self._registry), CONTENT_TYPE_LATEST)
+        check = {b"/healthz": self._state.live, b"/readyz": self._state.ready}.get(path)
+        if check is None:
+            return _response(404, b"not found\n", "text/plain")
+        v = check()
+        return _response(200 if v.ok else 503, (v.reason + "\n").encode(), "text/plain")
+
+
+_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"}
+
+
+def _response(code: int, body: bytes, content_type: str) -> bytes:
+    head = (
+        f"HTTP/1.1 {code} {_REASONS[code]}\r\nContent-Type: {content_type}\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    )
+    return head.encode() + body

@@ -28,6 +28,19 @@ SOCKET_PREFIX = "pcidevices-"
 # A fresh connection per channel: grpc otherwise shares a subchannel to the same path across channels, and one
 # that failed while the kubelet restarted waits out its reconnect backoff (about 1 s) before the next Register.
 CHANNEL_OPTIONS = [("grpc.use_local_subchannel_pool", 1)]
+# Bounds for whatever else on the node connects to a plugin's socket (the kubelet keeps one connection with one
+# ListAndWatch stream and makes its unary calls on it): connections, streams per connection, a deadline for the
+# HTTP/2 handshake, idle connections, client pings (the defaults, said out loud), request and metadata sizes.
+SERVER_OPTIONS = [
+    ("grpc.max_allowed_incoming_connections", 64),
+    ("grpc.max_concurrent_streams", 8),
+    ("grpc.server_handshake_timeout_ms", 5_000),
+    ("grpc.max_connection_idle_ms", 300_000),
+    ("grpc.http2.min_ping_interval_without_data_ms", 300_000),
+    ("grpc.http2.max_ping_strikes", 2),
+    ("grpc.max_receive_message_length", 1 << 20),
+    ("grpc.max_metadata_size", 16 << 10),
+]
 # sun_path holds 108 bytes including the terminating NUL.
 MAX_SOCKET_PATH = 107
 
@@ -66,7 +79,8 @@ class PluginServer:
         state: servicer.PluginState,
         counters: metrics.PluginMetrics,
         register_timeout_s: float = 5.0,
-        max_workers: int = 4,
+        max_workers: int = 6,
+        max_watchers: int = 2,
     ) -> None:
         self.resource_name = resource_name
         self.endpoint = socket_name(resource_name)
@@ -78,7 +92,10 @@ class PluginServer:
         self._state = state
         self._metrics = counters
         self._register_timeout_s = register_timeout_s
-        self._max_workers = max_workers
+        # Each ListAndWatch holds a thread for as long as it lasts: at most max_watchers of them, so the other
+        # threads are always there for Allocate; RPCs beyond the threads are refused at once instead of queued.
+        self._max_workers = max(max_workers, max_watchers + 2)
+        self._max_watchers = max_watchers
         self._server: grpc.Server | None = None
         self._served: FileId | None = None  # our socket file as we created it
         self._registered_with: FileId | None = None  # kubelet.sock we registered with; None = not registered
@@ -101,9 +118,11 @@ class PluginServer:
         except OSError as e:
             raise errors.ServeError(f"cannot remove stale socket {self.socket_path}: {e.strerror}") from e
         server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=self._max_workers, thread_name_prefix="deviceplugin")
+            futures.ThreadPoolExecutor(max_workers=self._max_workers, thread_name_prefix="deviceplugin"),
+            options=SERVER_OPTIONS,
+            maximum_concurrent_rpcs=self._max_workers,
         )
-        plugin = servicer.DevicePluginServicer(self._state, self._metrics)
+        plugin = servicer.DevicePluginServicer(self._state, self._metrics, max_watchers=self._max_watchers)
         api_pb2_grpc.add_DevicePluginServicer_to_server(plugin, server)
         try:
             server.add_insecure_port(f"unix://{self.socket_path}")

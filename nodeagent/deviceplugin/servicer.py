@@ -82,10 +82,15 @@ def build_list_response(snapshot: model.Snapshot) -> api_pb2.ListAndWatchRespons
 class DevicePluginServicer(api_pb2_grpc.DevicePluginServicer):
     """Answers the kubelet for one resource from its PluginState."""
 
-    def __init__(self, state: PluginState, counters: metrics.PluginMetrics, *, wait_s: float = 1.0) -> None:
+    def __init__(
+        self, state: PluginState, counters: metrics.PluginMetrics, *, wait_s: float = 1.0, max_watchers: int = 2
+    ) -> None:
         self._state = state
         self._metrics = counters
         self._wait_s = wait_s
+        self._max_watchers = max_watchers
+        self._watchers = 0
+        self._watchers_lock = threading.Lock()
 
     def GetDevicePluginOptions(
         self, request: api_pb2.Empty, context: grpc.ServicerContext
@@ -95,14 +100,26 @@ class DevicePluginServicer(api_pb2_grpc.DevicePluginServicer):
     def ListAndWatch(
         self, request: api_pb2.Empty, context: grpc.ServicerContext
     ) -> Iterator[api_pb2.ListAndWatchResponse]:
-        state = self._state
-        context.add_callback(state.wake)  # a cancelled stream stops waiting at once
-        last = -1
-        while context.is_active() and not state.closed:
-            generation, snapshot = state.wait_newer(last, self._wait_s)
-            if generation != last and context.is_active() and not state.closed:
-                last = generation
-                yield build_list_response(snapshot)
+        # The kubelet keeps one stream (two while a restarted kubelet's replaces the old); more would each hold a
+        # server thread for good.
+        with self._watchers_lock:
+            full = self._watchers >= self._max_watchers
+            if not full:
+                self._watchers += 1
+        if full:
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many ListAndWatch streams on this plugin")
+        try:
+            state = self._state
+            context.add_callback(state.wake)  # a cancelled stream stops waiting at once
+            last = -1
+            while context.is_active() and not state.closed:
+                generation, snapshot = state.wait_newer(last, self._wait_s)
+                if generation != last and context.is_active() and not state.closed:
+                    last = generation
+                    yield build_list_response(snapshot)
+        finally:
+            with self._watchers_lock:
+                self._watchers -= 1
 
     def GetPreferredAllocation(
         self, request: api_pb2.PreferredAllocationRequest, context: grpc.ServicerContext
