@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[3]
 POLICY = certs.CertPolicy(dns_names=("localhost",), ip_addresses=("127.0.0.1",))
 DEADLINE_S = 1.0
 MAX_CONNECTIONS = 300
+HEAD_500 = b"POST /validate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 500\r\n\r\n"
 
 
 @dataclass
@@ -61,9 +62,7 @@ class Server:
             conn.request("GET", "/metrics")
             text = conn.getresponse().read().decode()
         return {
-            line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
-            for line in text.splitlines()
-            if line.startswith(name)
+            line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name)
         }
 
     def tls(self) -> ssl.SSLSocket:
@@ -155,7 +154,7 @@ def test_eight_connections_that_send_headers_then_nothing_do_not_stall_reviews(s
 
 def test_a_body_sent_a_byte_at_a_time_is_cut_after_the_body_deadline(server: Server) -> None:
     with contextlib.closing(server.tls()) as s:
-        s.sendall(b"POST /validate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 500\r\n\r\n")
+        s.sendall(HEAD_500)
         started = time.monotonic()
         s.settimeout(0.1)
         answer = b""
