@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-TIERS = ("unit", "sysfs", "replay", "live", "cluster", "kernel")
+TIERS = ("unit", "sysfs", "replay", "live", "cluster", "kernel", "node")
 _TESTS = Path(__file__).parent
 
 

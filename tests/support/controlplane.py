@@ -58,6 +58,19 @@ NODE_NAME_EXTRA = "authentication.kubernetes.io/node-name"
 """userInfo.extra key the API server sets for service-account tokens bound to a Pod scheduled on a node."""
 
 
+@dataclass(frozen=True)
+class NodeNetwork:
+    """Addresses of the node tier's private network (tests/support/node.py): the node's address on its pod bridge,
+    and the Service range whose first address is the `kubernetes` Service."""
+
+    node_ip: str
+    service_cidr: str
+
+    @property
+    def apiserver_service_ip(self) -> str:
+        return str(next(ipaddress.ip_network(self.service_cidr).hosts()))
+
+
 class ControlPlaneError(RuntimeError):
     """A component failed to start or a command against the control plane failed."""
 
@@ -316,9 +329,14 @@ class ControlPlane:
         controller_manager: bool = False,
         controllers: Sequence[str] = ("garbagecollector", "namespace"),
         startup_timeout: float = 180.0,
+        network: NodeNetwork | None = None,
     ) -> None:
         self.binaries = binaries
         self.workdir = workdir
+        self.network = network
+        """With a node network (the node tier), pods reach the API server and the API server reaches pods: it also
+        listens on the node's address, is advertised there, mints service-account tokens for pods and routes webhook
+        calls to Service endpoints. None: loopback only, as the cluster tier needs."""
         self._want_kcm = controller_manager
         self._controllers = tuple(controllers)
         self._startup_timeout = startup_timeout
@@ -401,10 +419,11 @@ class ControlPlane:
         pki = self.workdir / "pki"
         pki.mkdir(exist_ok=True)
         (pki / "ca.crt").write_bytes(self._ca.cert_pem)
+        extra_ips = (self.network.node_ip, self.network.apiserver_service_ip) if self.network else ()
         serving = self._ca.issue(
             "kube-apiserver",
             dns_names=("localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc"),
-            ip_addresses=("127.0.0.1", "::1"),
+            ip_addresses=("127.0.0.1", "::1", *extra_ips),
             server=True,
         )
         (pki / "apiserver.crt").write_bytes(serving.cert_pem)
@@ -417,7 +436,7 @@ class ControlPlane:
             )
         )
 
-    def _spawn(self, name: str, argv: Sequence[str]) -> _Process:
+    def _spawn(self, name: str, argv: Sequence[str], *, env: dict[str, str] | None = None) -> _Process:
         log_path = self.workdir / f"{name}.log"
         with log_path.open("ab") as out:
             popen = subprocess.Popen(
@@ -426,6 +445,7 @@ class ControlPlane:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 cwd=self.workdir,
+                env=env,
                 preexec_fn=_die_with_parent,  # noqa: PLW1509 - single-threaded start; needed for cleanup on kill
             )
         proc = _Process(name=name, popen=popen, log_path=log_path)
@@ -483,13 +503,21 @@ class ControlPlane:
     def _start_apiserver(self, *, port: int | None = None) -> None:
         self._port = port or free_port()
         pki = self.workdir / "pki"
+        net = self.network
+        node_args = [
+            "--enable-aggregator-routing=true",  # webhook calls go to the Service's endpoints (no kube-proxy)
+            f"--service-cluster-ip-range={net.service_cidr}",
+        ] if net else [
+            "--disable-admission-plugins=ServiceAccount",
+            "--service-cluster-ip-range=10.0.0.0/24",
+        ]  # fmt: skip
         proc = self._spawn(
             "kube-apiserver",
             [
                 str(self.binaries.kube_apiserver),
                 f"--etcd-servers={self._etcd_url}",
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
+                f"--bind-address={'0.0.0.0' if net else '127.0.0.1'}",  # 0.0.0.0 only inside the node's own netns
+                f"--advertise-address={net.node_ip if net else '127.0.0.1'}",
                 f"--secure-port={self._port}",
                 f"--tls-cert-file={pki / 'apiserver.crt'}",
                 f"--tls-private-key-file={pki / 'apiserver.key'}",
@@ -497,10 +525,9 @@ class ControlPlane:
                 f"--service-account-issuer={self.server}/",
                 f"--service-account-key-file={pki / 'sa.pub'}",
                 f"--service-account-signing-key-file={pki / 'sa.key'}",
-                "--service-cluster-ip-range=10.0.0.0/24",
-                "--authorization-mode=RBAC",
+                *node_args,
+                f"--authorization-mode={'Node,RBAC' if net else 'RBAC'}",  # Node: the kubelet's own identity
                 "--allow-privileged=true",
-                "--disable-admission-plugins=ServiceAccount",
                 "--endpoint-reconciler-type=none",
                 "--enable-priority-and-fairness=false",
                 "--profiling=false",
@@ -537,12 +564,49 @@ class ControlPlane:
                 "--leader-elect=false",
                 "--use-service-account-credentials=false",
                 f"--controllers={','.join(self._controllers)}",
+                f"--root-ca-file={self.workdir / 'pki' / 'ca.crt'}",  # published to pods as kube-root-ca.crt
+                f"--service-account-private-key-file={self.workdir / 'pki' / 'sa.key'}",
             ],
         )
         ctx = ssl.create_default_context()
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE  # its serving certificate is self-signed; only /healthz is read
         self._wait(proc, f"https://127.0.0.1:{port}/healthz", context=ctx)
+
+    def start_scheduler(self, kube_scheduler: Path) -> None:
+        """Start kube-scheduler (the node tier's pods need one), as system:kube-scheduler."""
+        port = free_port()
+        kubeconfig = write_kubeconfig(
+            self.workdir / "scheduler.kubeconfig",
+            server=self.server,
+            ca_pem=self.ca_pem,
+            user="system:kube-scheduler",
+            credentials=self._client_credentials("system:kube-scheduler", ()),
+        )
+        proc = self._spawn(
+            "kube-scheduler",
+            [
+                str(kube_scheduler),
+                f"--kubeconfig={kubeconfig}",
+                f"--authentication-kubeconfig={kubeconfig}",
+                f"--authorization-kubeconfig={kubeconfig}",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={port}",
+                "--leader-elect=false",
+            ],
+        )
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE  # self-signed serving certificate; only /healthz is read
+        self._wait(proc, f"https://127.0.0.1:{port}/healthz", context=ctx)
+
+    def spawn(self, name: str, argv: Sequence[str], *, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        """Start another process stopped with the control plane (newest first), logging to workdir/<name>.log."""
+        return self._spawn(name, argv, env=env).popen
+
+    def wait_ready(self, name: str, url: str, *, context: ssl.SSLContext | None = None) -> None:
+        """Wait until `url` answers 200, failing early with the log tail when process `name` exits."""
+        self._wait(next(p for p in self._processes if p.name == name), url, context=context)
 
     # ---- identities
 
