@@ -46,7 +46,8 @@ def main() -> int:
         else:
             run_state_machine_as_test(Counted, settings=run)
     except AssertionError as e:
-        print(f"INVARIANT BROKEN after {runs['sequences']} sequences:\n{e}")
+        steps = "\n".join(getattr(e, "__notes__", []))  # hypothesis notes the shrunk sequence of steps
+        print(f"INVARIANT BROKEN after {runs['sequences']} sequences:\n{e}\n{steps}")
         return 1
     took = time.perf_counter() - started
     print(f"ownership invariant held: {runs['sequences']} sequences of up to {args.steps} steps in {took:.0f} s")

@@ -129,7 +129,7 @@ class Workload:
             if isinstance(ref, Mapping) and ref.get("controller") is True:
                 controller = OwnerReference.from_dict(ref)
         status = _mapping(obj.get("status"), "status")
-        node = status.get("nodeName") if kind == VMI else pinned_node(obj)
+        node = (status.get("nodeName") or pinned_node(obj)) if kind == VMI else pinned_node(obj)
         return cls(
             kind=kind,
             namespace=namespace,
@@ -222,7 +222,12 @@ def instancetype_of(obj: Mapping[str, Any]) -> tuple[str, str] | None:
 
 
 def pinned_node(obj: Mapping[str, Any]) -> str:
-    """The node a required node-affinity term of the pod-template pins obj to by `metadata.name`, or ""."""
+    """The node obj's pod template can only be scheduled to, by required node affinity on `metadata.name`, or "".
+
+    Required terms are ORed, the expressions of one term ANDed: obj is pinned to N only when every term carries
+    `metadata.name In [N]` (a term that also names another node can match nothing, which pins it no less). Labels
+    (`kubernetes.io/hostname`) are not pins: whoever may label nodes could move them.
+    """
     path = POD_SPEC_PATHS.get(str(obj.get("kind")))
     if path is None:
         return ""
@@ -233,7 +238,11 @@ def pinned_node(obj: Mapping[str, Any]) -> str:
         )
     except MalformedObject:
         return ""
-    for term in terms if isinstance(terms, list) else ():
+    if not isinstance(terms, list) or not terms:
+        return ""
+    common: set[str] | None = None
+    for term in terms:
+        pins = set()
         for expr in (term.get("matchFields") if isinstance(term, Mapping) else None) or ():
             if (
                 isinstance(expr, Mapping)
@@ -243,8 +252,22 @@ def pinned_node(obj: Mapping[str, Any]) -> str:
                 and len(expr["values"]) == 1
                 and isinstance(expr["values"][0], str)
             ):
-                return str(expr["values"][0])
-    return ""
+                pins.add(str(expr["values"][0]))
+        common = pins if common is None else common & pins
+    return sorted(common)[0] if common else ""
+
+
+def scheduling(obj: Mapping[str, Any] | None) -> str:
+    """The parts of obj's pod template that decide where it runs (affinity, nodeSelector, nodeName), comparable."""
+    path = POD_SPEC_PATHS.get(str(obj.get("kind"))) if obj is not None else None
+    if obj is None or path is None:
+        return ""
+    cursor: Any = obj
+    for key in path:
+        cursor = cursor.get(key) if isinstance(cursor, Mapping) else None
+    if not isinstance(cursor, Mapping):
+        return ""
+    return repr([cursor.get("affinity"), cursor.get("nodeSelector"), cursor.get("nodeName")])
 
 
 def pod_resources(pod: Mapping[str, Any]) -> tuple[str, ...]:

@@ -305,6 +305,11 @@ POD_DEVICE = (
     "pod {name} can only request device resources when virt-controller creates it for an admitted "
     "virtualmachineinstance; {user} requested {resources}{why}; create a VirtualMachine instead"
 )
+POOL_PIN = (
+    "{kind} {name} can only run on the node whose pool it was judged for; its pooled devices are on node {node} "
+    "but every required node-affinity term must hold metadata.name In [{node}] and it is pinned to {pinned}; keep "
+    "the term the webhook adds (or pin it to a node where you have claimed devices of that model)"
+)
 POOL_OWNER = (
     "pcideviceclaim {name} can only join a resource pool of one owner; node {node} pools devices {model} and "
     "pcideviceclaim {other_claim} belongs to {other}; set spec.disableResourcePooling: true or ask {other}"

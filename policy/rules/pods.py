@@ -5,6 +5,8 @@ Every container, init and ephemeral container and pod-level resources are read; 
 offered under it or could be (policy.offers), so a pod cannot wait for a device before it is claimed. The webhook
 configuration sends every pod that requests an extended resource outside devices.kubevirt.io, virt-controller's
 launcher pods included, so ordinary pods and the launchers of VMs without host devices never wait on the webhook.
+A launcher pod is judged once more for the requester recorded on its VMI (a `use` revoked since the VMI was made,
+a migration's new launcher long after), as the very last gate before the kubelet.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 
 from policy import decision, hostdevices, messages, offers
 from policy.decision import Decision
+from policy.hostdevices import HostDevice
 from policy.objects import OwnerReference
 from policy.rules import vmlike
 from policy.rules.context import Context
@@ -43,7 +46,12 @@ def validate(ctx: Context) -> Decision:
         else:
             have = Counter(vmlike.ours(view, vmlike.expanded(view, vmi)))
             if not Counter(wanted) - have:
-                return decision.allow()
+                if vmi.requester is None:
+                    return decision.allow()  # a VMI from before the webhook recorded requesters (its launcher moves)
+                # the pod is what the kubelet hands devices to: `use` may have been revoked since the VMI was made
+                entries = [HostDevice(hostdevices.RESOURCES_FIELD, "", res) for res in wanted]
+                judged = vmlike.plan(ctx, vmi, entries, vmi.requester)
+                return judged if isinstance(judged, Decision) else decision.allow()
             why = f" beyond those of virtualmachineinstance {messages.shown(vmi.name)}"
     return decision.deny(
         "A12",

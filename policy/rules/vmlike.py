@@ -78,6 +78,16 @@ def validate(ctx: Context, kind: str) -> Decision:
     plan = _plan(ctx, workload, entries, traced, strict=not _made_for_owner(ctx, workload))
     if isinstance(plan, Decision):
         return plan
+    if plan.pin and kind in hostdevices.POD_SPEC_PATHS and workload.node != plan.node:
+        return decision.deny(
+            "pool",
+            messages.POOL_PIN.format(
+                kind=kind.lower(),
+                name=messages.shown(workload.name),
+                node=messages.shown(plan.node),
+                pinned=messages.shown(workload.node) if workload.node else "no node",
+            ),
+        )
     return decision.allow(holds=plan.holds)
 
 
@@ -97,7 +107,7 @@ def mutate(ctx: Context, kind: str) -> Decision:
     mine = ours(ctx.view, entries)
     traced = requester(ctx, workload)
     ops = record_ops(obj, expected_record(traced)) if kind in HOLDER_KINDS else []
-    if kind in hostdevices.POD_SPEC_PATHS and kind != hostdevices.VMI and not _made_for_owner(ctx, workload):
+    if kind in hostdevices.POD_SPEC_PATHS and not _made_for_owner(ctx, workload):
         if mine and isinstance(traced, Requester):
             plan = _plan(ctx, workload, entries, traced, strict=False)
             if isinstance(plan, Plan):
@@ -135,6 +145,7 @@ def subject(ctx: Context, kind: str) -> tuple[Workload, Mapping[str, Any]] | Dec
             and hostdevices.device_set(old) == hostdevices.device_set(obj)
             and hostdevices.instancetype_of(old) == hostdevices.instancetype_of(obj)
             and record_value(old) == record_value(obj)
+            and hostdevices.scheduling(old) == hostdevices.scheduling(obj)
         ):
             return None
     try:

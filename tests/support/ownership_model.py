@@ -163,20 +163,34 @@ class Cluster:
         return decision, obj
 
     def ours(self, name: str) -> set[str]:
-        """The device objects a resource name of ours resolves to now (what the kubelet could hand out under it)."""
+        """The devices the kubelet could hand out under a resource name now: claimed ones offered under it (the
+        agent runs a device plugin for claimed devices only)."""
         view = ClusterIndex.from_objects(self.view_objects())
-        return {d.name for d in offers.resolve(view, name).offered}
+        claimed = {device_name(i) for i in self.claims}
+        return {d.name for d in offers.resolve(view, name).offered if d.name in claimed}
 
     # -- the oracle ---------------------------------------------------------------------------------------------
 
     def judge(self, kind: str, obj: Mapping[str, Any], asked_by: str) -> bool:
-        """Would the oracle allow `asked_by` what `obj`'s own entries ask for, here and now?"""
+        """Would the oracle allow `asked_by` what `obj`'s own entries ask for, here and now?
+
+        A name offered by one device asks for that device. A pooled name asks for whichever claimed device of the
+        pool the kubelet of the node it runs on hands out: on every node the object could be scheduled to (worked
+        out here, independently of the policy's own reading of pins), every claimed device of that name must be one
+        the requester may use. Objects without a pod template (instancetypes) are judged through their VMs.
+        """
         namespace = str(obj["metadata"].get("namespace", ""))
-        wanted = self.asked_names(kind, obj)
-        for name in wanted:
-            for dev in self.ours(name):
-                if not self.may_use(asked_by, dev, namespace):
+        nodes = _schedulable_nodes(kind, obj)
+        for name in set(self.asked_names(kind, obj)):
+            devices = self.ours(name)
+            if len(devices) == 1:
+                if not self.may_use(asked_by, next(iter(devices)), namespace):
                     return False
+                continue
+            for i in self.claims:
+                if device_name(i) in devices and CATALOG[i][0] in nodes:
+                    if not self.may_use(asked_by, device_name(i), namespace):
+                        return False
         return True
 
     @staticmethod
@@ -188,9 +202,17 @@ class Cluster:
         return []
 
     def store(self, kind: str, obj: dict[str, Any], asked_by: str) -> None:
+        """Keep an admitted object; judge it when it asks for something new (an update that leaves its names and
+        where it may run as they were asks for nothing new: it keeps its verdict, as the policy does)."""
         namespace = str(obj["metadata"].get("namespace", ""))
         key = (kind, f"{namespace}/{obj['metadata']['name']}")
-        allowed = self.judge(kind, obj, asked_by)
+        before = self.objects.get(key)
+        same = before is not None and (
+            sorted(self.asked_names(kind, before.obj)) == sorted(self.asked_names(kind, obj))
+            and _schedulable_nodes(kind, before.obj) == _schedulable_nodes(kind, obj)
+            and before.asked_by == asked_by
+        )
+        allowed = before.allowed if same and before is not None else self.judge(kind, obj, asked_by)
         self.objects[key] = Stored(obj, asked_by, allowed)
         self.admitted[kind] += 1
         if not allowed:
@@ -235,6 +257,31 @@ class Cluster:
 
     def stored_vms(self) -> list[Stored]:
         return [s for (k, _), s in sorted(self.objects.items()) if k == "VirtualMachine"]
+
+
+def _schedulable_nodes(kind: str, obj: Mapping[str, Any]) -> set[str]:
+    """The nodes a pod made from obj could land on, from its required node-affinity terms on metadata.name only
+    (other expressions are assumed to match: the oracle errs towards more nodes). No pod template: none."""
+    path = hostdevices.POD_SPEC_PATHS.get(kind)
+    if path is None:
+        return set()
+    cursor: Any = obj
+    for key in path:
+        cursor = cursor.get(key) if isinstance(cursor, Mapping) else None
+    affinity = (cursor or {}).get("affinity") or {}
+    terms = ((affinity.get("nodeAffinity") or {}).get("requiredDuringSchedulingIgnoredDuringExecution") or {}).get(
+        "nodeSelectorTerms"
+    ) or []
+    if not terms:
+        return set(NODES)
+    out: set[str] = set()
+    for term in terms:
+        allowed = set(NODES)
+        for expr in term.get("matchFields") or []:
+            if expr.get("key") == "metadata.name" and expr.get("operator") == "In":
+                allowed &= set(expr.get("values") or [])
+        out |= allowed
+    return out
 
 
 def entries_for(indexes: list[int], form: str) -> list[tuple[str, str]]:

@@ -6,6 +6,7 @@ the same machine for longer (nightly)."""
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import pytest
@@ -48,12 +49,12 @@ class OwnershipMachine(RuleBasedStateMachine):
 
     @initialize()
     def start(self) -> None:
-        """alice has claimed two devices and may use them; bob may use one of them in his namespace."""
-        self.c.discovered.update({0, 1})
-        for i in (0, 1):
+        """alice has claimed two devices on n1 and one on n2 and may use them; bob may use the one on n2."""
+        self.c.discovered.update({0, 1, 2})
+        for i in (0, 1, 2):
             self.c.use.add((om.ALICE, om.device_name(i), om.NAMESPACE[om.ALICE]))
             self.claim(om.ALICE, i)
-        self.c.use.add((om.BOB, om.device_name(1), om.NAMESPACE[om.BOB]))
+        self.c.use.add((om.BOB, om.device_name(2), om.NAMESPACE[om.BOB]))
 
     # -- agents, the admin, the cluster controller ---------------------------------------------------------------
 
@@ -102,6 +103,14 @@ class OwnershipMachine(RuleBasedStateMachine):
         if forge:
             obj = vms.recorded(obj, om.ALICE)  # an attacker writes the record herself
         self._ask("VirtualMachine", obj, who)
+
+    @rule(data=st.data(), who=USERS, form=st.sampled_from(["per-device", "pooled"]), via=VIA)
+    def create_vm_with_usable_devices(self, data: st.DataObject, who: str, form: str, via: str) -> None:
+        """A request that can succeed (devices the user may use in her namespace), so later steps build on it."""
+        ns = om.NAMESPACE[who]
+        usable = sorted(i for i in range(len(om.CATALOG)) if (who, om.device_name(i), ns) in self.c.use)
+        if usable:
+            self.create_vm(who, [data.draw(st.sampled_from(usable))], form, via, False)
 
     @rule(who=ACTORS, cluster=st.booleans(), idx=DEVICES, form=FORMS, slot=st.integers(0, 1), delete=st.booleans())
     def write_instancetype(self, who: str, cluster: bool, idx: list[int], form: str, slot: int, delete: bool) -> None:
@@ -220,6 +229,23 @@ class OwnershipMachine(RuleBasedStateMachine):
         forged = vms.recorded(old, om.ALICE)
         self._ask("VirtualMachine", forged, who, old=old)
 
+    @rule(data=st.data(), who=USERS, node=st.sampled_from(om.NODES), shape=st.sampled_from(["replace", "or"]))
+    def repin_an_own_vm(self, data: st.DataObject, who: str, node: str, shape: str) -> None:
+        """Pooled pins as an attacker edits them: re-pin to another node, or OR a second term for it."""
+        mine = [s for s in self.c.stored_vms() if s.obj["metadata"]["namespace"] == om.NAMESPACE[who]]
+        if not mine:
+            return
+        old = data.draw(st.sampled_from(mine)).obj
+        new = copy.deepcopy(old)
+        term = {"matchFields": [{"key": "metadata.name", "operator": "In", "values": [node]}]}
+        spec = new["spec"]["template"]["spec"]
+        terms = (((spec.get("affinity") or {}).get("nodeAffinity") or {}).get(
+            "requiredDuringSchedulingIgnoredDuringExecution") or {}).get("nodeSelectorTerms") or []  # fmt: skip
+        terms = [term] if shape == "replace" else [*terms, term]
+        spec["affinity"] = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+            "nodeSelectorTerms": terms}}}  # fmt: skip
+        self._ask("VirtualMachine", new, who, old=old)
+
     @rule(data=st.data())
     def delete_a_vm(self, data: st.DataObject) -> None:
         candidates = self.c.stored_vms()
@@ -251,7 +277,7 @@ def test_the_machine_admits_the_owners_own_flow(seed: int) -> None:
     """A fixed run: the model lets the owner claim, use and start her device (the search is not vacuous)."""
     m = OwnershipMachine()
     m.start()
-    assert m.c.claims == {0: om.ALICE, 1: om.ALICE}
+    assert m.c.claims == {0: om.ALICE, 1: om.ALICE, 2: om.ALICE}
     m.create_vm(om.ALICE, [0], "per-device", "hostDevices", False)
     assert m.c.admitted["VirtualMachine"] == 1
     vm = m.c.stored_vms()[0]
