@@ -107,8 +107,9 @@ class Workload:
         if not isinstance(obj, Mapping):
             raise MalformedObject("object must be an object")
         kind = obj.get("kind")
-        if kind not in DEVICE_PATHS:
+        if not isinstance(kind, str) or kind not in DEVICE_PATHS:
             raise MalformedObject(f"kind {kind!r} has no host devices")
+        _check_instancetype(obj)
         meta = _mapping(obj.get("metadata"), "metadata")
         name, namespace = meta.get("name"), meta.get("namespace") or ""
         if not isinstance(name, str) or not name or not isinstance(namespace, str):
@@ -148,7 +149,9 @@ class Workload:
 def host_devices(obj: Mapping[str, Any]) -> tuple[HostDevice, ...]:
     """The sorted `hostDevices`, `gpus` and `domain.resources` entries of obj (of a kind in DEVICE_PATHS);
     MalformedObject if misshapen."""
-    kind = str(obj.get("kind"))
+    kind = obj.get("kind")
+    if not isinstance(kind, str) or kind not in DEVICE_PATHS:
+        raise MalformedObject(f"kind {kind!r} has no host devices")
     devices = _dig(obj, DEVICE_PATHS[kind])
     out: list[HostDevice] = []
     for field in FIELDS:
@@ -201,6 +204,18 @@ def device_set(obj: Mapping[str, Any] | None) -> tuple[str, ...] | None:
         return tuple(sorted(d.device_name for d in host_devices(obj)))
     except MalformedObject:
         return None
+
+
+def _check_instancetype(obj: Mapping[str, Any]) -> None:
+    """MalformedObject when the instancetype reference is there but not shaped as a matcher: read as absent, it
+    would hide the devices it brings."""
+    path = INSTANCETYPE_PATHS.get(str(obj.get("kind")))
+    if path is None:
+        return
+    matcher = _dig(obj, path)
+    for key in ("name", "kind", "revisionName"):
+        if matcher.get(key) is not None and not isinstance(matcher.get(key), str):
+            raise MalformedObject(f"instancetype.{key} must be a string")
 
 
 def instancetype_of(obj: Mapping[str, Any]) -> tuple[str, str] | None:
@@ -272,24 +287,31 @@ def scheduling(obj: Mapping[str, Any] | None) -> str:
 
 def pod_resources(pod: Mapping[str, Any]) -> tuple[str, ...]:
     """The extended-resource names a pod asks for, once per unit: every container, init and ephemeral container,
-    and pod-level resources (sorted; a malformed part is skipped, the API server rejects it anyway)."""
+    and pod-level resources (sorted); MalformedObject when a part the kubelet reads is not shaped as the API says
+    (the API server never sends such a pod, but a part read as absent must never hide a request)."""
     spec = pod.get("spec")
-    if not isinstance(spec, Mapping):
+    if spec is None:
         return ()
+    if not isinstance(spec, Mapping):
+        raise MalformedObject("spec must be an object")
     found: list[str] = []
     parts: list[Any] = [spec.get("resources")]
     for key in ("containers", "initContainers", "ephemeralContainers"):
         containers = spec.get(key)
-        for c in containers if isinstance(containers, list) else ():
-            parts.append(c.get("resources") if isinstance(c, Mapping) else None)
+        if containers is None:
+            continue
+        if not isinstance(containers, list):
+            raise MalformedObject(f"spec.{key} must be a list")
+        for c in containers:
+            if not isinstance(c, Mapping):
+                raise MalformedObject(f"spec.{key}[] must be objects")
+            parts.append(c.get("resources"))
     for resources in parts:
+        if resources is None:
+            continue
         if not isinstance(resources, Mapping):
-            continue
-        try:
-            units = extended_resources(resources)
-        except MalformedObject:
-            continue
-        for name, n in units.items():
+            raise MalformedObject("resources must be an object")
+        for name, n in extended_resources(resources).items():
             found.extend([name] * n)
     return tuple(sorted(found))
 

@@ -461,7 +461,11 @@ def build_requests(
         if meta.get("deletionTimestamp") or (pod.get("status") or {}).get("phase") in _FINISHED_PHASES:
             continue
         request = Request(POD, str(meta.get("namespace", "")), str(meta.get("name", "")), None, launcher_uid(pod))
-        for resource in set(hostdevices.pod_resources(pod)):
+        try:
+            asked = set(hostdevices.pod_resources(pod))
+        except MalformedObject:
+            continue  # the API server never stores such a pod
+        for resource in asked:
             found.setdefault(resource, set()).add(request)
     return ClusterRequests({k: tuple(sorted(v)) for k, v in sorted(found.items())}, vmis, tuple(sorted(unreadable)))
 

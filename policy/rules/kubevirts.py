@@ -147,7 +147,10 @@ def _entries(obj: Mapping[str, Any]) -> dict[str, Counter[str]] | Decision:
         raw = permitted.get(section) if isinstance(permitted, Mapping) else None
         if raw is None:
             raw = []
-        if not isinstance(raw, list) or not all(isinstance(e, Mapping) for e in raw):
+        shaped = isinstance(raw, list) and all(
+            isinstance(e, Mapping) and isinstance(e.get("resourceName", ""), str) for e in raw
+        )
+        if not shaped:
             return decision.malformed(
                 messages.KUBEVIRT_MALFORMED.format(
                     name=messages.shown(_name(obj)),

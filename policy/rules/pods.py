@@ -18,7 +18,7 @@ from typing import Any
 from policy import decision, hostdevices, messages, offers
 from policy.decision import Decision
 from policy.hostdevices import HostDevice
-from policy.objects import OwnerReference
+from policy.objects import MalformedObject, OwnerReference
 from policy.rules import vmlike
 from policy.rules.context import Context
 
@@ -31,7 +31,13 @@ def validate(ctx: Context) -> Decision:
     if isinstance(obj, Decision):
         return obj
     view = ctx.view
-    wanted = [res for res in hostdevices.pod_resources(obj) if offers.is_ours(view, res)]
+    try:
+        asked = hostdevices.pod_resources(obj)
+    except MalformedObject as e:
+        return decision.malformed(
+            messages.MALFORMED_OBJECT.format(kind="pod", name=messages.shown(r.name), problem=e)
+        )
+    wanted = [res for res in asked if offers.is_ours(view, res)]
     if not wanted:
         return decision.allow()
     raw_meta = obj.get("metadata")
