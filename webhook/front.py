@@ -180,11 +180,15 @@ class Front:
 
     def _sweep(self) -> None:
         assert self.loop is not None
+        self._sweeper = self.loop.call_later(self.limits.sweep_s, self._sweep)
         now = self.loop.time()
         for conn in [c for c in self.connections if c.deadline < now]:
-            conn.expire()
+            try:
+                conn.expire()
+            except Exception:  # one connection must never stop the deadlines of all the others
+                log.error("closing a connection past its deadline failed", exc_info=True)
+                conn.abort()
         self.observer.open_connections(len(self.connections))
-        self._sweeper = self.loop.call_later(self.limits.sweep_s, self._sweep)
 
     def close_listeners(self) -> None:
         """Stop accepting and close idle keep-alive connections; requests under way finish (graceful stop)."""
@@ -603,8 +607,11 @@ class Connection(asyncio.Protocol):
         assert self.front.loop is not None
         self.deadline = self.front.loop.time() + _LINGER_S
         if self.transport is not None:
-            if self.transport.can_write_eof():
+            try:
                 self.transport.write_eof()
+            except OSError:  # the client is gone already
+                self.abort()
+                return
             self.transport.resume_reading()
 
     def abort(self) -> None:
