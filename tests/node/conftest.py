@@ -22,7 +22,7 @@ import pytest
 
 from nodeagent.settings import LABEL_OBSERVE_ONLY
 from tests.support.controlplane import Binaries, BinariesMissing, ControlPlane
-from tests.support.node import Node, NodeBinaries, Sandbox
+from tests.support.node import REPORT_KEY, Node, NodeBinaries, Sandbox
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "harvester-pcidevices-controller"
@@ -36,7 +36,7 @@ CONTROLLERS = (
     "node-lifecycle-controller",  # removes the not-ready taint a new node registers with
 )  # fmt: skip
 
-_REPORT = pytest.StashKey[list[str]]()
+_REPORT = REPORT_KEY  # one key: test modules import this file under another name than pytest's conftest
 
 
 def report(config: pytest.Config, line: str) -> None:

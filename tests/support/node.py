@@ -44,6 +44,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tests.support.controlplane import (
@@ -56,6 +57,9 @@ from tests.support.controlplane import (
 )
 
 log = logging.getLogger(__name__)
+
+REPORT_KEY = pytest.StashKey[list[str]]()
+"""Where the node tier collects the figures it prints at the end (in this module: it is imported only once)."""
 
 CLONE_NEWNET = 0x40000000
 CGROUP_V1 = Path("/sys/fs/cgroup")
