@@ -567,8 +567,9 @@ class Connection(asyncio.Protocol):
             return
         self.front.observer.closed(PHASE_NAMES[self.phase])
         if self.phase in (HEAD, BODY):
+            # A 408 for whoever debugs the client, then closed at once: a client this slow is not owed a linger.
             self._send(_simple(408, b"request timeout\n"))
-            self.linger()
+            self.close()
         elif self.phase == IDLE:
             self.close()
         else:
