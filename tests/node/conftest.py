@@ -112,7 +112,7 @@ def chart_values(node: Node) -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def installed(pytestconfig: pytest.Config) -> Iterator[Installed]:
+def installed(pytestconfig: pytest.Config, request: pytest.FixtureRequest) -> Iterator[Installed]:
     missing = [p for p in ("unshare", "nsenter", "ip", "iptables") if shutil.which(p) is None]
     try:
         if missing:
@@ -147,3 +147,8 @@ def installed(pytestconfig: pytest.Config) -> Iterator[Installed]:
                 inst.install_ready_s = time.monotonic() - started + inst.wait_all_ready()
                 report(pytestconfig, f"helm install -> every pod Running and Ready in {inst.install_ready_s:.1f}s")
                 yield inst
+    # The node's images and containers take ~1 GB: kept (with every log) only when a test failed.
+    if request.session.testsfailed:
+        report(pytestconfig, f"kept for inspection: {workdir} (logs in cp/, pod logs in node/pod-logs/)")
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
