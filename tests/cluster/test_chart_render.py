@@ -189,6 +189,38 @@ def test_the_webhook_runs_two_spread_non_root_replicas_on_a_read_only_root_with_
     assert pdb["spec"]["minAvailable"] == 1
 
 
+def test_the_webhook_gets_its_connection_deadlines_and_bound_from_values(render: Render) -> None:
+    from webhook.settings import WebhookSettings
+
+    env = _env(_one(render(), "Deployment", "pcidevices-webhook")["spec"]["template"]["spec"]["containers"][0])
+    defaults = WebhookSettings()
+    assert float(env["PCIDEVICES_WEBHOOK_HANDSHAKE_TIMEOUT_S"]) == defaults.handshake_timeout_s
+    assert float(env["PCIDEVICES_WEBHOOK_HEADER_TIMEOUT_S"]) == defaults.header_timeout_s
+    assert float(env["PCIDEVICES_WEBHOOK_BODY_TIMEOUT_S"]) == defaults.body_timeout_s
+    assert int(env["PCIDEVICES_WEBHOOK_MAX_CONNECTIONS"]) == defaults.max_connections
+    changed = render("webhook.connections.headerTimeoutSeconds=3", "webhook.connections.maxConnections=512")
+    env = _env(_one(changed, "Deployment", "pcidevices-webhook")["spec"]["template"]["spec"]["containers"][0])
+    assert env["PCIDEVICES_WEBHOOK_HEADER_TIMEOUT_S"] == "3" and env["PCIDEVICES_WEBHOOK_MAX_CONNECTIONS"] == "512"
+
+
+def test_the_webhook_network_policy_is_off_by_default_and_admits_only_the_listed_peers_on_its_port(
+    render: Render, binaries: Binaries
+) -> None:
+    assert not [d for d in render() if d["kind"] == "NetworkPolicy"]
+    docs = render("webhook.networkPolicy.enabled=true", "webhook.networkPolicy.from[0].ipBlock.cidr=10.0.0.0/24")
+    policy = _one(docs, "NetworkPolicy", "pcidevices-webhook")
+    deploy = _one(docs, "Deployment", "pcidevices-webhook")
+    assert policy["metadata"]["namespace"] == NS
+    assert policy["spec"]["podSelector"]["matchLabels"] == deploy["spec"]["selector"]["matchLabels"]
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    (rule,) = policy["spec"]["ingress"]
+    assert rule["ports"] == [{"protocol": "TCP", "port": 8443}]
+    assert rule["from"] == [{"ipBlock": {"cidr": "10.0.0.0/24"}}]
+    # enabled without peers would admit everyone on the port (an ingress rule without `from`): refused
+    proc = _helm(binaries, "template", "p", str(CHART), "-n", NS, "--set", "webhook.networkPolicy.enabled=true")
+    assert proc.returncode != 0 and "webhook.networkPolicy.from" in proc.stderr
+
+
 def test_policy_values_reach_the_webhook_and_the_agent(render: Render) -> None:
     docs = render("policy.enforce.claim=false", "policy.resourceNames=pooled")
     webhook_env = _env(_one(docs, "Deployment", "pcidevices-webhook")["spec"]["template"]["spec"]["containers"][0])
