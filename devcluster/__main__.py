@@ -10,6 +10,8 @@ Settings: PCIDEVICES_RUN_DIR (default ~/.cache/pcidevices/run; emptied at start)
 
 from __future__ import annotations
 
+import argparse
+import json
 import logging
 import os
 import re
@@ -37,16 +39,16 @@ def _local_node_name() -> str:
     return name[:63] or "this-machine"
 
 
-def _examples(directory: Path, sim: str) -> dict[str, Path]:
+def _examples(directory: Path, sim: str, sim2: str = "") -> dict[str, Path]:
     from policy import names
 
     directory.mkdir(parents=True, exist_ok=True)
 
-    def claim(address: str, user: str) -> str:
+    def claim(address: str, user: str, node: str = sim) -> str:
         return (
             f"apiVersion: {names.API_VERSION}\nkind: PCIDeviceClaim\n"
-            f"metadata:\n  name: {names.pcidevice_name(sim, address)}\n"
-            f"spec:\n  address: \"{address}\"\n  nodeName: {sim}\n  userName: {user}\n"
+            f"metadata:\n  name: {names.pcidevice_name(node, address)}\n"
+            f"spec:\n  address: \"{address}\"\n  nodeName: {node}\n  userName: {user}\n"
         )
 
     files = {
@@ -59,6 +61,11 @@ def _examples(directory: Path, sim: str) -> dict[str, Path]:
             "        resources:\n          requests:\n            memory: 1Gi\n"
         ),
     }
+    if sim2:
+        files["claim-gpu-2"] = claim(GPU, "alice", sim2)
+        files["repin"] = json.dumps({"spec": {"template": {"spec": {"affinity": {"nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{"matchFields": [
+                {"key": "metadata.name", "operator": "In", "values": [sim2]}]}]}}}}}}})  # fmt: skip
     out = {}
     for name, text in files.items():
         path = directory / f"{name}.yaml"
@@ -94,10 +101,15 @@ def _people(cp: ControlPlane) -> dict[str, Path]:
     return {"alice": alice.kubeconfig, "bob": bob.kubeconfig}
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
+    parser = argparse.ArgumentParser(prog="scripts/run", description="the whole system on this machine")
+    parser.add_argument("--pooled", action="store_true",
+                        help="policy.resourceNames=pooled, with a second simulated node sharing the GPU model")
+    args = parser.parse_args(argv)
     workdir = Path(os.environ.get("PCIDEVICES_RUN_DIR") or Path.home() / ".cache" / "pcidevices" / "run")
     sim = os.environ.get("PCIDEVICES_SIM_NODE", "sim-node-1")
+    sim2 = "sim-node-2" if args.pooled else ""
     local = _local_node_name()
     if workdir.exists():
         shutil.rmtree(workdir)
@@ -115,17 +127,20 @@ def main() -> int:
         cp.start()
         _kubevirt_objects(cp)
         _say("helm install harvester-pcidevices-controller (webhook configurations -> 127.0.0.1)")
-        stack.install()
+        stack.install(*(["policy.resourceNames=pooled"] if args.pooled else []))
         _say("starting the webhook, the cluster controller and two node agents")
         webhook = stack.start_webhook()
         controller = stack.start_controller()
         sim_agent = stack.start_node(sim, simulated=True)
+        sim2_agent = stack.start_node(sim2, simulated=True) if sim2 else None
         local_agent = stack.start_node(local, simulated=False)
         stack.wait_admitting(webhook)
         stack.wait_devices(sim, sim_agent)
+        if sim2_agent is not None:
+            stack.wait_devices(sim2, sim2_agent)
         stack.wait_devices(local, local_agent)
         people = _people(cp)
-        ex = _examples(workdir / "examples", sim)
+        ex = _examples(workdir / "examples", sim, sim2)
     except BaseException as e:
         _say(f"start failed: {e}")
         stack.stop()
@@ -134,6 +149,22 @@ def main() -> int:
 
     from policy import names
 
+    pooled_line = (
+        f"\n  agent {sim2:<18} pid {sim2_agent.popen.pid}  a second simulated node with the same GPU model"
+        if sim2_agent is not None
+        else ""
+    )
+    pooled_try = (
+        f"""
+Pooled names (policy.resourceNames=pooled): both simulated nodes pool their GPUs under one name.
+  kubectl $ALICE create -f {ex['claim-gpu-2']}  # alice's GPU on {sim2}
+  sed "s#RESOURCE_NAME#$RES#" {ex['vm']} | kubectl $ALICE apply -f -
+  kubectl get vm -n vms gpu-vm -o jsonpath='{{.spec.template.spec.affinity}}'   # pinned to the node of its pool
+  kubectl $ALICE -n vms patch vm gpu-vm --type=merge -p "$(cat {ex['repin']})"   # another node: judged again
+"""
+        if sim2
+        else ""
+    )
     admin = cp.admin_kubeconfig
     kubectl = binaries.kubectl
     gpu = names.pcidevice_name(sim, GPU)
@@ -144,7 +175,7 @@ Running (logs in {stack.workdir / 'logs'}):
   webhook                  https://127.0.0.1:{stack.webhook_port}  pid {webhook.popen.pid}
   cluster controller       {f'pid {controller.popen.pid}' if controller else 'not in this checkout'}
   agent {local:<18} pid {local_agent.popen.pid}  THIS machine, discovery only: it never binds a device
-  agent {sim:<18} pid {sim_agent.popen.pid}  simulated node (synthetic devices, simulated kernel)
+  agent {sim:<18} pid {sim_agent.popen.pid}  simulated node (synthetic devices, simulated kernel){pooled_line}
 
 export KUBECONFIG={admin}
 alias kubectl={kubectl}
@@ -159,12 +190,12 @@ Try:
   RES=$(kubectl get pd {gpu} -o jsonpath='{{.status.resourceName}}')
   sed "s#RESOURCE_NAME#$RES#" {ex['vm']} | kubectl $ALICE apply -f -
   kubectl get vm -n vms gpu-vm -o yaml
-
+{pooled_try}
 Ctrl-C stops everything.
 {READY}""",
         flush=True,
     )
-    procs = [p for p in (webhook, controller, sim_agent, local_agent) if p is not None]
+    procs = [p for p in (webhook, controller, sim_agent, sim2_agent, local_agent) if p is not None]
     while not stop.wait(1.0):
         dead = [p for p in procs if not p.running()]
         if dead:

@@ -62,6 +62,10 @@ AGENT_NAME_FORM = (
     "{kind} {name} can only be written by the node agent of its own node; the name does not have the form "
     "{expected} of node {agent_node}"
 )
+AGENT_RESOURCE_NAME = (
+    "{kind} {name} can only be offered by its agent under its own names; {user} set {field} to {value}, but it may "
+    "be {allowed}; a name of another node's device is never this device's"
+)
 AGENT_CLAIM_CHANGE = (
     "{kind} {name} can only have the finalizer {finalizer} and its status changed by a node agent; "
     "{user} also changed {what}"
@@ -164,6 +168,10 @@ OWNER_IMMUTABLE = "{kind} {name} can only keep its owner; the annotation {annota
 ADOPTED_ANNOTATION = (
     "{kind} {name} can only carry the annotation {annotation} as the takeover set it when it adopted the claim from "
     "upstream (it keeps the pooled resource name); {user} added, changed or removed it"
+)
+CLAIM_METADATA = (
+    "{kind} {name} can only have its {fields} changed by its owner {owner} (or the cluster controller, the takeover "
+    "and cluster-admins); {user} is not its owner; ask {owner}"
 )
 OWNER_REFERENCES_IMMUTABLE = "{kind} {name} can only keep the ownerReferences it was created with; they changed"
 FINALIZER_REMOVAL = (

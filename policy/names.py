@@ -162,6 +162,35 @@ def shortened_node_prefix(node: str) -> str:
     return (node + "-")[: NAME_PART_LIMIT - 11].rstrip("-.")
 
 
+def is_pooled_shape(resource_name: str) -> bool:
+    """A name as `pci_resource_name` makes them: `<vendor>.com/<PRODUCT>`; its product part never has a '-'
+    (`product_part` keeps only letters, digits, `_` and `.`), which every per-device name has."""
+    vendor, _, product = resource_name.partition("/")
+    return bool(vendor) and bool(product) and "-" not in product and "/" not in product
+
+
+def per_device_name_from(pooled: str, device_name: str) -> str:
+    """The per-device name a PCI device whose model's pooled name is `pooled` is offered under."""
+    vendor = pooled.split("/", 1)[0] if "/" in pooled else UNKNOWN_VENDOR_PART
+    return f"{vendor}/{shorten_name_part(device_name)}"
+
+
+def pci_may_carry(device_name: str, pooled: str, resource_name: str) -> bool:
+    """Whether a PCI device may be offered under `resource_name`: its own per-device name, or its model's pooled
+    name. An agent chooses neither for another node's device (A10: names are node-bound), so the cluster view never
+    joins two nodes' devices under a name one agent wrote."""
+    if not resource_name:
+        return True
+    if pooled:
+        return resource_name in (pooled, per_device_name_from(pooled, device_name))
+    own = resource_name.partition("/")[2] == shorten_name_part(device_name)
+    return own or is_pooled_shape(resource_name)
+
+
+def usb_may_carry(device_name: str, resource_name: str) -> bool:
+    return not resource_name or resource_name == usb_resource_name(device_name)
+
+
 def resource_env_var(prefix: str, resource_name: str) -> str:
     """KubeVirt's variable for a resource: `PCI_RESOURCE_` + upper-case name with `/` and `.` as `_`."""
     return f"{prefix}_{resource_name.upper().replace('/', '_').replace('.', '_')}"

@@ -378,7 +378,7 @@ class ClusterIndex:
         self._count_node(view, +1)
         if isinstance(view, PCIDevice | USBDevice) and len(view.name) > names.NAME_PART_LIMIT:
             self._short_parts[names.shorten_name_part(view.name)] = view.name
-        if isinstance(view, PCIDevice) and view.pooled_resource_name:
+        if isinstance(view, PCIDevice) and names.is_pooled_shape(view.pooled_resource_name):
             pk = (view.pooled_resource_name, f"{view.vendor_id}:{view.device_id}")
             self._pooled[pk] = self._pooled.get(pk, 0) + 1
             self._pooled_models.add(*pk)
@@ -387,16 +387,18 @@ class ClusterIndex:
             self._pci_by_model.add((view.node_name, view.vendor_id, view.device_id), view.name)
             if view.iommu_group:
                 self._pci_by_group.add((view.node_name, view.iommu_group), view.name)
-            self._add_resource("PCIDevice", view.name, view.resource_name)
+            if _carries(view):
+                self._add_resource("PCIDevice", view.name, view.resource_name)
         elif isinstance(view, USBDevice):
             if view.pci_address:
                 self._usb_by_controller.add((view.node_name, view.pci_address), view.name)
-            self._add_resource("USBDevice", view.name, view.resource_name)
+            if _carries(view):
+                self._add_resource("USBDevice", view.name, view.resource_name)
         elif isinstance(view, PCIDeviceClaim | USBDeviceClaim):
             self._claims_by_owner[kind].add(view.owner, view.name)
             device_kind = "PCIDevice" if kind == "PCIDeviceClaim" else "USBDevice"
             device: Device | None = (self._pci if device_kind == "PCIDevice" else self._usb).get(view.name)
-            if device is not None and device.resource_name:
+            if device is not None and device.resource_name and _carries(device):
                 self._claimed_by_resource[device_kind].add(device.resource_name, view.name)
 
     def _add_resource(self, device_kind: str, name: str, resource_name: str) -> None:
@@ -425,7 +427,7 @@ class ClusterIndex:
         self._count_node(view, -1)
         if isinstance(view, PCIDevice | USBDevice) and len(view.name) > names.NAME_PART_LIMIT:
             self._short_parts.pop(names.shorten_name_part(view.name), None)
-        if isinstance(view, PCIDevice) and view.pooled_resource_name:
+        if isinstance(view, PCIDevice) and names.is_pooled_shape(view.pooled_resource_name):
             pk = (view.pooled_resource_name, f"{view.vendor_id}:{view.device_id}")
             left = self._pooled.get(pk, 0) - 1
             if left > 0:
@@ -461,6 +463,14 @@ class ClusterIndex:
             self._device_nodes[view.node_name] = left
         else:
             self._device_nodes.pop(view.node_name, None)
+
+
+def _carries(device: Device) -> bool:
+    """A device is indexed under its resourceName only when it may carry it (names are node-bound: an agent that
+    writes another node's per-device name makes its device offered under nothing)."""
+    if isinstance(device, PCIDevice):
+        return names.pci_may_carry(device.name, device.pooled_resource_name, device.resource_name)
+    return names.usb_may_carry(device.name, device.resource_name)
 
 
 def _instancetype_ref(w: Workload) -> str:

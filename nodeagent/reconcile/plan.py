@@ -172,8 +172,7 @@ def effective_resource_name(
     """
     if adopted or (mode == "pooled" and not disable_pooling):
         return pooled
-    vendor = pooled.split("/", 1)[0] if "/" in pooled else names.UNKNOWN_VENDOR_PART
-    return f"{vendor}/{names.shorten_name_part(device_name)}"
+    return names.per_device_name_from(pooled, device_name)
 
 
 # -- conditions and claim status ----------------------------------------------------------------------------------

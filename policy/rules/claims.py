@@ -16,7 +16,7 @@ from policy.objects import FINALIZER_AGENT, Claim, Device, MalformedObject, Meta
 from policy.rules import vmlike
 from policy.rules.context import Context
 from policy.rules.identity import Role
-from policy.takeover import ANNOTATION_ADOPTED
+from policy.takeover import ANNOTATION_ADOPTED, LEGACY_PREFIX
 
 OWNER_PATH = "/metadata/annotations/" + names.ANNOTATION_REQUESTED_BY.replace("~", "~0").replace("/", "~1")
 
@@ -150,6 +150,14 @@ def validate_update(ctx: Context, ck: ClaimKind, node_of: Callable[[Claim], str]
         return _adopted_denial(ctx, ck, old.name)
     if identity.role is not Role.GC and _meta(old_obj).get("ownerReferences") != _meta(new_obj).get("ownerReferences"):
         return decision.deny("A6", messages.OWNER_REFERENCES_IMMUTABLE.format(**f))
+    shaped = [k for k in ("labels", "finalizers") if _meta(old_obj).get(k) != _meta(new_obj).get(k)]
+    if shaped and not _may_shape(ctx, ck, old):
+        return decision.deny(
+            "A6",
+            messages.CLAIM_METADATA.format(
+                **f, fields=" and ".join(shaped), owner=messages.shown(old.owner or "(none)"), user=ctx.user
+            ),
+        )
     if FINALIZER_AGENT in old.finalizers and FINALIZER_AGENT not in new.finalizers:
         janitor = identity.role is Role.CONTROLLER and ctx.node_gone(node)
         if not janitor:
@@ -160,6 +168,23 @@ def validate_update(ctx: Context, ck: ClaimKind, node_of: Callable[[Claim], str]
                 ),
             )
     return decision.allow()
+
+
+def _may_shape(ctx: Context, ck: ClaimKind, claim: Claim) -> bool:
+    """Who may change a claim's labels and finalizers: its owner (for a legacy owner, holders of `claim` on the
+    device), the cluster controller and the garbage collector for theirs, the takeover, and cluster-admins. Anyone
+    else with update rights could keep a released device claimed with a finalizer, or relabel another owner's
+    claim's node."""
+    user = ctx.request.user
+    if ctx.identity.role in (Role.CONTROLLER, Role.MIGRATION, Role.GC):
+        return True
+    if claim.owner and claim.owner == user.username:
+        return True
+    if claim.owner.startswith(LEGACY_PREFIX) and ctx.access.allowed(
+        user, verb="claim", group=names.GROUP, resource=ck.device_resource, name=claim.name
+    ):
+        return True
+    return ctx.is_cluster_admin()
 
 
 def _validate_status(ctx: Context, f: Mapping[str, str], node: str) -> Decision:
@@ -258,7 +283,7 @@ def validate_delete(
         or not ctx.settings.enforce_release
         or ctx.access.allowed(user, verb="release", group=names.GROUP, resource=ck.device_resource, name=claim.name)
         or (
-            claim.owner.startswith("legacy:")
+            claim.owner.startswith(LEGACY_PREFIX)
             and ctx.access.allowed(user, verb="claim", group=names.GROUP, resource=ck.device_resource, name=claim.name)
         )
     )

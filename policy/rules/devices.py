@@ -19,9 +19,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from policy import decision, messages
+from policy import decision, messages, names
 from policy.decision import Decision
-from policy.objects import Claim, Device, MalformedObject
+from policy.objects import Claim, Device, MalformedObject, PCIDevice
 from policy.rules.context import Context
 from policy.rules.identity import Role
 
@@ -81,7 +81,7 @@ def _validate_write(ctx: Context, dk: DeviceKind, old_obj: Mapping[str, Any] | N
                 denial = _check_agent_object(ctx, dk, device)
                 if denial is not None:
                     return denial
-        return decision.allow()
+        return _check_agent_names(ctx, dk, new) or decision.allow()
     if role in (Role.GC, Role.MIGRATION) or ctx.is_cluster_admin():
         return decision.allow()
     verb = "created" if old is None else "changed"
@@ -155,6 +155,38 @@ def _check_agent_object(ctx: Context, dk: DeviceKind, device: Device) -> Decisio
         return None
     form = prefix + ("<address without : and .>" if dk.kind == "pcidevice" else "<vendor>-<product>-<bus><device>")
     return decision.deny("A10", messages.AGENT_NAME_FORM.format(**f, expected=messages.shown(form)))
+
+
+def _check_agent_names(ctx: Context, dk: DeviceKind, device: Device) -> Decision | None:
+    """A10, names are node-bound: an agent offers its device only under the device's own per-device name or its
+    model's pooled name, never under a name of another node's device (the view would take them for one pool)."""
+    if isinstance(device, PCIDevice):
+        pooled = device.pooled_resource_name
+        if pooled and not names.is_pooled_shape(pooled):
+            return _name_denial(ctx, dk, device, "status.pooledResourceName", pooled, "<vendor>.com/<PRODUCT>")
+        if not names.pci_may_carry(device.name, pooled, device.resource_name):
+            own = names.per_device_name_from(pooled, device.name) if pooled else f"<vendor>/{device.name}"
+            return _name_denial(ctx, dk, device, "status.resourceName", device.resource_name,
+                                f"{own} or {pooled or 'its pooled name'}")  # fmt: skip
+    elif not names.usb_may_carry(device.name, device.resource_name):
+        return _name_denial(
+            ctx, dk, device, "status.resourceName", device.resource_name, names.usb_resource_name(device.name)
+        )
+    return None
+
+
+def _name_denial(ctx: Context, dk: DeviceKind, device: Device, field: str, value: str, allowed: str) -> Decision:
+    return decision.deny(
+        "A10",
+        messages.AGENT_RESOURCE_NAME.format(
+            kind=dk.kind,
+            name=messages.shown(device.name),
+            user=ctx.user,
+            field=field,
+            value=messages.shown(value),
+            allowed=messages.shown(allowed),
+        ),
+    )
 
 
 def bad_field(kind: str, name: str, field: str, form: str, value: object) -> Decision:

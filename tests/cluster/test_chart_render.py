@@ -376,7 +376,9 @@ def test_rancher_role_templates_grant_what_the_chart_user_roles_grant(render: Re
 def test_the_chart_defaults_give_the_webhook_exactly_the_policy_defaults(render: Render) -> None:
     from policy.settings import PolicySettings
 
-    env = _env(_one(render(), "Deployment", "pcidevices-webhook")["spec"]["template"]["spec"]["containers"][0])
+    # the takeover identity is the one difference: trusted only while the chart runs the takeover
+    env = _env(_one(render("takeover.enabled=true"), "Deployment", "pcidevices-webhook")["spec"]["template"]["spec"][
+        "containers"][0])  # fmt: skip
     prefix = "PCIDEVICES_POLICY_"
     policy = {k[len(prefix) :]: v for k, v in env.items() if k.startswith(prefix)}
     assert PolicySettings.from_mapping(policy) == PolicySettings()
@@ -414,3 +416,13 @@ def test_the_image_has_the_entry_points_the_chart_runs(render: Render) -> None:
     containerfile = (REPO / "Containerfile").read_text()
     assert "pci.ids" in containerfile and "usb.ids" in containerfile and "USER 65532" in containerfile
     assert 'python -c "import nodeagent.sysfs._pcifast"' in containerfile  # the image's agent scans in C
+
+
+def test_the_takeover_identity_is_trusted_only_while_the_chart_runs_the_takeover(render: Render) -> None:
+    for enabled, trusted in (("false", ""), ("true", "system:serviceaccount:harvester-system:pcidevices-takeover")):
+        docs = render(f"takeover.enabled={enabled}")
+        for workload in ("pcidevices-webhook", "pcidevices-controller"):
+            env = _env(_one(docs, "Deployment", workload)["spec"]["template"]["spec"]["containers"][0])
+            assert env["PCIDEVICES_POLICY_MIGRATION_USERNAMES"] == trusted, (workload, enabled)
+        accounts = [d["metadata"]["name"] for d in docs if d["kind"] == "ServiceAccount"]
+        assert ("pcidevices-takeover" in accounts) == (enabled == "true")

@@ -113,6 +113,7 @@ def full_pcidevice(node: str) -> dict[str, Any]:
             "iommuGroup": "45",
             "nodeName": node,
             "resourceName": f"nvidia.com/{name}",
+            "pooledResourceName": "nvidia.com/TU104GL_TESLA_T4",
             "description": "3D controller: NVIDIA Corporation TU104GL [Tesla T4]",
             "kernelDriverInUse": "vfio-pci",
             "subsystemVendorId": "10de",

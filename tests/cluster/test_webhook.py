@@ -8,6 +8,7 @@ https://127.0.0.1:<port>. The configurations come from the chart's template, ren
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import shutil
@@ -199,7 +200,14 @@ def _apply(cp: ControlPlane, obj: Any, user: KubeUser | None = None, check: bool
 
 @pytest.fixture(scope="module")
 def webhook(control_plane: ControlPlane, installed_crds: str) -> Iterator[Webhook]:
-    cp = control_plane
+    with serve_webhook(control_plane) as wh:
+        yield wh
+
+
+@contextlib.contextmanager
+def serve_webhook(cp: ControlPlane, **extra_env: str) -> Iterator[Webhook]:
+    """The webhook as its ServiceAccount behind the chart's configurations (URL mode), `extra_env` on top (e.g. a
+    policy setting); its configurations are removed when it stops."""
     cp.kubectl("create", "namespace", NS, check=False)
     _apply(cp, RBAC)
     # The webhook runs as its ServiceAccount with a token, as in a pod (bearer auth on every call it makes).
@@ -227,6 +235,7 @@ def webhook(control_plane: ControlPlane, installed_crds: str) -> Iterator[Webhoo
         "PCIDEVICES_WEBHOOK_CERT_CHECK_INTERVAL_S": "1",
         "PCIDEVICES_WEBHOOK_SAR_TTL_S": "1",
         "PROMETHEUS_MULTIPROC_DIR": str(workdir / "metrics"),
+        **extra_env,
     }
     log = workdir / "webhook.log"
     with log.open("wb") as out:

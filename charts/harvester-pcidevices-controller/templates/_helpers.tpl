@@ -61,6 +61,14 @@ path below root, as a sorted-free CEL list of "name=quantity" ([] when none); (l
 {{- end -}}
 {{- end -}}
 
+{{/* Whether a field of the pod template at a dotted path differs between object and oldObject (absent counts);
+(list specPath field). */}}
+{{- define "pcidevices.fieldChangedCEL" -}}
+{{- $n := splitList "|" (include "pcidevices.guardedPath" (list "object" (printf "%s.%s" (index . 0) (index . 1)))) -}}
+{{- $o := splitList "|" (include "pcidevices.guardedPath" (list "oldObject" (printf "%s.%s" (index . 0) (index . 1)))) -}}
+(({{ index $n 0 }}) != ({{ index $o 0 }}) || (({{ index $n 0 }}) && {{ index $n 1 }} != {{ index $o 1 }}))
+{{- end -}}
+
 {{/* The admission record annotation of root as a CEL string ('' when none). */}}
 {{- define "pcidevices.recordCEL" -}}
 ((has({{ . }}.metadata.annotations) && 'devices.harvesterhci.io/requester' in {{ . }}.metadata.annotations) ? {{ . }}.metadata.annotations['devices.harvesterhci.io/requester'] : '')
@@ -68,7 +76,8 @@ path below root, as a sorted-free CEL list of "name=quantity" ([] when none); (l
 
 {{/* One webhook entry for VM-like kinds whose devices live at one path: CREATEs that ask for devices (hostDevices,
 gpus, extended resources in domain.resources), name an instancetype or carry an admission record, and UPDATEs that
-change any of those; objects being deleted are sent like any other (an update of one is judged too). Arguments:
+change any of those or where the pod template may be scheduled (affinity, nodeSelector: pooled pins must hold);
+objects being deleted are sent like any other (an update of one is judged too). Arguments:
 (list root name path instancetypePath rules configurationPath sideEffects). */}}
 {{- define "pcidevices.vmLikeWebhook" -}}
 {{- $root := index . 0 -}}
@@ -82,6 +91,11 @@ change any of those; objects being deleted are sent like any other (an update of
 {{- $itOld := include "pcidevices.instancetypeCEL" (list "oldObject" (index . 3)) -}}
 {{- $recNew := include "pcidevices.recordCEL" "object" -}}
 {{- $recOld := include "pcidevices.recordCEL" "oldObject" -}}
+{{- $sched := "" -}}
+{{- if hasSuffix ".domain.devices" $path -}}
+{{- $podSpec := trimSuffix ".domain.devices" $path -}}
+{{- $sched = printf "\n        || %s\n        || %s" (include "pcidevices.fieldChangedCEL" (list $podSpec "affinity")) (include "pcidevices.fieldChangedCEL" (list $podSpec "nodeSelector")) -}}
+{{- end -}}
 - name: {{ index . 1 }}
   admissionReviewVersions: ["v1", "v1beta1"]
   failurePolicy: Fail
@@ -101,7 +115,7 @@ change any of those; objects being deleted are sent like any other (an update of
         || ({{ $resNew }}).size() != ({{ $resOld }}).size()
         || ({{ $resNew }}).exists(x, !(x in ({{ $resOld }})))
         || {{ $itNew }} != {{ $itOld }}
-        || {{ $recNew }} != {{ $recOld }}))
+        || {{ $recNew }} != {{ $recOld }}{{ $sched }}))
 {{- end -}}
 
 {{/* One webhook entry for what makes virt-controller write a VM for someone (restores, clones, snapshot contents):

@@ -29,8 +29,10 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
   value: {{ join "," $agents | quote }}
 - name: PCIDEVICES_POLICY_CONTROLLER_USERNAMES
   value: {{ join "," $controllers | quote }}
+{{- /* The takeover identity is trusted only while the chart runs the takeover (its ServiceAccount exists only then;
+otherwise whoever may create ServiceAccounts in this namespace could make one of that name and be trusted). */}}
 - name: PCIDEVICES_POLICY_MIGRATION_USERNAMES
-  value: {{ include "pcidevices.saUser" (list . .Values.policy.migrationServiceAccountName) | quote }}
+  value: {{ ternary (include "pcidevices.saUser" (list . .Values.policy.migrationServiceAccountName)) "" .Values.takeover.enabled | quote }}
 - name: PCIDEVICES_POLICY_GC_USERNAMES
   value: {{ join "," .Values.policy.garbageCollectorUsernames | quote }}
 - name: PCIDEVICES_POLICY_USE_EXEMPT_USERNAMES

@@ -11,6 +11,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
+from policy import names
 from policy.objects import PCIDevice, USBDevice
 from policy.snapshot import ClusterIndex
 from tests.support.objects import (
@@ -108,13 +109,21 @@ class IndexMachine(RuleBasedStateMachine):
                 assert sorted(d.name for d in self.index.pcidevices_in_group(n, g)) == sorted(
                     d.name for d in pcis if (d.node_name, d.iommu_group) == (n, g)
                 )
+        def carries(d: PCIDevice | USBDevice, r: str) -> bool:
+            """The device is offered under r, a name it may carry (names are node-bound)."""
+            if d.resource_name != r:
+                return False
+            if isinstance(d, PCIDevice):
+                return names.pci_may_carry(d.name, d.pooled_resource_name, r)
+            return names.usb_may_carry(d.name, r)
+
         for r in RESOURCES:
-            all_with = sorted(d.name for d in [*pcis, *usbs] if d.resource_name == r)
+            all_with = sorted(d.name for d in [*pcis, *usbs] if carries(d, r))
             assert sorted(d.name for d in self.index.devices_with_resource(r)) == all_with
             claimed = sorted(
                 d.name
                 for d in [*pcis, *usbs]
-                if d.resource_name == r and d.name in (pci_claims if isinstance(d, PCIDevice) else usb_claims)
+                if carries(d, r) and d.name in (pci_claims if isinstance(d, PCIDevice) else usb_claims)
             )
             assert sorted(d.name for d in self.index.claimed_devices_with_resource(r)) == claimed
         for owner in (TENANT_A, TENANT_B):
@@ -184,3 +193,13 @@ def test_a_relist_reindexes_only_what_changed(monkeypatch: pytest.MonkeyPatch) -
     assert index.counts()["PCIDevice"] == 40
     assert [d.name for d in index.pcidevices_in_group(NODE1, "99")] == [moved["metadata"]["name"]]
     assert index.pcidevices_in_group(NODE1, "45") == []
+
+
+def test_a_device_named_like_another_nodes_device_is_not_offered_under_that_name() -> None:
+    """Names are node-bound: an agent that names its device like another node's joins no pool with it."""
+    theirs = pcidevice("node1", "0000:3b:00.0", resource_name="nvidia.com/node1-00003b000")
+    forged = pcidevice("node1-a", "0000:3b:00.0", resource_name="nvidia.com/node1-00003b000")
+    pooled = pcidevice("node1-a", "0000:5e:00.0", resource_name="nvidia.com/TU104GL_TESLA_T4")
+    index = ClusterIndex.from_objects([theirs, forged, pooled])
+    assert [d.name for d in index.devices_with_resource("nvidia.com/node1-00003b000")] == ["node1-00003b000"]
+    assert [d.name for d in index.devices_with_resource("nvidia.com/TU104GL_TESLA_T4")] == ["node1-a-00005e000"]

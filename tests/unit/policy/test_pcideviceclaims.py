@@ -601,3 +601,34 @@ def test_validation_asks_the_view_as_often_however_large_the_cluster() -> None:
         assert d.allowed
         counts.append(view.calls)
     assert counts[0] == counts[1] and counts[0] < 20
+
+
+# -- claim metadata only its owner shapes (issue 23) --------------------------------------------------------------
+
+_MINE = pciclaim(Lab.gpu, owner=TENANT_A, finalizers=[FINALIZER_AGENT])
+
+
+@pytest.mark.parametrize(
+    ("new", "who", "allowed"),
+    [
+        pytest.param(changed(_MINE, "metadata.finalizers", [FINALIZER_AGENT, "example.com/keep"]), user(TENANT_B),
+                     False, id="forbid another user adding a finalizer that keeps a released device claimed"),
+        pytest.param(changed(_MINE, "metadata.labels", {names.LABEL_NODENAME: NODE1A}), user(TENANT_B), False,
+                     id="forbid another user changing the nodename label"),
+        pytest.param(changed(_MINE, "metadata.labels", {"team": "x"}), user(TENANT_A), True,
+                     id="allow the owner to label her claim"),
+        pytest.param(changed(_MINE, "metadata.finalizers", [FINALIZER_AGENT, "example.com/keep"]), user(TENANT_A),
+                     True, id="allow the owner to add a finalizer of her own"),
+        pytest.param(changed(_MINE, "metadata.annotations", {OWNER: TENANT_A, "note": "x"}), user(TENANT_B), True,
+                     id="allow another user an annotation (only labels and finalizers shape the claim)"),
+        pytest.param(changed(_MINE, "metadata.labels", {"team": "x"}), controller(), True,
+                     id="allow the cluster controller"),
+        pytest.param(changed(_MINE, "metadata.labels", {"team": "x"}), user(ADMIN, groups=("system:masters",)), True,
+                     id="allow a cluster-admin"),
+    ],
+)  # fmt: skip
+def test_only_the_owner_shapes_a_claims_labels_and_finalizers(new: dict[str, Any], who: Any, allowed: bool) -> None:
+    d = judge(review("UPDATE", new, _MINE, user_info=who), Lab.cluster(_MINE), GRANTS)
+    assert d.allowed is allowed, d.message
+    if not allowed:
+        assert 'can only have its' in d.message and f'changed by its owner "{TENANT_A}"' in d.message

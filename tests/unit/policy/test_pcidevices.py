@@ -227,3 +227,35 @@ def test_pcidevice_admission(
 def test_devices_get_no_mutation() -> None:
     d = judge(review("CREATE", Lab.gpu, user_info=agent(NODE1)), Lab.cluster(), mutate=True)
     assert d.allowed and d.patch == ()
+
+
+# -- names are node-bound (A10, issue 23) ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("resource_name", "pooled", "allowed"),
+    [
+        pytest.param("nvidia.com/node1-a-00003b000", "", True, id="allow its own per-device name"),
+        pytest.param("nvidia.com/TU104GL_TESLA_T4", "", True, id="allow a pooled name"),
+        pytest.param("nvidia.com/TU104GL_TESLA_T4", "nvidia.com/TU104GL_TESLA_T4", True,
+                     id="allow the pooled name it reports for its model"),
+        pytest.param("nvidia.com/node1-00003b000", "", False, id="forbid another node's per-device name"),
+        pytest.param("nvidia.com/node1-00003b000", "nvidia.com/TU104GL_TESLA_T4", False,
+                     id="forbid another node's per-device name beside a pooled name"),
+        pytest.param("nvidia.com/GA100_A100", "nvidia.com/TU104GL_TESLA_T4", False,
+                     id="forbid a pooled name other than its model's"),
+        pytest.param("intel.com/node1-a-00003b000", "nvidia.com/TU104GL_TESLA_T4", False,
+                     id="forbid its per-device name under another vendor"),
+        pytest.param("nvidia.com/TU104GL_TESLA_T4", "nvidia.com/node1-00003b000", False,
+                     id="forbid a pooled name in per-device shape"),
+    ],
+)  # fmt: skip
+def test_an_agent_offers_its_device_only_under_its_own_names(resource_name: str, pooled: str, allowed: bool) -> None:
+    new = changed(Lab.gpu_1a, "status.resourceName", resource_name)
+    if pooled:
+        new = changed(new, "status.pooledResourceName", pooled)
+    body = review("UPDATE", new, Lab.gpu_1a, user_info=agent(NODE1A), sub_resource="status")
+    d = judge(body, Lab.cluster())
+    assert d.allowed is allowed, d.message
+    if not allowed:
+        assert "can only be offered by its agent under its own names" in d.message

@@ -781,3 +781,87 @@ def test_only_the_takeover_writes_an_adopted_record() -> None:
     assert admit(review("UPDATE", new, old, user_info=migration()), cluster(), GRANTS).allowed
     d = admit(review("UPDATE", new, old, user_info=TENANT_B_USER), cluster(), GRANTS)
     assert not d.allowed and 'user "tenant-b" lacks the verb use' in d.message
+
+
+# -- pooled pins that hold (issue 23) ------------------------------------------------------------------------------
+
+B_POOL_GRANTS = (*GRANTS, Grant(TENANT_B, "use", names.GROUP, "pcidevices", name=T4_OTHER_NODE["metadata"]["name"],
+                                namespace="ns-b"))  # fmt: skip
+
+
+def _b_pooled_cluster(*extra: dict[str, Any]) -> list[dict[str, Any]]:
+    return pooled_cluster(pciclaim(T4_OTHER_NODE, owner=TENANT_B), *extra)
+
+
+def _terms(*nodes: str, field: bool = True) -> dict[str, Any]:
+    if field:
+        terms = [{"matchFields": [{"key": "metadata.name", "operator": "In", "values": [n]}]} for n in nodes]
+    else:
+        terms = [{"matchExpressions": [{"key": "kubernetes.io/hostname", "operator": "In", "values": [n]}]}
+                 for n in nodes]  # fmt: skip
+    return {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": terms}}}
+
+
+def _b_vm(affinity: dict[str, Any] | None = None, node_selector: dict[str, str] | None = None) -> dict[str, Any]:
+    obj = vm("b-pooled", "ns-b", host=[("gpu1", POOL_NAME)])
+    if affinity is not None:
+        obj["spec"]["template"]["spec"]["affinity"] = affinity
+    if node_selector is not None:
+        obj["spec"]["template"]["spec"]["nodeSelector"] = node_selector
+    return obj
+
+
+def _pins(obj: dict[str, Any], path: tuple[str, ...] = ("spec", "template", "spec")) -> list[set[str]]:
+    spec = obj
+    for key in path:
+        spec = spec[key]
+    terms = spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    return [{v for e in t.get("matchFields", []) if e["key"] == "metadata.name" for v in e["values"]} for t in terms]
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        pytest.param(_b_vm(_terms(NODE1A, NODE1)), id="two required terms, her node then alice's"),
+        pytest.param(_b_vm(_terms(NODE1, NODE1A)), id="two required terms, alice's node first"),
+        pytest.param(_b_vm(_terms(NODE1, field=False)), id="a hostname label term for alice's node"),
+        pytest.param(_b_vm(node_selector={"kubernetes.io/hostname": NODE1}), id="a nodeSelector for alice's node"),
+        pytest.param(_b_vm(), id="no scheduling at all"),
+    ],
+)
+def test_a_pooled_vm_is_pinned_in_every_term_to_the_node_whose_pool_it_was_judged_for(shape: dict[str, Any]) -> None:
+    body = review("CREATE", shape, user_info=TENANT_B_USER)
+    d = judge(body, _b_pooled_cluster(), B_POOL_GRANTS, settings=POOLED, mutate=True)
+    patched = jsonpatch.apply_patch(shape, list(d.patch))
+    assert all(NODE1A in pins for pins in _pins(patched)), "every ORed term must require tenant-b's node"
+    assert admit(body, _b_pooled_cluster(), B_POOL_GRANTS, settings=POOLED).allowed
+    unpinned = review("CREATE", recorded(shape, TENANT_B), user_info=TENANT_B_USER)
+    v = judge(unpinned, _b_pooled_cluster(), B_POOL_GRANTS, settings=POOLED)  # the validator alone: not pinned yet
+    assert not v.allowed and "can only run on the node whose pool it was judged for" in v.message
+
+
+def test_a_pooled_vm_re_pinned_to_another_owners_node_by_an_update_is_denied() -> None:
+    old = jsonpatch.apply_patch(_b_vm(), list(judge(review("CREATE", _b_vm(), user_info=TENANT_B_USER),
+                                                       _b_pooled_cluster(), B_POOL_GRANTS, settings=POOLED,
+                                                       mutate=True).patch))  # fmt: skip
+    old = recorded(old, TENANT_B)
+    moved = changed(old, "spec.template.spec.affinity", _terms(NODE1))
+    d = admit(review("UPDATE", moved, old, user_info=TENANT_B_USER), _b_pooled_cluster(), B_POOL_GRANTS,
+              settings=POOLED)  # fmt: skip
+    assert not d.allowed and f'that "{TENANT_B}" may use on node "{NODE1}"' in d.message
+
+
+def test_a_pooled_vmi_of_a_user_is_pinned_and_virt_controllers_vmi_must_keep_its_vms_pin() -> None:
+    direct = vmi("b-direct", "ns-b", host=[("gpu1", POOL_NAME)])
+    direct["spec"]["nodeSelector"] = {"kubernetes.io/hostname": NODE1}
+    body = review("CREATE", direct, user_info=TENANT_B_USER)
+    assert admit(body, _b_pooled_cluster(), B_POOL_GRANTS, settings=POOLED).allowed
+    patched = jsonpatch.apply_patch(direct, list(judge(body, _b_pooled_cluster(), B_POOL_GRANTS, settings=POOLED,
+                                                       mutate=True).patch))  # fmt: skip
+    assert all(NODE1A in pins for pins in _pins(patched, ("spec",)))
+    owner = recorded(changed(_b_vm(), "spec.template.spec.affinity", _terms(NODE1A)), TENANT_B)
+    escaped = vmi("b-pooled", "ns-b", host=[("gpu1", POOL_NAME)], owner=owner)
+    escaped["spec"]["affinity"] = _terms(NODE1A, NODE1)  # a second, ORed term towards alice's node
+    d = admit(review("CREATE", escaped, user_info=virt_controller()), _b_pooled_cluster(owner), B_POOL_GRANTS,
+              settings=POOLED)  # fmt: skip
+    assert not d.allowed and "can only run on the node whose pool it was judged for" in d.message
