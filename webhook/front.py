@@ -355,7 +355,8 @@ class Connection(asyncio.Protocol):
             self._flush()
             assert self.front.loop is not None
             self.phase, self.deadline = HEAD, self.front.loop.time() + self.limits.header_timeout_s
-        while self.phase != CLOSED:
+        incoming = self.incoming
+        while self.phase < LINGER:
             try:
                 chunk = tls.read(_READ)
             except ssl.SSLWantReadError:
@@ -368,6 +369,8 @@ class Connection(asyncio.Protocol):
                 self.close()
                 return
             self._feed(chunk)
+            if not incoming.pending and not tls.pending():
+                break  # all read: spares the exception of one more read
         if self.outgoing is not None and self.outgoing.pending:
             self._flush()
 
