@@ -65,7 +65,7 @@ def _examples(directory: Path, sim: str, sim2: str = "") -> dict[str, Path]:
         files["claim-gpu-2"] = claim(GPU, "alice", sim2)
         files["repin"] = json.dumps({"spec": {"template": {"spec": {"affinity": {"nodeAffinity": {
             "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{"matchFields": [
-                {"key": "metadata.name", "operator": "In", "values": [sim2]}]}]}}}}}}})  # fmt: skip
+                {"key": "metadata.name", "operator": "In", "values": [sim]}]}]}}}}}}})  # fmt: skip
     out = {}
     for name, text in files.items():
         path = directory / f"{name}.yaml"
