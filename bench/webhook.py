@@ -192,20 +192,56 @@ def claim_review(device: dict[str, Any], user: str) -> bytes:
 
 
 class _SARHandler(http.server.BaseHTTPRequestHandler):
+    """SubjectAccessReviews (everything granted) and the Leases of the webhook's device holds (webhook/holds.py),
+    which VM reviews that name devices read and write before they are answered."""
+
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True  # else headers and body in two segments meet delayed ACKs: 40 ms per review
     counter: Any = None
+    leases: dict[str, dict[str, Any]] = {}
+    leases_lock = threading.Lock()
 
-    def do_POST(self) -> None:  # noqa: N802
-        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))))
-        with self.counter.get_lock():
-            self.counter.value += 1
-        answer = json.dumps({**body, "status": {"allowed": True, "reason": "bench grants everything"}}).encode()
-        self.send_response(201)
+    def _answer(self, code: int, body: dict[str, Any]) -> None:
+        answer = json.dumps(body).encode()
+        self.send_response(code)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(answer)))
         self.end_headers()
         self.wfile.write(answer)
+
+    def _body(self) -> Any:
+        return json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))))
+
+    def do_GET(self) -> None:  # noqa: N802
+        with self.leases_lock:
+            lease = self.leases.get(self.path.split("?")[0])
+        if lease is None:
+            self._answer(404, {"kind": "Status", "code": 404, "reason": "NotFound"})
+        else:
+            self._answer(200, lease)
+
+    def do_PUT(self) -> None:  # noqa: N802
+        body = self._body()
+        with self.leases_lock:
+            body["metadata"]["resourceVersion"] = str(len(self.leases) + 1)
+            self.leases[self.path.split("?")[0]] = body
+        self._answer(200, body)
+
+    def do_POST(self) -> None:  # noqa: N802
+        body = self._body()
+        if self.path.split("?")[0].endswith("/leases"):
+            key = f"{self.path.split('?')[0]}/{body['metadata']['name']}"
+            with self.leases_lock:
+                if key in self.leases:
+                    self._answer(409, {"kind": "Status", "code": 409, "reason": "AlreadyExists"})
+                    return
+                body["metadata"]["resourceVersion"] = "1"
+                self.leases[key] = body
+            self._answer(201, body)
+            return
+        with self.counter.get_lock():
+            self.counter.value += 1
+        self._answer(201, {**body, "status": {"allowed": True, "reason": "bench grants everything"}})
 
     def log_message(self, *args: Any) -> None:
         pass

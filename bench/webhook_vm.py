@@ -36,6 +36,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from policy import records  # noqa: E402
+from policy.review import UserInfo  # noqa: E402
 from webhook import certs  # noqa: E402
 
 _spec = importlib.util.spec_from_file_location("bench_webhook", ROOT / "bench" / "webhook.py")
@@ -192,6 +194,12 @@ def vm_update_review(name: str, namespace: str, user: str, pair: list[tuple[str,
     """The validating review of a UI edit that attaches `pair` (object) to a VM that had no host devices."""
     old = vm(name, namespace, [], generation=4)
     new = vm(name, namespace, pair, generation=5)
+    # what the validating webhook sees: the object as the mutating webhook left it, the requester recorded
+    info = base.user_info(user)
+    requester = records.Requester.of(
+        UserInfo(info["username"], uid=info.get("uid", ""), groups=tuple(info.get("groups", ())))
+    )
+    new["metadata"].setdefault("annotations", {})[records.ANNOTATION] = requester.encode()
     gvk = {"group": "kubevirt.io", "version": "v1", "kind": "VirtualMachine"}
     gvr = {"group": "kubevirt.io", "version": "v1", "resource": "virtualmachines"}
     review = {
