@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from policy import records
-from policy.objects import MalformedObject, OwnerReference
+from policy.objects import MalformedObject, OwnerReference, as_mapping
 
 RESTORE = "VirtualMachineRestore"
 CLONE = "VirtualMachineClone"
@@ -133,18 +133,18 @@ def parse(kind: str, obj: object) -> Restore | Clone | Snapshot:
     """The slim view of a restore, clone or snapshot; MalformedObject when a field the rules read is misshapen."""
     if not isinstance(obj, Mapping):
         raise MalformedObject("object must be an object")
-    meta = _m(obj.get("metadata"), "metadata")
+    meta = as_mapping(obj.get("metadata"), "metadata")
     name, namespace = meta.get("name"), meta.get("namespace") or ""
     if not isinstance(name, str) or not name or not isinstance(namespace, str):
         raise MalformedObject("metadata.name must be a non-empty string")
     if "/" in name:  # keyed by the webhook's watch as "<namespace>/<name>"
         namespace, _, name = name.partition("/")
     uid = _str(meta.get("uid"), "metadata.uid")
-    annotations = _m(meta.get("annotations"), "metadata.annotations")
+    annotations = as_mapping(meta.get("annotations"), "metadata.annotations")
     requester = records.Requester.decode(annotations.get(records.ANNOTATION))
-    spec, status = _m(obj.get("spec"), "spec"), _m(obj.get("status"), "status")
+    spec, status = as_mapping(obj.get("spec"), "spec"), as_mapping(obj.get("status"), "status")
     if kind == RESTORE:
-        target = _m(spec.get("target"), "spec.target")
+        target = as_mapping(spec.get("target"), "spec.target")
         controller = None
         for ref in meta.get("ownerReferences") or []:
             if isinstance(ref, Mapping) and ref.get("controller") is True:
@@ -160,7 +160,7 @@ def parse(kind: str, obj: object) -> Restore | Clone | Snapshot:
             controller,
         )
     if kind == CLONE:
-        source = _m(spec.get("source"), "spec.source")
+        source = as_mapping(spec.get("source"), "spec.source")
         return Clone(
             namespace,
             name,
@@ -171,7 +171,7 @@ def parse(kind: str, obj: object) -> Restore | Clone | Snapshot:
             requester,
         )
     if kind == SNAPSHOT:
-        source = _m(spec.get("source"), "spec.source")
+        source = as_mapping(spec.get("source"), "spec.source")
         return Snapshot(
             namespace,
             name,
@@ -180,14 +180,6 @@ def parse(kind: str, obj: object) -> Restore | Clone | Snapshot:
             _str(source.get("name"), "spec.source.name"),
         )
     raise ValueError(f"unsupported kind {kind!r}")
-
-
-def _m(value: object, where: str) -> Mapping[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping):
-        raise MalformedObject(f"{where} must be an object")
-    return value
 
 
 def _str(value: object, where: str) -> str:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from policy import records
-from policy.objects import MalformedObject, OwnerReference
+from policy.objects import MalformedObject, OwnerReference, as_mapping
 
 VM = "VirtualMachine"
 VMI = "VirtualMachineInstance"
@@ -110,7 +110,7 @@ class Workload:
         if not isinstance(kind, str) or kind not in DEVICE_PATHS:
             raise MalformedObject(f"kind {kind!r} has no host devices")
         _check_instancetype(obj)
-        meta = _mapping(obj.get("metadata"), "metadata")
+        meta = as_mapping(obj.get("metadata"), "metadata")
         name, namespace = meta.get("name"), meta.get("namespace") or ""
         if not isinstance(name, str) or not name or not isinstance(namespace, str):
             raise MalformedObject("metadata.name must be a non-empty string")
@@ -129,7 +129,7 @@ class Workload:
         for ref in refs:
             if isinstance(ref, Mapping) and ref.get("controller") is True:
                 controller = OwnerReference.from_dict(ref)
-        status = _mapping(obj.get("status"), "status")
+        status = as_mapping(obj.get("status"), "status")
         node = (status.get("nodeName") or pinned_node(obj)) if kind == VMI else pinned_node(obj)
         return cls(
             kind=kind,
@@ -323,13 +323,5 @@ def json_pointer(path: Sequence[str]) -> str:
 def _dig(obj: Mapping[str, Any], path: Sequence[str]) -> Mapping[str, Any]:
     cursor: Mapping[str, Any] = obj
     for key in path:
-        cursor = _mapping(cursor.get(key), key)
+        cursor = as_mapping(cursor.get(key), key)
     return cursor
-
-
-def _mapping(value: object, where: str) -> Mapping[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping):
-        raise MalformedObject(f"{where} must be an object")
-    return value

@@ -32,7 +32,7 @@ class OwnerReference:
 
     @classmethod
     def from_dict(cls, d: object) -> OwnerReference:
-        m = _as_mapping(d, "metadata.ownerReferences[]")
+        m = as_mapping(d, "metadata.ownerReferences[]")
         return cls(
             api_version=_s(m, "apiVersion", "ownerReferences[].apiVersion"),
             kind=_s(m, "kind", "ownerReferences[].kind"),
@@ -63,8 +63,8 @@ class Meta:
 
     @classmethod
     def from_dict(cls, obj: object) -> Meta:
-        o = _as_mapping(obj, "object")
-        m = _as_mapping(o.get("metadata"), "metadata")
+        o = as_mapping(obj, "object")
+        m = as_mapping(o.get("metadata"), "metadata")
         name = m.get("name")
         if not isinstance(name, str) or not name:
             raise MalformedObject("metadata.name must be a non-empty string")
@@ -84,11 +84,11 @@ class Meta:
 
 def _device_meta(obj: object) -> tuple[str, str, str]:
     """Name, uid and nodename label: all a device view needs from metadata (cheaper than Meta.from_dict)."""
-    m = _as_mapping(_as_mapping(obj, "object").get("metadata"), "metadata")
+    m = as_mapping(as_mapping(obj, "object").get("metadata"), "metadata")
     name = m.get("name")
     if not isinstance(name, str) or not name:
         raise MalformedObject("metadata.name must be a non-empty string")
-    labels = _as_mapping(m.get("labels"), "metadata.labels")
+    labels = as_mapping(m.get("labels"), "metadata.labels")
     return name, _s(m, "uid", "metadata.uid"), _s(labels, names.LABEL_NODENAME, "metadata.labels.nodename")
 
 
@@ -133,7 +133,7 @@ class PCIDevice:
         addresses: list[str] = []
         bridges: list[str] = []
         for item in members_raw or ():
-            mm = _as_mapping(item, "status.iommuGroupMembers[]")
+            mm = as_mapping(item, "status.iommuGroupMembers[]")
             address = _si(mm, "address", "status.iommuGroupMembers[].address")
             addresses.append(address)
             if _b(mm, "bridge", "status.iommuGroupMembers[].bridge"):
@@ -277,7 +277,8 @@ def _allocated_to(obj: object) -> tuple[str, ...]:
     return tuple(out)
 
 
-def _as_mapping(value: object, where: str) -> Mapping[str, Any]:
+def as_mapping(value: object, where: str) -> Mapping[str, Any]:
+    """value as an object (None: empty); MalformedObject when it is something else."""
     if type(value) is dict:  # the common case, without the slower ABC check
         return value
     if value is None:
@@ -288,11 +289,11 @@ def _as_mapping(value: object, where: str) -> Mapping[str, Any]:
 
 
 def _status(obj: object) -> Mapping[str, Any]:
-    return _as_mapping(_as_mapping(obj, "object").get("status"), "status")
+    return as_mapping(as_mapping(obj, "object").get("status"), "status")
 
 
 def _spec(obj: object) -> Mapping[str, Any]:
-    return _as_mapping(_as_mapping(obj, "object").get("spec"), "spec")
+    return as_mapping(as_mapping(obj, "object").get("spec"), "spec")
 
 
 def _s(m: Mapping[str, Any], key: str, where: str) -> str:
@@ -328,7 +329,7 @@ def _i(m: Mapping[str, Any], key: str, where: str) -> int | None:
 
 
 def _str_map(value: object, where: str) -> Mapping[str, str]:
-    m = _as_mapping(value, where)
+    m = as_mapping(value, where)
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in m.items()):
         raise MalformedObject(f"{where} must map strings to strings")
     return m

@@ -7,12 +7,12 @@ controller ownerReference, uid checked); rules in copying.py.
 
 from __future__ import annotations
 
-from policy import copies, hostdevices, messages, records
+from policy import copies, hostdevices, messages
 from policy.copies import Restore
 from policy.decision import Decision
 from policy.hostdevices import HostDevice
 from policy.records import Requester
-from policy.rules import copying
+from policy.rules import copying, vmlike
 from policy.rules.context import Context
 
 KIND = copies.RESTORE
@@ -40,13 +40,7 @@ def requester(ctx: Context, restore: Restore) -> Requester | str:
         why = f"virtualmachineclone {messages.shown(ref.name)} with uid {messages.shown(ref.uid)} is not known"
         return messages.CONTROLLER_UNTRACED.format(kind="virtualmachinerestore", name=name, user=ctx.user, why=why)
     if clone.requester is None:
-        return messages.NO_RECORD.format(
-            kind="virtualmachinerestore",
-            name=name,
-            owner_kind="virtualmachineclone",
-            owner=messages.shown(clone.key),
-            annotation=records.ANNOTATION,
-        )
+        return vmlike.no_record("virtualmachinerestore", name, "virtualmachineclone", clone.key)
     return clone.requester.traced(f"virtualmachineclone {clone.key}")
 
 

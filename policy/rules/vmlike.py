@@ -217,13 +217,7 @@ def _traced(ctx: Context, w: Workload) -> Requester | str:
             why = f"{ref.kind.lower()} {messages.shown(ref.name)} with uid {messages.shown(ref.uid)} is not known"
             return messages.VMI_OWNER_UNKNOWN.format(kind=kind, name=name, user=user, why=why)
         if owner.requester is None:
-            return messages.NO_RECORD.format(
-                kind=kind,
-                name=name,
-                owner_kind=ref.kind.lower(),
-                owner=messages.shown(f"{w.namespace}/{ref.name}"),
-                annotation=records.ANNOTATION,
-            )
+            return no_record(kind, name, ref.kind.lower(), f"{w.namespace}/{ref.name}")
         return owner.requester.traced(f"{ref.kind.lower()} {w.namespace}/{ref.name}")
     if w.kind == hostdevices.VM and w.last_restore:
         restore = view.restore_by_mark(w.namespace, w.last_restore)
@@ -231,16 +225,17 @@ def _traced(ctx: Context, w: Workload) -> Requester | str:
             why = f"its {hostdevices.LAST_RESTORE_ANNOTATION} {messages.shown(w.last_restore)} names no restore known"
             return messages.CONTROLLER_UNTRACED.format(kind=kind, name=name, user=user, why=why)
         if restore.requester is None:
-            return messages.NO_RECORD.format(
-                kind=kind,
-                name=name,
-                owner_kind="virtualmachinerestore",
-                owner=messages.shown(restore.key),
-                annotation=records.ANNOTATION,
-            )
+            return no_record(kind, name, "virtualmachinerestore", restore.key)
         return restore.requester.traced(f"virtualmachinerestore {restore.key}")
     why = f"it belongs to no pool and carries no {hostdevices.LAST_RESTORE_ANNOTATION} of a restore"
     return messages.CONTROLLER_UNTRACED.format(kind=kind, name=name, user=user, why=why)
+
+
+def no_record(kind: str, name: str, owner_kind: str, owner_key: str) -> str:
+    """Why an object written for `owner_key` cannot be judged: the owner carries no admission record."""
+    return messages.NO_RECORD.format(
+        kind=kind, name=name, owner_kind=owner_kind, owner=messages.shown(owner_key), annotation=records.ANNOTATION
+    )
 
 
 def expected_record(traced: Requester | str) -> str | None:
