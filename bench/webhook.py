@@ -250,6 +250,9 @@ class _SARHandler(http.server.BaseHTTPRequestHandler):
 def _sar_server(port: int, counter: Any) -> None:
     _SARHandler.counter = counter
     http.server.ThreadingHTTPServer.daemon_threads = True
+    # socketserver listens with a backlog of 5: a burst of cache misses from several workers overflows it on a busy
+    # machine, and each dropped SYN costs the admission behind it one to three seconds of retransmission.
+    http.server.ThreadingHTTPServer.request_queue_size = 1024
     http.server.ThreadingHTTPServer(("127.0.0.1", port), _SARHandler).serve_forever()
 
 
