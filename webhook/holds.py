@@ -8,9 +8,9 @@ name a device exactly, the webhook makes the requester the holder of `coordinati
 holder has let go. Only one of two racing requests wins either write; the other is denied with the holder's name.
 
 A holder has let go when no VM or VMI of that requester names the device in the view any more and the Lease is older
-than `grace_s` (a VM admitted moments ago may not be in this process's view yet). Leases are never deleted by the
-webhook: a stale one is taken over by the next requester, and the cluster controller removes those whose device is
-gone. Dry-run requests read but never write (the configurations declare `sideEffects: NoneOnDryRun`).
+than `grace_s` (a VM admitted moments ago may not be in this process's view yet). Leases are never deleted: there is
+at most one per device ever named exactly (small objects, as many as devices), and a stale one is taken over by the
+next requester. Dry-run requests read but never write (the configurations declare `sideEffects: NoneOnDryRun`).
 """
 
 from __future__ import annotations
