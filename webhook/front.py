@@ -66,6 +66,7 @@ _READ = 65536
 # data makes the kernel send a reset, and the client may then lose the answer before it reads it (lingering close).
 _LINGER_S = 2.0
 _LINGER_BYTES = 8 * 1024 * 1024
+HANDSHAKES_PER_TURN = 2
 _MAX_PIPELINED = 4  # complete requests queued behind the one in the app; more is not a client we need to serve
 
 
@@ -170,6 +171,8 @@ class Front:
         self.servers: list[asyncio.Server] = []
         self.draining = False
         self._sweeper: asyncio.TimerHandle | None = None
+        self._handshakes: collections.deque[Connection] = collections.deque()
+        self._handshake_turn_due = False
 
     async def start(self, sockets: Iterable[socket.socket]) -> None:
         self.loop = asyncio.get_running_loop()
@@ -189,6 +192,28 @@ class Front:
                 log.error("closing a connection past its deadline failed", exc_info=True)
                 conn.abort()
         self.observer.open_connections(len(self.connections))
+
+    def queue_handshake(self, conn: Connection) -> None:
+        self._handshakes.append(conn)
+        if not self._handshake_turn_due:
+            self._handshake_turn_due = True
+            assert self.loop is not None
+            self.loop.call_soon(self._handshake_turn)
+
+    def _handshake_turn(self) -> None:
+        """Up to HANDSHAKES_PER_TURN handshake steps, then the loop polls for I/O before the next ones."""
+        for _ in range(min(HANDSHAKES_PER_TURN, len(self._handshakes))):
+            conn = self._handshakes.popleft()
+            try:
+                conn.handshake_turn()
+            except Exception:
+                log.error("a TLS handshake step failed", exc_info=True)
+                conn.abort()
+        if self._handshakes:
+            assert self.loop is not None
+            self.loop.call_soon(self._handshake_turn)
+        else:
+            self._handshake_turn_due = False
 
     def close_listeners(self) -> None:
         """Stop accepting and close idle keep-alive connections; requests under way finish (graceful stop)."""
@@ -292,6 +317,7 @@ class Connection(asyncio.Protocol):
         self.eof = False
         self.refusal: _Refuse | None = None
         self.lingered = 0
+        self.handshake_queued = False
 
     # -- asyncio.Protocol ---------------------------------------------------------------------------------------------
 
@@ -341,6 +367,24 @@ class Connection(asyncio.Protocol):
             return
         assert self.incoming is not None
         self.incoming.write(data)
+        if self.phase == HANDSHAKE:
+            # Handshakes cost a millisecond of CPU each; taken a few per turn of the loop, so a burst of new (or
+            # hostile) connections cannot hold up the requests of the connections already open.
+            if not self.handshake_queued:
+                self.handshake_queued = True
+                self.front.queue_handshake(self)
+            return
+        self._pump()
+
+    def handshake_turn(self) -> None:
+        """The queued handshake step (Front.queue_handshake), then whatever the client already sent after it."""
+        self.handshake_queued = False
+        if self.phase == HANDSHAKE:
+            self._pump()
+
+    def _pump(self) -> None:
+        tls = self.tls
+        assert tls is not None and self.incoming is not None
         if self.phase == HANDSHAKE:
             try:
                 tls.do_handshake()
