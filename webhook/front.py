@@ -76,7 +76,7 @@ class Limits:
     header_timeout_s: float = 5.0
     body_timeout_s: float = 10.0
     keepalive_s: float = 120.0
-    max_connections: int = 4096
+    max_connections: int = 2048
     max_header_bytes: int = 64 * 1024
     max_body_bytes: int = 7 * 1024 * 1024
     body_budget_bytes: int = 64 * 1024 * 1024

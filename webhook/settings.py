@@ -32,7 +32,7 @@ class WebhookSettings:
     body_timeout_s: float = 10.0
     # Bounds per worker process (front): open connections (handshakes included), bytes of one request head, bytes
     # of request bodies held by all connections together (a request that would go past it is answered 503).
-    max_connections: int = 4096
+    max_connections: int = 2048
     max_header_bytes: int = 64 * 1024
     body_budget_bytes: int = 64 * 1024 * 1024
     timeout_s: int = 30
