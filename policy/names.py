@@ -16,6 +16,15 @@ API_VERSION = f"{GROUP}/{VERSION}"
 LABEL_NODENAME = "nodename"
 ANNOTATION_REQUESTED_BY = f"{GROUP}/requested-by"
 
+# What the takeover (takeover/) leaves on adopted objects, read by the rules and the agent. Claims adopted from
+# upstream carry ANNOTATION_ADOPTED = ADOPTED_FROM and keep the pooled resource names their VMs already use; an owner
+# the takeover could not map is LEGACY_PREFIX + spec.userName; adopted VMs record ADOPTED_REQUESTER (nobody's `use`,
+# only the names the VM already used upstream).
+ANNOTATION_ADOPTED = f"{GROUP}/adopted-from"
+ADOPTED_FROM = "harvester/pcidevices"
+LEGACY_PREFIX = "legacy:"
+ADOPTED_REQUESTER = "pcidevices-takeover"
+
 # 4- to 8-digit domains: Intel VMD puts devices into domains such as 10000.
 PCI_ADDRESS_PATTERN = r"^[0-9a-f]{4,8}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$"
 _PCI_ADDRESS = re.compile(PCI_ADDRESS_PATTERN)

@@ -24,7 +24,6 @@ from nodeagent.host.errors import BindError, NotOurs
 from nodeagent.reconcile import plan
 from nodeagent.sysfs.root import SysfsRoot
 from policy import names
-from policy.takeover import ANNOTATION_ADOPTED
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +62,7 @@ def claim_owner(claim: Obj) -> str:
 def is_adopted(claim: Obj) -> bool:
     """A claim taken over from upstream keeps its pooled name (its VMs already use it)."""
     annotations = (claim.get("metadata") or {}).get("annotations") or {}
-    return ANNOTATION_ADOPTED in annotations or claim_owner(claim).startswith("legacy:")
+    return names.ANNOTATION_ADOPTED in annotations or claim_owner(claim).startswith(names.LEGACY_PREFIX)
 
 
 class PCIClaimReconciler:

@@ -12,11 +12,11 @@ from typing import Any
 
 from policy import decision, messages, names
 from policy.decision import Decision
+from policy.names import ANNOTATION_ADOPTED, LEGACY_PREFIX
 from policy.objects import FINALIZER_AGENT, Claim, Device, MalformedObject, Meta, OwnerReference
 from policy.rules import vmlike
 from policy.rules.context import Context
 from policy.rules.identity import Role
-from policy.takeover import ANNOTATION_ADOPTED, LEGACY_PREFIX
 
 OWNER_PATH = "/metadata/annotations/" + names.ANNOTATION_REQUESTED_BY.replace("~", "~0").replace("/", "~1")
 

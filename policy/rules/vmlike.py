@@ -199,7 +199,7 @@ def requester(ctx: Context, w: Workload) -> Requester | str:
     if user.username in ctx.settings.virt_controller_usernames:
         return _traced(ctx, w)
     if ctx.identity.role is Role.MIGRATION and w.requester is not None:
-        return w.requester  # the takeover records the VMs it adopts (policy.takeover)
+        return w.requester  # the takeover records the VMs it adopts (takeover.plan)
     return Requester.of(user)
 
 

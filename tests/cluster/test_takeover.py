@@ -29,10 +29,10 @@ import pytest
 from nodeagent.reconcile.pcideviceclaims import is_adopted
 from nodeagent.reconcile.plan import effective_resource_name
 from policy import names
+from policy.names import ANNOTATION_ADOPTED
 from policy.objects import FINALIZER_AGENT
 from policy.settings import MIGRATION
-from policy.takeover import (
-    ANNOTATION_ADOPTED,
+from takeover.plan import (
     UPSTREAM_NODE_FINALIZER,
     UPSTREAM_PCI_FINALIZER,
     UPSTREAM_USB_FINALIZER,
@@ -87,7 +87,7 @@ class Upstream:
     versions: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def takeover(self, *args: str) -> subprocess.CompletedProcess[str]:
-        argv = [sys.executable, "-m", "webhook.takeover", "--kubeconfig", str(self.cp.admin_kubeconfig)]
+        argv = [sys.executable, "-m", "takeover", "--kubeconfig", str(self.cp.admin_kubeconfig)]
         argv += ["--as", MIGRATION, *args]
         return subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
 

@@ -18,7 +18,7 @@ from nodeagent.reconcile.cycle import HELD_RECHECK_S
 from nodeagent.settings import AgentSettings
 from nodeagent.wiring import Agent
 from policy import names
-from policy.takeover import ADOPTED_FROM, ANNOTATION_ADOPTED
+from policy.names import ADOPTED_FROM, ANNOTATION_ADOPTED
 from tests.support import vms
 from tests.support.agent_env import NOW, build_agent, kubevirt_cr, pci_claim, usb_claim
 from tests.support.fake_kube import FakeKube

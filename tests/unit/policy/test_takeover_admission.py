@@ -9,8 +9,9 @@ import pytest
 
 from policy import names
 from policy.access import Grant
+from policy.names import ADOPTED_FROM, ANNOTATION_ADOPTED
 from policy.objects import FINALIZER_AGENT
-from policy.takeover import ADOPTED_FROM, ANNOTATION_ADOPTED, UPSTREAM_PCI_FINALIZER
+from takeover.plan import UPSTREAM_PCI_FINALIZER
 from tests.support.objects import ADMIN, TENANT_A, Lab, changed, judge, migration, pciclaim, review, usbclaim, user
 
 OWNER = names.ANNOTATION_REQUESTED_BY

@@ -11,8 +11,8 @@ import pytest
 
 from policy import names, records
 from policy.access import Grant
+from policy.names import ADOPTED_REQUESTER
 from policy.settings import PolicySettings
-from policy.takeover import ADOPTED_REQUESTER
 from tests.support import vms
 from tests.support.objects import (
     NODE1,

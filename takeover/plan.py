@@ -1,5 +1,7 @@
 """Taking over an upstream harvester/pcidevices installation: the plan, computed from observed objects (pure).
 
+It may read policy (names, records, host devices) and nothing that does I/O; `takeover.command` observes and applies.
+
 `plan(observed, settings)` returns what was found, the changes to make (each a JSON patch with a resourceVersion
 test, or a delete) and the refusals. While anything is refused the whole takeover is refused: upstream-only
 features (SR-IOV VFs, vGPU, MIG, claims that skip vfio binding) would have nobody maintaining them afterwards.
@@ -32,12 +34,6 @@ UPSTREAM_NODE_FINALIZER = "wrangler.cattle.io/node-remove"
 UPSTREAM_VMI_FINALIZER = "wrangler.cattle.io/virtual-machine-deletion"
 SKIP_VFIO_ANNOTATION = "pcidevices.harvesterhci.io/skip-vfio-binding"
 OVERRIDE_RESOURCE_NAME = "pcidevice.harvesterhci.io/override-resource-name"
-# Claims adopted from upstream keep the pooled resource names their VMs already use (the agent reads this).
-ANNOTATION_ADOPTED = f"{names.GROUP}/adopted-from"
-ADOPTED_FROM = "harvester/pcidevices"
-LEGACY_PREFIX = "legacy:"
-# the requester recorded on adopted VMs: nobody's `use`, only the names the VM already used upstream
-ADOPTED_REQUESTER = "pcidevices-takeover"
 UPSTREAM_NAMESPACE = "harvester-system"
 UPSTREAM_WEBHOOKS = (
     ("admissionregistration.k8s.io/v1", "validatingwebhookconfigurations", "pcidevices-validator"),
@@ -186,7 +182,7 @@ def map_owner(user_name: str, users: Iterable[Mapping[str, Any]]) -> str:
                 return matches.pop()
             if len(matches) > 1:
                 break  # ambiguous: do not guess
-    return LEGACY_PREFIX + user_name
+    return names.LEGACY_PREFIX + user_name
 
 
 # -- refusals ---------------------------------------------------------------------------------------------------
@@ -298,7 +294,9 @@ def _claim_changes(
             user_name = str(_section(claim, "spec").get("userName") or "")
             owner = map_owner(user_name, users)
             ops += _map_ops(
-                claim, "annotations", {names.ANNOTATION_REQUESTED_BY: owner, ANNOTATION_ADOPTED: ADOPTED_FROM}
+                claim,
+                "annotations",
+                {names.ANNOTATION_REQUESTED_BY: owner, names.ANNOTATION_ADOPTED: names.ADOPTED_FROM},
             )
             why.append(f"owner {owner} (spec.userName {user_name!r})")
         if upstream_finalizer in finalizers:
@@ -329,7 +327,9 @@ def _vm_record_changes(observed: Observed, found: list[str]) -> list[Change]:
             asked = sorted({d.device_name for d in hostdevices.host_devices(vm)} & offered)
         except MalformedObject:
             continue
-        wanted = records.Requester(ADOPTED_REQUESTER, via="takeover", adopted=tuple(asked)).encode() if asked else None
+        wanted = (
+            records.Requester(names.ADOPTED_REQUESTER, via="takeover", adopted=tuple(asked)).encode() if asked else None
+        )
         current = _str_map(vm, "annotations").get(records.ANNOTATION)
         if current == wanted:
             continue

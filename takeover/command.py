@@ -1,4 +1,4 @@
-"""`pcidevices-takeover`: take over an upstream harvester/pcidevices installation (the I/O around policy.takeover).
+"""`pcidevices-takeover`: take over an upstream harvester/pcidevices installation (the I/O around takeover.plan).
 
     pcidevices-takeover [--dry-run] [--kubeconfig FILE] [--as USER]
                         [--release-name NAME] [--release-namespace NS]
@@ -8,9 +8,9 @@ Observe (lists and gets; an API that is not installed counts as empty), plan (pu
 unless --dry-run or refused. Each patch carries a resourceVersion test, so a change racing the takeover fails it
 and a second run re-plans from the new state; a run on a taken-over cluster changes nothing.
 
-It lives in webhook/ because it talks to the API exactly as the webhook does (webhook.kube); it runs as the
-migration identity (the chart's ServiceAccount pcidevices-takeover, or `--as` it), the one identity the webhook
-lets write another user's owner annotation. Exit status: 0 done (or nothing to do), 1 refused or a change failed,
+It runs once, as a command line tool or the chart's hook Job, not as part of the webhook: as the migration identity
+(the chart's ServiceAccount pcidevices-takeover, or `--as` it), the one identity the webhook lets write another
+user's owner annotation. Exit status: 0 done (or nothing to do), 1 refused or a change failed,
 2 usage or the API unreachable.
 """
 
@@ -25,7 +25,7 @@ from typing import Any, Protocol, TextIO
 
 from policy import names
 from policy.settings import MIGRATION
-from policy.takeover import (
+from takeover.plan import (
     OUR_CRDS,
     UPSTREAM_NAMESPACE,
     UPSTREAM_SECRETS,
@@ -198,7 +198,3 @@ def main(
     except kube.KubeError as e:
         print(f"pcidevices-takeover: the API server answered {e}", file=sys.stderr)
         return EXIT_USAGE
-
-
-if __name__ == "__main__":
-    sys.exit(main())

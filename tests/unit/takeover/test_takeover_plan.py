@@ -9,11 +9,9 @@ import jsonpatch  # type: ignore[import-untyped]
 import pytest
 
 from policy import names, records
+from policy.names import ADOPTED_FROM, ADOPTED_REQUESTER, ANNOTATION_ADOPTED
 from policy.objects import FINALIZER_AGENT
-from policy.takeover import (
-    ADOPTED_FROM,
-    ADOPTED_REQUESTER,
-    ANNOTATION_ADOPTED,
+from takeover.plan import (
     UPSTREAM_NODE_FINALIZER,
     UPSTREAM_PCI_FINALIZER,
     UPSTREAM_USB_FINALIZER,

@@ -10,8 +10,8 @@ from typing import Any
 
 import jsonpatch  # type: ignore[import-untyped]
 
-from policy.takeover import UPSTREAM_NODE_FINALIZER, UPSTREAM_PCI_FINALIZER
-from webhook import takeover
+from takeover import command
+from takeover.plan import UPSTREAM_NODE_FINALIZER, UPSTREAM_PCI_FINALIZER
 
 
 class Missing(Exception):
@@ -71,7 +71,7 @@ def _cluster(**extra: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def _run(kube: FakeKube, *args: str) -> tuple[int, str]:
     out = io.StringIO()
-    rc = takeover.main(list(args), out, connect=lambda _kubeconfig, _as: kube, not_found=Missing)
+    rc = command.main(list(args), out, connect=lambda _kubeconfig, _as: kube, not_found=Missing)
     return rc, out.getvalue()
 
 
