@@ -43,6 +43,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -325,57 +326,26 @@ class Node:
     def _containerd_config(self) -> Path:
         cni = self.workdir / "cni"
         cni.mkdir(exist_ok=True)
-        conflist = {
-            "cniVersion": "1.0.0",
-            "name": "pcidevices-node",
-            "plugins": [
-                {
-                    "type": "bridge",
-                    "bridge": self.sandbox.bridge,
-                    "isGateway": True,
-                    "ipMasq": False,
-                    "hairpinMode": True,
-                    "ipam": {
-                        "type": "host-local",
-                        "ranges": [[{"subnet": self.sandbox.node_cidr, "gateway": self.sandbox.network.node_ip}]],
-                        # the Service range through the node (DNAT to the API server); no default route
-                        "routes": [{"dst": self.sandbox.network.service_cidr}],
-                        "dataDir": str(self.workdir / "cni-ipam"),
-                    },
-                }
-            ],
-        }
+        conflist = cni_conflist(
+            bridge=self.sandbox.bridge,
+            subnet=self.sandbox.node_cidr,
+            gateway=self.sandbox.network.node_ip,
+            routes=(self.sandbox.network.service_cidr,),  # the Service range through the node; no default route
+            data_dir=self.workdir / "cni-ipam",
+        )
         (cni / "10-pcidevices.conflist").write_text(json.dumps(conflist, indent=2))
-        config = f"""version = 3
-root = "{self.workdir / 'containerd'}"
-state = "/run/containerd"
-disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.tracing.processor.v1.otlp"]
-
-[grpc]
-  address = "{self.socket}"
-
-[plugins.'io.containerd.cri.v1.images']
-  snapshotter = "overlayfs"
-  [plugins.'io.containerd.cri.v1.images'.pinned_images]
-    sandbox = "{self.pause_image}"
-
-[plugins.'io.containerd.cri.v1.runtime']
-  netns_mounts_under_state_dir = true
-  # No lower oom_score_adj than containerd's own: the kubelet asks -998 for pod sandboxes, which needs
-  # CAP_SYS_RESOURCE, and this machine's root lacks it (runc then fails with "can't get final child's PID").
-  restrict_oom_score_adj = true
-  [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
-    runtime_type = "io.containerd.runc.v2"
-    [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]
-      BinaryName = "{self.binaries.runc}"
-      SystemdCgroup = false
-  [plugins.'io.containerd.cri.v1.runtime'.cni]
-    bin_dirs = ["{self.binaries.cni_bin}"]
-    conf_dir = "{cni}"
-
-[plugins.'io.containerd.grpc.v1.cri']
-  stream_server_address = "127.0.0.1"
-"""
+        # No lower oom_score_adj than containerd's own: the kubelet asks -998 for pod sandboxes, which needs
+        # CAP_SYS_RESOURCE, and this machine's root lacks it (runc then fails with "can't get final child's PID").
+        config = containerd_config(
+            root=self.workdir / "containerd",
+            state=Path("/run/containerd"),
+            address=self.socket,
+            pause_image=self.pause_image,
+            runc=self.binaries.runc,
+            cni_bin=self.binaries.cni_bin,
+            cni_conf=cni,
+            restrict_oom_score_adj=True,
+        )
         path = self.workdir / "containerd.toml"
         path.write_text(config)
         return path
@@ -444,37 +414,18 @@ disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.tracing.processor
         resolv = self.workdir / "resolv.conf"
         resolv.write_text("# no name servers: pods of the node tier talk only to addresses inside the sandbox\n")
         self.healthz_port = free_port()
-        config = {
-            "apiVersion": "kubelet.config.k8s.io/v1beta1",
-            "kind": "KubeletConfiguration",
-            "failCgroupV1": False,  # this machine is cgroup v1 (module docstring)
-            "cgroupDriver": "cgroupfs",
-            "cgroupRoot": f"/{self.cgroups.name}",
-            "containerRuntimeEndpoint": f"unix://{self.socket}",
-            "address": net.node_ip,
-            "port": free_port(),
-            "readOnlyPort": 0,
-            "healthzBindAddress": "127.0.0.1",
-            "healthzPort": self.healthz_port,
-            "tlsCertFile": str(pki / "kubelet.crt"),
-            "tlsPrivateKeyFile": str(pki / "kubelet.key"),
-            "authentication": {
-                "anonymous": {"enabled": False},
-                "webhook": {"enabled": False},
-                "x509": {"clientCAFile": str(pki / "ca.crt")},
-            },
-            "authorization": {"mode": "AlwaysAllow"},
-            "failSwapOn": False,
-            "resolvConf": str(resolv),
-            "podLogsDir": str(self.workdir / "pod-logs"),
-            "volumePluginDir": str(self.workdir / "volume-plugins"),
-            "imageGCHighThresholdPercent": 100,  # never collect the imported images (no registry to pull them back)
-            "imageGCLowThresholdPercent": 99,
-            "evictionHard": {"memory.available": "1Mi", "nodefs.available": "1%", "imagefs.available": "1%"},
-            "registerNode": True,
-            "maxPods": 30,
-            "serializeImagePulls": False,
-        }
+        config = kubelet_config(
+            runtime_socket=self.socket,
+            address=net.node_ip,
+            port=free_port(),
+            healthz_port=self.healthz_port,
+            pki=pki,
+            resolv_conf=resolv,
+            pod_logs=self.workdir / "pod-logs",
+            volume_plugins=self.workdir / "volume-plugins",
+            cgroup_root=f"/{self.cgroups.name}",
+            cgroup_v1=True,  # this machine is cgroup v1 (module docstring)
+        )
         config_path = self.workdir / "kubelet.yaml"
         config_path.write_text(yaml.safe_dump(config))
         labels = ",".join(f"{k}={v}" for k, v in self.labels.items())
@@ -531,6 +482,130 @@ disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.tracing.processor
     def kubelet_ssl(self) -> ssl.SSLContext:
         ctx = ssl.create_default_context(cadata=self.cp.ca_pem.decode())
         return ctx
+
+
+# ---- configuration shared by the node here and the node in the kernel tier's guest (tests/support/guestnode.py)
+
+
+def cni_conflist(*, bridge: str, subnet: str, gateway: str, routes: Sequence[str], data_dir: Path) -> dict[str, Any]:
+    """The CNI bridge network pods join: `bridge` is their gateway at `gateway`, addresses from `subnet`, and routes
+    only to `routes` through it (no default route: nothing leads out)."""
+    return {
+        "cniVersion": "1.0.0",
+        "name": "pcidevices-node",
+        "plugins": [
+            {
+                "type": "bridge",
+                "bridge": bridge,
+                "isGateway": True,
+                "ipMasq": False,
+                "hairpinMode": True,
+                "ipam": {
+                    "type": "host-local",
+                    "ranges": [[{"subnet": subnet, "gateway": gateway}]],
+                    "routes": [{"dst": r} for r in routes],
+                    "dataDir": str(data_dir),
+                },
+            }
+        ],
+    }
+
+
+def containerd_config(
+    *,
+    root: Path,
+    state: Path,
+    address: Path,
+    pause_image: str,
+    runc: Path,
+    cni_bin: Path,
+    cni_conf: Path,
+    restrict_oom_score_adj: bool,
+) -> str:
+    """containerd 2.x's configuration (version 3) for a kubelet node: the CRI with runc (cgroupfs), the CNI bridge,
+    the pause image pinned (no registry is reachable: images are imported), no NRI and no tracing."""
+    return f"""version = 3
+root = "{root}"
+state = "{state}"
+disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.tracing.processor.v1.otlp"]
+
+[grpc]
+  address = "{address}"
+
+[plugins.'io.containerd.cri.v1.images']
+  snapshotter = "overlayfs"
+  [plugins.'io.containerd.cri.v1.images'.pinned_images]
+    sandbox = "{pause_image}"
+
+[plugins.'io.containerd.cri.v1.runtime']
+  netns_mounts_under_state_dir = true
+  restrict_oom_score_adj = {str(restrict_oom_score_adj).lower()}
+  [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
+    runtime_type = "io.containerd.runc.v2"
+    [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]
+      BinaryName = "{runc}"
+      SystemdCgroup = false
+  [plugins.'io.containerd.cri.v1.runtime'.cni]
+    bin_dirs = ["{cni_bin}"]
+    conf_dir = "{cni_conf}"
+
+[plugins.'io.containerd.grpc.v1.cri']
+  stream_server_address = "127.0.0.1"
+"""
+
+
+def kubelet_config(
+    *,
+    runtime_socket: Path,
+    address: str,
+    port: int,
+    healthz_port: int,
+    pki: Path,
+    resolv_conf: Path,
+    pod_logs: Path,
+    volume_plugins: Path,
+    cgroup_root: str | None,
+    cgroup_v1: bool,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The KubeletConfiguration of a test node: cgroupfs driver, x509 client authentication against the control
+    plane's CA, no image garbage collection (no registry to pull images back from), eviction only at the very
+    end; on cgroup v1 `failCgroupV1: false`. `extra` overrides or adds fields."""
+    config: dict[str, Any] = {
+        "apiVersion": "kubelet.config.k8s.io/v1beta1",
+        "kind": "KubeletConfiguration",
+        "cgroupDriver": "cgroupfs",
+        "containerRuntimeEndpoint": f"unix://{runtime_socket}",
+        "address": address,
+        "port": port,
+        "readOnlyPort": 0,
+        "healthzBindAddress": "127.0.0.1",
+        "healthzPort": healthz_port,
+        "tlsCertFile": str(pki / "kubelet.crt"),
+        "tlsPrivateKeyFile": str(pki / "kubelet.key"),
+        "authentication": {
+            "anonymous": {"enabled": False},
+            "webhook": {"enabled": False},
+            "x509": {"clientCAFile": str(pki / "ca.crt")},
+        },
+        "authorization": {"mode": "AlwaysAllow"},
+        "failSwapOn": False,
+        "resolvConf": str(resolv_conf),
+        "podLogsDir": str(pod_logs),
+        "volumePluginDir": str(volume_plugins),
+        "imageGCHighThresholdPercent": 100,  # never collect the imported images (no registry to pull them back)
+        "imageGCLowThresholdPercent": 99,
+        "evictionHard": {"memory.available": "1Mi", "nodefs.available": "1%", "imagefs.available": "1%"},
+        "registerNode": True,
+        "maxPods": 30,
+        "serializeImagePulls": False,
+    }
+    if cgroup_v1:
+        config["failCgroupV1"] = False
+    if cgroup_root is not None:
+        config["cgroupRoot"] = cgroup_root
+    config.update(extra or {})
+    return config
 
 
 def _b64(data: bytes) -> str:

@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -104,9 +105,18 @@ def standard_devices() -> DeviceSet:
 
 
 def command(
-    image: GuestImage, repo: Path, devices: DeviceSet, script: str, workdir: Path, guest_timeout: int
+    image: GuestImage,
+    repo: Path,
+    devices: DeviceSet,
+    script: str,
+    workdir: Path,
+    guest_timeout: int,
+    *,
+    memory_mib: int = 1024,
+    extra: Sequence[str] = (),
 ) -> list[str]:
-    """The qemu command line (pure apart from the disk paths under `workdir`)."""
+    """The qemu command line (pure apart from the disk paths under `workdir`); `extra` is appended as given (a NIC,
+    another shared folder: tests/support/guestnode.py)."""
     append = " ".join(
         [
             "console=ttyS0",
@@ -122,7 +132,7 @@ def command(
         QEMU,
         "-machine", "q35,kernel-irqchip=split",
         "-accel", "tcg",
-        "-m", "1024",
+        "-m", str(memory_mib),
         "-smp", "2",
         "-nodefaults", "-display", "none", "-no-reboot", "-monitor", "none",
         "-serial", "stdio",
@@ -137,7 +147,7 @@ def command(
         cmd += ["-drive", f"if=none,id={disk.id},format=raw,file={workdir / (disk.id + '.img')}"]
     for dev in devices.devices:
         cmd += ["-device", dev]
-    return cmd
+    return cmd + list(extra)
 
 
 def run_guest(
