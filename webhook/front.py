@@ -306,7 +306,7 @@ class Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.tls: ssl.SSLObject | None = None
         self.incoming = self.outgoing = None  # type: ssl.MemoryBIO | None
-        self.parser = httptools.HttpRequestParser(self)
+        self.parser: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)
         self.phase = HANDSHAKE
         self.deadline = 0.0
         self.request: Request | None = None
@@ -354,6 +354,9 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._forget()
+        # The parser holds this protocol for its callbacks: a cycle that only the garbage collector would free, and
+        # its full collections are pauses. Dropped here, a closed connection is freed by reference counting.
+        self.parser = None
 
     def data_received(self, data: bytes) -> None:
         if self.phase >= LINGER:
@@ -464,6 +467,7 @@ class Connection(asyncio.Protocol):
         req = self.request
         assert req is not None and self.front.loop is not None
         parser = self.parser
+        assert parser is not None  # only None once the connection is lost, and then nothing is parsed
         req.method = parser.get_method()
         req.version = parser.get_http_version()
         req.keep_alive = parser.should_keep_alive()
@@ -514,7 +518,8 @@ class Connection(asyncio.Protocol):
 
     def _feed(self, data: bytes) -> None:
         try:
-            self.parser.feed_data(data)
+            if self.parser is not None:
+                self.parser.feed_data(data)
         except (httptools.HttpParserError, httptools.HttpParserUpgrade, _Refuse) as e:
             # httptools re-raises a callback's exception as HttpParserCallbackError; the refusal is kept aside
             refusal, self.refusal = self.refusal, None
