@@ -34,6 +34,13 @@ COPIES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("clone.kubevirt.io", "virtualmachineclones", ("CREATE", "UPDATE")),
 )
 
+# Dynamic Resource Allocation (policy.dra): claims and templates that may get our drivers' devices; UPDATEs only
+# when the admission record changes (a matchCondition in the chart; the specs are immutable)
+DRA: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("resource.k8s.io", "resourceclaims", ("CREATE", "UPDATE")),
+    ("resource.k8s.io", "resourceclaimtemplates", ("CREATE", "UPDATE")),
+)
+
 # (group, resource, subresource) the validator and mutator understand.
 KINDS: frozenset[tuple[str, str, str]] = frozenset(
     {
@@ -49,6 +56,7 @@ KINDS: frozenset[tuple[str, str, str]] = frozenset(
         *((group, plural, "") for group, plural, _ in VM_LIKE),
         *((group, plural, "") for group, plural, _ in COPIES),
         ("", "pods", ""),
+        *((group, plural, "") for group, plural, _ in DRA),
     }
 )
 
@@ -68,6 +76,7 @@ VALIDATING_RULES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     *VM_LIKE,
     *COPIES,
     ("", "pods", ("CREATE",)),
+    *DRA,
 )
 MUTATING_RULES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     (names.GROUP, "pcideviceclaims", ("CREATE",)),
@@ -79,6 +88,7 @@ MUTATING_RULES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
         if group != "instancetype.kubevirt.io"
     ),
     *((group, plural, ops) for group, plural, ops in COPIES if plural != "virtualmachinesnapshotcontents"),
+    *((group, plural, ("CREATE",)) for group, plural, _ in DRA),
 )
 
 

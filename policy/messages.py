@@ -333,3 +333,54 @@ CLAIM_ALLOCATED = (
     "{kind} {name} can only be deleted while the kubelet has not handed the device out; pods {pods} hold it; "
     "stop them first"
 )
+
+# -- Dynamic Resource Allocation: ResourceClaims and ResourceClaimTemplates (policy.dra) -------------------------
+
+DRA_ADMIN_ACCESS = (
+    "{kind} {name} can only ask for passthrough devices without adminAccess; request {request} sets adminAccess: "
+    "true and may get devices of {drivers}, which are never shared; drop adminAccess or pin another driver"
+)
+DRA_NO_DEVICE = (
+    "{kind} {name} can only pin devices that exist; request {request} pins {pin}, which no {device_kind} matches; "
+    "list the devices with kubectl get {device_resource}"
+)
+DRA_UNCLAIMED = (
+    "{kind} {name} can only get claimed devices; request {request} pins {device_kind} {device}, which has no claim; "
+    "create {claim_kind} {device} with spec.offer: DRA first"
+)
+DRA_ONE_PATH = (
+    "{kind} {name} can only get devices offered through DRA; {claim_kind} {device} offers {device_kind} {device} "
+    "through the device plugin, and a device is offered through one path at a time; re-create the claim with "
+    "spec.offer: DRA, or ask for its resource name in a VM"
+)
+DRA_USE = (
+    "{kind} {name} can only get devices its requester may use in namespace {namespace}; user {user} lacks the verb "
+    "use on {device_resource} {device}, which request {request} may get; ask an administrator for a RoleBinding in "
+    "{namespace} that grants it, or pin devices {user} may use"
+)
+DRA_GROUP_MEMBER = (
+    "{kind} {name} can only get whole IOMMU groups; pcidevice {device} shares group {group} on node {node} with "
+    "pcidevice {member}, which no request pins; add a request with the selector {selector}"
+)
+DRA_GROUP_UNKNOWN = (
+    "{kind} {name} can only get whole IOMMU groups; pcidevice {device} shares group {group} on node {node} with "
+    "{address}, which has no pcidevice object; wait until the node agent reports it"
+)
+DRA_NOT_NARROWED = (
+    "{kind} {name} can only select devices of {drivers} by their owner when no selector pins one; request {request} "
+    "lacks the selector {selector}; let the mutating webhook add it (check that it is configured for {resource}) or "
+    "pin devices, e.g. {example}"
+)
+DRA_UNTRACED = (
+    "{kind} {name} can only get devices of {drivers} when {user} makes it from a ResourceClaimTemplate whose "
+    "requester the webhook recorded; {why}; re-create the template (kubectl apply) as a user who may use the devices"
+)
+WARN_DRA_NONE_OWNED = (
+    "{kind} {name} selects devices of {drivers} owned by {user}, and none is offered through DRA now; it stays "
+    "pending until a claim of {user} with spec.offer: DRA is bound"
+)
+WARN_DRA_PARTIAL_GROUPS = (
+    "{kind} {name} selects among devices of {user} that share IOMMU groups with other functions ({devices}); the node "
+    "agent prepares only whole groups: ask for every member (allocationMode: All with a selector on iommuGroup, or "
+    "one pinned request per member)"
+)

@@ -210,6 +210,7 @@ class PCIDeviceClaim:
     owner_references: tuple[OwnerReference, ...]
     allocated_to: tuple[str, ...] = ()  # status.allocatedTo pods ("<ns>/<name>"): the kubelet handed the device out
     disable_resource_pooling: bool = False
+    offer: str = ""  # spec.offer: "DRA" offers the device through Dynamic Resource Allocation only (policy.dra)
 
     @classmethod
     def from_dict(cls, obj: object) -> PCIDeviceClaim:
@@ -226,6 +227,7 @@ class PCIDeviceClaim:
             owner_references=meta.owner_references,
             allocated_to=_allocated_to(obj),
             disable_resource_pooling=_b(sp, "disableResourcePooling", "spec.disableResourcePooling"),
+            offer=_s(sp, "offer", "spec.offer"),
         )
 
 
@@ -240,6 +242,7 @@ class USBDeviceClaim:
     finalizers: tuple[str, ...]
     owner_references: tuple[OwnerReference, ...]
     allocated_to: tuple[str, ...] = ()
+    offer: str = ""
 
     @classmethod
     def from_dict(cls, obj: object) -> USBDeviceClaim:
@@ -256,6 +259,7 @@ class USBDeviceClaim:
             finalizers=meta.finalizers,
             owner_references=meta.owner_references,
             allocated_to=_allocated_to(obj),
+            offer=_s(sp, "offer", "spec.offer"),
         )
 
 

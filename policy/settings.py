@@ -15,6 +15,11 @@ CONTROLLER_MANAGER = "system:kube-controller-manager"
 VIRT_CONTROLLERS = frozenset(
     {"system:serviceaccount:kubevirt:kubevirt-controller", "system:serviceaccount:harvester-system:kubevirt-controller"}
 )
+# kube-controller-manager's resource claim controller: it makes a pod's ResourceClaims from ResourceClaimTemplates
+# (as its own service account with --use-service-account-credentials, else as kube-controller-manager)
+RESOURCE_CLAIM_CONTROLLERS = frozenset(
+    {"system:serviceaccount:kube-system:resource-claim-controller", CONTROLLER_MANAGER}
+)
 # Controllers that restore, clone or re-create VMs: they attach devices without the `use` verb
 USE_EXEMPT = frozenset({"system:serviceaccount:harvester-system:harvester"})
 PER_DEVICE = "perDevice"
@@ -32,6 +37,7 @@ class PolicySettings:
     migration_usernames: frozenset[str] = field(default_factory=lambda: frozenset({MIGRATION}))
     gc_usernames: frozenset[str] = field(default_factory=lambda: frozenset({GC, CONTROLLER_MANAGER}))
     virt_controller_usernames: frozenset[str] = VIRT_CONTROLLERS
+    resource_claim_controller_usernames: frozenset[str] = RESOURCE_CLAIM_CONTROLLERS
     use_exempt_usernames: frozenset[str] = USE_EXEMPT
     enforce_claim: bool = True
     enforce_release: bool = True

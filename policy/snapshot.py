@@ -11,7 +11,7 @@ import threading
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Generic, Protocol, TypeVar
 
-from policy import copies, hostdevices, names
+from policy import copies, dra, hostdevices, names
 from policy.copies import Clone, Restore, Snapshot
 from policy.hostdevices import Workload
 from policy.objects import (
@@ -26,6 +26,7 @@ from policy.objects import (
 
 K = TypeVar("K")
 
+DRA_KINDS = ("DeviceClass", "ResourceClaimTemplate")  # what DRA claims are judged against (policy.dra)
 KINDS = (
     "PCIDevice",
     "PCIDeviceClaim",
@@ -34,6 +35,7 @@ KINDS = (
     "Node",
     *hostdevices.WORKLOAD_KINDS,
     *copies.KINDS,
+    *DRA_KINDS,
 )
 # kinds whose objects hold devices while they run: indexed by the resource names they ask for (A7, A9)
 _HOLDERS = (hostdevices.VM, hostdevices.VMI)
@@ -91,6 +93,15 @@ class ClusterView(Protocol):
         """PCI devices of one vendor:device on a node (one pool when resource names are pooled)."""
         ...
 
+    def pcidevices_at_address(self, address: str) -> Sequence[PCIDevice]:
+        """PCI devices with this address, on every node (a DRA selector may pin an address without a node)."""
+        ...
+
+    def device_class(self, name: str) -> dra.DeviceClass | None: ...
+    def claim_templates(self, namespace: str) -> Sequence[dra.ClaimTemplate]:
+        """The ResourceClaimTemplates of a namespace (the claims the resource claim controller makes come from one)."""
+        ...
+
 
 class ClusterIndex:
     """A mutable, internally locked ClusterView holding slim views, fed by upsert/delete/replace."""
@@ -123,6 +134,10 @@ class ClusterIndex:
         self._pooled_models: MultiMap[str] = MultiMap()
         self._copies: dict[str, dict[str, Any]] = {k: {} for k in copies.KINDS}
         self._restore_marks: dict[tuple[str, str], str] = {}
+        # DRA (policy.dra): DeviceClasses by name, ResourceClaimTemplates by "<namespace>/<name>" and by namespace
+        self._dra: dict[str, dict[str, Any]] = {k: {} for k in DRA_KINDS}
+        self._templates_by_namespace: MultiMap[str] = MultiMap()
+        self._pci_at_address: MultiMap[str] = MultiMap()
 
     @classmethod
     def from_objects(cls, objects: Iterable[Mapping[str, Any]]) -> ClusterIndex:
@@ -328,6 +343,20 @@ class ClusterIndex:
         with self._lock:
             return [self._pci[n] for n in self._pci_by_model.get((node, vendor_id, device_id))]
 
+    def pcidevices_at_address(self, address: str) -> Sequence[PCIDevice]:
+        with self._lock:
+            return [self._pci[n] for n in self._pci_at_address.get(address)]
+
+    def device_class(self, name: str) -> dra.DeviceClass | None:
+        with self._lock:
+            view: dra.DeviceClass | None = self._dra["DeviceClass"].get(name)
+            return view
+
+    def claim_templates(self, namespace: str) -> Sequence[dra.ClaimTemplate]:
+        with self._lock:
+            store = self._dra["ResourceClaimTemplate"]
+            return [store[k] for k in self._templates_by_namespace.get(namespace) if k in store]
+
     def counts(self) -> Mapping[str, int]:
         with self._lock:
             return {
@@ -338,6 +367,7 @@ class ClusterIndex:
                 "Node": len(self._nodes),
                 **{kind: len(store) for kind, store in self._workloads.items()},
                 **{kind: len(store) for kind, store in self._copies.items()},
+                **{kind: len(store) for kind, store in self._dra.items()},
             }
 
     # -- index maintenance (called with the lock held) ----------------------------------------------------------
@@ -351,6 +381,8 @@ class ClusterIndex:
         }
         if kind in stores:
             return stores[kind]
+        if kind in self._dra:
+            return self._dra[kind]
         return self._copies[kind] if kind in self._copies else self._workloads[kind]
 
     def _devices(self, index: dict[str, MultiMap[str]], resource_name: str) -> list[Device]:
@@ -359,10 +391,17 @@ class ClusterIndex:
         return out
 
     def _is_claimed(self, device_kind: str, name: str) -> bool:
-        return name in (self._pci_claims if device_kind == "PCIDevice" else self._usb_claims)
+        """Claimed and offered under a resource name: a claim offered through DRA gives its device no name."""
+        claim = (self._pci_claims if device_kind == "PCIDevice" else self._usb_claims).get(name)
+        return claim is not None and claim.offer != dra.OFFER_DRA
 
     def _add(self, kind: str, view: Any) -> None:
         self._store(kind)[_key(view)] = view
+        if isinstance(view, dra.ClaimTemplate):
+            self._templates_by_namespace.add(view.namespace, view.key)
+            return
+        if isinstance(view, dra.DeviceClass):
+            return
         if isinstance(view, Workload):
             if kind in _HOLDERS or kind in _INSTANCETYPES:
                 for device_name in set(view.device_names):
@@ -384,6 +423,7 @@ class ClusterIndex:
             self._pooled_models.add(*pk)
         if isinstance(view, PCIDevice):
             self._pci_by_address[(view.node_name, view.address)] = view.name
+            self._pci_at_address.add(view.address, view.name)
             self._pci_by_model.add((view.node_name, view.vendor_id, view.device_id), view.name)
             if view.iommu_group:
                 self._pci_by_group.add((view.node_name, view.iommu_group), view.name)
@@ -398,7 +438,7 @@ class ClusterIndex:
             self._claims_by_owner[kind].add(view.owner, view.name)
             device_kind = "PCIDevice" if kind == "PCIDeviceClaim" else "USBDevice"
             device: Device | None = (self._pci if device_kind == "PCIDevice" else self._usb).get(view.name)
-            if device is not None and device.resource_name and _carries(device):
+            if device is not None and device.resource_name and _carries(device) and view.offer != dra.OFFER_DRA:
                 self._claimed_by_resource[device_kind].add(device.resource_name, view.name)
 
     def _add_resource(self, device_kind: str, name: str, resource_name: str) -> None:
@@ -411,6 +451,11 @@ class ClusterIndex:
     def _remove(self, kind: str, name: str) -> None:
         view = self._store(kind).pop(name, None)
         if view is None:
+            return
+        if isinstance(view, dra.ClaimTemplate):
+            self._templates_by_namespace.discard(view.namespace, view.key)
+            return
+        if isinstance(view, dra.DeviceClass):
             return
         if isinstance(view, Workload):
             for device_name in set(view.device_names):
@@ -438,6 +483,7 @@ class ClusterIndex:
         if isinstance(view, PCIDevice):
             if self._pci_by_address.get((view.node_name, view.address)) == name:
                 del self._pci_by_address[(view.node_name, view.address)]
+            self._pci_at_address.discard(view.address, name)
             self._pci_by_model.discard((view.node_name, view.vendor_id, view.device_id), name)
             self._pci_by_group.discard((view.node_name, view.iommu_group), name)
             self._by_resource["PCIDevice"].discard(view.resource_name, name)
@@ -528,13 +574,18 @@ def _name_of(obj: Mapping[str, Any]) -> str:
 
 
 def _key(view: Any) -> str:
-    """The store key of a view: workloads and KubeVirt's copies are namespaced, our kinds are not."""
-    return view.key if isinstance(view, Workload | Restore | Clone | Snapshot) else str(view.name)
+    """The store key of a view: workloads, KubeVirt's copies and claim templates are namespaced, our kinds are not."""
+    if isinstance(view, Workload | Restore | Clone | Snapshot | dra.ClaimTemplate | dra.DeviceClass):
+        return str(view.key)
+    return str(view.name)
 
 
 def _key_of(kind: str, obj: Mapping[str, Any]) -> str:
     name = _name_of(obj)
-    if (kind not in hostdevices.DEVICE_PATHS and kind not in copies.KINDS) or not name or "/" in name:
+    if kind == "DeviceClass":
+        return name.rpartition("/")[2]
+    namespaced = kind in hostdevices.DEVICE_PATHS or kind in copies.KINDS or kind == "ResourceClaimTemplate"
+    if not namespaced or not name or "/" in name:
         return name
     meta = obj.get("metadata")
     namespace = meta.get("namespace") if isinstance(meta, Mapping) else None
@@ -548,4 +599,6 @@ _PARSERS: dict[str, Any] = {
     "USBDeviceClaim": USBDeviceClaim.from_dict,
     **{kind: Workload.from_dict for kind in hostdevices.WORKLOAD_KINDS},
     **{kind: (lambda obj, kind=kind: copies.parse(kind, obj)) for kind in copies.KINDS},
+    "DeviceClass": dra.DeviceClass.from_dict,
+    "ResourceClaimTemplate": dra.ClaimTemplate.from_dict,
 }

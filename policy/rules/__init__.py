@@ -15,6 +15,8 @@ from policy.rules import (
     pcideviceclaims,
     pcidevices,
     pods,
+    resourceclaims,
+    resourceclaimtemplates,
     usbdeviceclaims,
     usbdevices,
     virtualmachineclones,
@@ -51,6 +53,8 @@ RULES: dict[tuple[str, str], RuleModule] = {
     ("snapshot.kubevirt.io", "virtualmachinesnapshotcontents"): virtualmachinesnapshotcontents,
     ("clone.kubevirt.io", "virtualmachineclones"): virtualmachineclones,
     ("", "pods"): pods,
+    ("resource.k8s.io", "resourceclaims"): resourceclaims,
+    ("resource.k8s.io", "resourceclaimtemplates"): resourceclaimtemplates,
 }
 
 __all__ = ["RULES", "Context", "RuleModule"]
