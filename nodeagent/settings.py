@@ -40,6 +40,10 @@ class AgentSettings:
     allocations_poll_s: float = 5.0
     observe_only: bool = False
     """Observe mode: discover and publish, never write to sysfs or /dev (no bind, release, chown, modprobe)."""
+    dra: bool = False
+    """Dynamic Resource Allocation (docs/dra.md): publish claims with spec.offer: DRA in ResourceSlices and prepare
+    them for the kubelet through CDI."""
+    cdi_dir: str = "/var/run/cdi"
 
     @property
     def plugin_dir(self) -> str:
@@ -49,11 +53,20 @@ class AgentSettings:
     def pod_resources_socket(self) -> str:
         return os.path.join(self.kubelet_dir, "pod-resources", "kubelet.sock")
 
+    @property
+    def plugins_registry(self) -> str:
+        """Where the kubelet's plugin watcher looks for registration sockets (DRA)."""
+        return os.path.join(self.kubelet_dir, "plugins_registry")
+
+    def dra_plugin_dir(self, driver: str) -> str:
+        """The folder of one DRA driver's kubelet-facing socket."""
+        return os.path.join(self.kubelet_dir, "plugins", driver)
+
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> AgentSettings:
         """NODE_NAME (required), POD_NAMESPACE, HOST_ROOT, HOST_PROC, NODE_IP, KUBECONFIG, KUBELET_DIR,
         RESOURCE_NAMES (perDevice|pooled), RESYNC_SECONDS, HEALTH_PORT, PCI_IDS, USB_IDS, KUBEVIRT_NAMESPACE (default:
-        search every namespace), OBSERVE_ONLY (true|false); ValueError when invalid."""
+        search every namespace), OBSERVE_ONLY (true|false), DRA (true|false), CDI_DIR; ValueError when invalid."""
         node = env.get("NODE_NAME", "").strip()
         if not node:
             raise ValueError("NODE_NAME must be set (the downward API's spec.nodeName)")
@@ -63,6 +76,9 @@ class AgentSettings:
         observe = env.get("OBSERVE_ONLY", "false").strip().lower()
         if observe not in _TRUE + _FALSE:
             raise ValueError(f"OBSERVE_ONLY must be true or false; got {observe!r}")
+        dra = env.get("DRA", "false").strip().lower()
+        if dra not in _TRUE + _FALSE:
+            raise ValueError(f"DRA must be true or false; got {dra!r}")
         kubeconfig = env.get("KUBECONFIG")
         return cls(
             node_name=node,
@@ -79,4 +95,6 @@ class AgentSettings:
             usb_ids=env.get("USB_IDS") or None,
             kubevirt_namespace=env.get("KUBEVIRT_NAMESPACE") or None,
             observe_only=observe in _TRUE,
+            dra=dra in _TRUE,
+            cdi_dir=env.get("CDI_DIR") or "/var/run/cdi",
         )

@@ -40,6 +40,10 @@ DRA: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("resource.k8s.io", "resourceclaims", ("CREATE", "UPDATE")),
     ("resource.k8s.io", "resourceclaimtemplates", ("CREATE", "UPDATE")),
 )
+# the slices of our drivers are the node agents' (A10d; the chart sends those of our drivers and any by an agent)
+SLICES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("resource.k8s.io", "resourceslices", ("CREATE", "UPDATE", "DELETE")),
+)
 
 # (group, resource, subresource) the validator and mutator understand.
 KINDS: frozenset[tuple[str, str, str]] = frozenset(
@@ -56,7 +60,7 @@ KINDS: frozenset[tuple[str, str, str]] = frozenset(
         *((group, plural, "") for group, plural, _ in VM_LIKE),
         *((group, plural, "") for group, plural, _ in COPIES),
         ("", "pods", ""),
-        *((group, plural, "") for group, plural, _ in DRA),
+        *((group, plural, "") for group, plural, _ in (*DRA, *SLICES)),
     }
 )
 
@@ -77,6 +81,7 @@ VALIDATING_RULES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     *COPIES,
     ("", "pods", ("CREATE",)),
     *DRA,
+    *SLICES,
 )
 MUTATING_RULES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     (names.GROUP, "pcideviceclaims", ("CREATE",)),

@@ -384,3 +384,12 @@ WARN_DRA_PARTIAL_GROUPS = (
     "agent prepares only whole groups: ask for every member (allocationMode: All with a selector on iommuGroup, or "
     "one pinned request per member)"
 )
+SLICE_WRITER = (
+    "resourceslice {name} of driver {driver} can only be written by the node agent of node {node}, and deleted by "
+    "that node's kubelet, the garbage collector or cluster-admins; {user} may not"
+)
+SLICE_AGENT_NODE = (
+    "resourceslice {name} can only be written by the node agent of its own node, for drivers {drivers}, in a pool "
+    "named like the node; it has driver {driver}, spec.nodeName {node} and pool {pool} but the token of {user} is "
+    "bound to node {agent_node}"
+)

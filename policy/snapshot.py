@@ -180,6 +180,8 @@ class ClusterIndex:
         with self._lock:
             if kind == "Node":
                 self._nodes.discard(name)
+            elif kind == "DeviceClass":
+                self._remove(kind, name.rpartition("/")[2])  # cluster-scoped: the webhook's watch keys it "/<name>"
             elif kind in _PARSERS:
                 self._remove(kind, name)  # workloads: name is "<namespace>/<name>"
             else:

@@ -1,4 +1,5 @@
-"""Watches of the KubeVirt kinds that name host devices, feeding the same ClusterIndex as the claims (part 2).
+"""Watches of the KubeVirt kinds that name host devices (part 2) and of the DRA kinds the ResourceClaim rules read,
+feeding the same ClusterIndex as the claims.
 
 These kinds are namespaced, and the reflectors of webhook.cache key objects by metadata.name alone; `KeyedLister`
 renames each object to `<namespace>/<name>` on the way in (policy.hostdevices.Workload understands that form), so
@@ -14,8 +15,9 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import apiclient
 from policy import copies, hostdevices, snapshot
-from webhook import cache, kube
+from webhook import cache
 from webhook import metrics as metrics_mod
 
 log = logging.getLogger(__name__)
@@ -36,6 +38,10 @@ WATCHED: tuple[cache.WatchedKind, ...] = (
     cache.WatchedKind(copies.SNAPSHOT, "/apis/snapshot.kubevirt.io/v1beta1/virtualmachinesnapshots"),
     cache.WatchedKind(copies.RESTORE, "/apis/snapshot.kubevirt.io/v1beta1/virtualmachinerestores"),
     cache.WatchedKind(copies.CLONE, "/apis/clone.kubevirt.io/v1beta1/virtualmachineclones"),
+    # DRA (policy.dra): what decides whether a ResourceClaim may reach our drivers, and the templates whose records
+    # the claims the resource claim controller makes must carry (absent before Kubernetes 1.34: listed as empty)
+    cache.WatchedKind("DeviceClass", "/apis/resource.k8s.io/v1/deviceclasses"),
+    cache.WatchedKind("ResourceClaimTemplate", "/apis/resource.k8s.io/v1/resourceclaimtemplates"),
 )
 
 
@@ -64,7 +70,7 @@ class KeyedLister:
             for items, rv in self._inner.list_pages(path, limit):
                 self._absent.discard(path)
                 yield [keyed(o) for o in items], rv
-        except kube.KubeError as e:
+        except apiclient.KubeError as e:
             if e.status not in (403, 404):
                 raise
             # 404: KubeVirt (or this optional API) is not installed; 403: the webhook's RBAC lacks it (the chart
@@ -77,13 +83,13 @@ class KeyedLister:
             self._absent.add(path)
             yield [], ""
 
-    def watch(self, path: str, resource_version: str, timeout_s: int) -> Iterator[kube.WatchEvent]:
+    def watch(self, path: str, resource_version: str, timeout_s: int) -> Iterator[apiclient.WatchEvent]:
         if path in self._absent:
             # wait, then make the reflector list again (it re-lists on Expired): the CRD may have appeared
             self._stop.wait(min(self._retry, timeout_s))
-            raise kube.Expired(410, "API not installed")
+            raise apiclient.Expired("API not installed", status=410)
         for event in self._inner.watch(path, resource_version, timeout_s):
-            yield kube.WatchEvent(event.type, keyed(dict(event.object)))
+            yield apiclient.WatchEvent(event.type, keyed(dict(event.object)))
 
 
 class Sources:

@@ -17,6 +17,7 @@ from policy.rules import (
     pods,
     resourceclaims,
     resourceclaimtemplates,
+    resourceslices,
     usbdeviceclaims,
     usbdevices,
     virtualmachineclones,
@@ -55,6 +56,7 @@ RULES: dict[tuple[str, str], RuleModule] = {
     ("", "pods"): pods,
     ("resource.k8s.io", "resourceclaims"): resourceclaims,
     ("resource.k8s.io", "resourceclaimtemplates"): resourceclaimtemplates,
+    ("resource.k8s.io", "resourceslices"): resourceslices,
 }
 
 __all__ = ["RULES", "Context", "RuleModule"]

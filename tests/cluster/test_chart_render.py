@@ -251,7 +251,9 @@ def test_the_agent_is_privileged_on_the_host_network_with_only_the_host_paths_it
     host_paths = sorted(v["hostPath"]["path"] for v in pod["volumes"])
     assert host_paths == sorted(
         ["/proc", "/sys", "/dev", "/lib/modules", "/var/lib/kubelet/device-plugins",
-         "/var/lib/kubelet/pod-resources", "/run/udev"]
+         "/var/lib/kubelet/pod-resources", "/run/udev", "/var/lib/kubelet/plugins_registry",
+         "/var/lib/kubelet/plugins/pci.devices.harvesterhci.io", "/var/lib/kubelet/plugins/usb.devices.harvesterhci.io",
+         "/var/run/cdi"]
     )  # fmt: skip
     mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
     assert mounts["host-proc"] == _env(c)["HOST_PROC"] == "/host/proc"
@@ -314,6 +316,12 @@ REVIEWED = (
     | _grants("ClusterRole/pcidevices-agent", "instancetype.kubevirt.io",
               ("virtualmachineinstancetypes", "virtualmachineclusterinstancetypes"), ("list",))
     | _grants("Role/pcidevices-agent", "", ("events",), ("create", "patch"))
+    # DRA (issue 18): the webhook reads DeviceClasses and templates; the agent writes its node's ResourceSlices
+    # (node-restricted by the webhook, A10d), reads the claims it prepares and asks the last gate's question
+    | _grants("ClusterRole/pcidevices-webhook", "resource.k8s.io", ("deviceclasses", "resourceclaimtemplates"), _READ)
+    | _grants("ClusterRole/pcidevices-agent", "resource.k8s.io", ("resourceslices",), _CRUD)
+    | _grants("ClusterRole/pcidevices-agent", "resource.k8s.io", ("resourceclaims",), ("get",))
+    | _grants("ClusterRole/pcidevices-agent", "authorization.k8s.io", ("subjectaccessreviews",), ("create",))
     # cluster controller: claims, reads, its Lease, Events
     | _grants("ClusterRole/pcidevices-controller", GROUP, _CLAIMS, _CRUD)
     | _grants("ClusterRole/pcidevices-controller", GROUP, _DEV, _READ)

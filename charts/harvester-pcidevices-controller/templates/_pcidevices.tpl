@@ -39,6 +39,8 @@ otherwise whoever may create ServiceAccounts in this namespace could make one of
   value: {{ join "," .Values.policy.useExemptUsernames | quote }}
 - name: PCIDEVICES_POLICY_VIRT_CONTROLLER_USERNAMES
   value: {{ join "," .Values.policy.virtControllerUsernames | quote }}
+- name: PCIDEVICES_POLICY_RESOURCE_CLAIM_CONTROLLER_USERNAMES
+  value: {{ join "," .Values.policy.resourceClaimControllerUsernames | quote }}
 - name: PCIDEVICES_POLICY_RESOURCE_NAMES
   value: {{ .Values.policy.resourceNames | quote }}
 - name: PCIDEVICES_POLICY_ENFORCE_CLAIM

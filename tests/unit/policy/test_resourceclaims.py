@@ -395,3 +395,58 @@ def test_node1a_devices_stay_out_of_node1_pins() -> None:
         cluster(), GRANTS,
     )  # fmt: skip
     assert d.allowed, d.message
+
+
+# -- ResourceSlices of our drivers are the node agents' (A10d) ----------------------------------------------------
+
+
+def _slice(node: str, driver: str = dra.PCI_DRIVER, pool: str | None = None) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{dra.GROUP}/{dra.VERSION}",
+        "kind": "ResourceSlice",
+        "metadata": {"name": dra.slice_name(node, driver, 0)},
+        "spec": {"driver": driver, "nodeName": node, "pool": {"name": pool or node, "generation": 1,
+                                                               "resourceSliceCount": 1}, "devices": []},
+    }  # fmt: skip
+
+
+def _slice_review(operation: str, obj: dict[str, Any] | None, old: dict[str, Any] | None = None, *,
+                  user_info: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+    body = dra_review(operation, {**(obj or old or {}), "kind": "ResourceClaim"}, user_info=user_info)
+    req = body["request"]
+    req["kind"] = req["requestKind"] = {"group": dra.GROUP, "version": dra.VERSION, "kind": "ResourceSlice"}
+    plural = {"group": dra.GROUP, "version": dra.VERSION, "resource": "resourceslices"}
+    req["resource"] = req["requestResource"] = plural
+    req["object"], req["oldObject"], req["namespace"] = obj, old, ""
+    return body
+
+
+@pytest.mark.parametrize(
+    ("operation", "obj", "old", "who", "allowed"),
+    [
+        pytest.param("CREATE", _slice(NODE1), None, "agent1", True, id="allow an agent its own node's slice"),
+        pytest.param("CREATE", _slice(NODE1A), None, "agent1", False, id="forbid an agent another node's slice"),
+        pytest.param("CREATE", _slice(NODE1, pool=NODE1A), None, "agent1", False,
+                     id="forbid an agent a pool named after another node"),
+        pytest.param("CREATE", _slice(NODE1, driver="gpu.nvidia.com"), None, "agent1", False,
+                     id="forbid an agent another driver's slice"),
+        pytest.param("UPDATE", _slice(NODE1), _slice(NODE1), "agent1", True, id="allow an agent to update its slice"),
+        pytest.param("DELETE", None, _slice(NODE1A), "agent1", False, id="forbid an agent deleting another node's"),
+        pytest.param("CREATE", _slice(NODE1), None, TENANT_A, False, id="forbid a user publishing our devices"),
+        pytest.param("DELETE", None, _slice(NODE1), f"system:node:{NODE1}", True,
+                     id="allow the node's kubelet to wipe"),
+        pytest.param("DELETE", None, _slice(NODE1), f"system:node:{NODE1A}", False,
+                     id="forbid another node's kubelet to delete"),
+        pytest.param("CREATE", _slice(NODE1, driver="gpu.nvidia.com"), None, TENANT_A, True,
+                     id="leave other drivers' slices alone"),
+        pytest.param("CREATE", _slice(NODE1), None, "kubernetes-admin", True, id="allow cluster-admins"),
+    ],
+)  # fmt: skip
+def test_resourceslice_writes(
+    operation: str, obj: dict[str, Any] | None, old: dict[str, Any] | None, who: str, allowed: bool
+) -> None:
+    from tests.support.objects import agent
+
+    info = agent(NODE1) if who == "agent1" else user(who)
+    d = judge(_slice_review(operation, obj, old, user_info=info), cluster(), GRANTS)
+    assert d.allowed is allowed, d.message
