@@ -9,6 +9,10 @@ loop, and every phase has a deadline (Go's net/http ReadHeaderTimeout/ReadTimeou
     accepted --handshake_timeout_s--> TLS up --header_timeout_s--> headers --body_timeout_s--> request complete
         --(app in the pool)--> answer written --keepalive_s (idle)--> first byte of the next request --> headers ...
 
+Connections that have not been answered yet (TLS handshake, first request) are served a few steps per turn of the
+loop, after the reads of connections answered before: new or hostile connections cannot hold up the API server's
+keep-alive connections.
+
 Requests that `inline` can answer without waiting (for the webhook: admissions whose SubjectAccessReviews are
 cached) are answered on the event loop, which saves two thread switches per request; everything else goes to the
 pool, so a slow API server or a slow app never stops the loop.
@@ -66,7 +70,7 @@ _READ = 65536
 # data makes the kernel send a reset, and the client may then lose the answer before it reads it (lingering close).
 _LINGER_S = 2.0
 _LINGER_BYTES = 8 * 1024 * 1024
-HANDSHAKES_PER_TURN = 2
+NEWCOMER_STEPS_PER_TURN = 2
 _MAX_PIPELINED = 4  # complete requests queued behind the one in the app; more is not a client we need to serve
 
 
@@ -171,8 +175,11 @@ class Front:
         self.servers: list[asyncio.Server] = []
         self.draining = False
         self._sweeper: asyncio.TimerHandle | None = None
-        self._handshakes: collections.deque[Connection] = collections.deque()
-        self._handshake_turn_due = False
+        # Connections not answered yet (TLS handshake, first request) wait here and are taken a few per turn of the
+        # loop: a burst of them, hostile or not, cannot hold up the connections that have been answered before (the
+        # API server's keep-alive connections), whose reads are handled as they come.
+        self._newcomers: collections.deque[Connection] = collections.deque()
+        self._turn_due = False
 
     async def start(self, sockets: Iterable[socket.socket]) -> None:
         self.loop = asyncio.get_running_loop()
@@ -193,27 +200,28 @@ class Front:
                 conn.abort()
         self.observer.open_connections(len(self.connections))
 
-    def queue_handshake(self, conn: Connection) -> None:
-        self._handshakes.append(conn)
-        if not self._handshake_turn_due:
-            self._handshake_turn_due = True
+    def queue_newcomer(self, conn: Connection) -> None:
+        self._newcomers.append(conn)
+        if not self._turn_due:
+            self._turn_due = True
             assert self.loop is not None
-            self.loop.call_soon(self._handshake_turn)
+            self.loop.call_soon(self._newcomer_turn)
 
-    def _handshake_turn(self) -> None:
-        """Up to HANDSHAKES_PER_TURN handshake steps, then the loop polls for I/O before the next ones."""
-        for _ in range(min(HANDSHAKES_PER_TURN, len(self._handshakes))):
-            conn = self._handshakes.popleft()
+    def _newcomer_turn(self) -> None:
+        """Up to NEWCOMER_STEPS_PER_TURN steps of connections that have not been answered yet, then the loop polls
+        for I/O (and serves the connections already answered once) before the next ones."""
+        for _ in range(min(NEWCOMER_STEPS_PER_TURN, len(self._newcomers))):
+            conn = self._newcomers.popleft()
             try:
-                conn.handshake_turn()
+                conn.newcomer_turn()
             except Exception:
-                log.error("a TLS handshake step failed", exc_info=True)
+                log.error("a step of a new connection failed", exc_info=True)
                 conn.abort()
-        if self._handshakes:
+        if self._newcomers:
             assert self.loop is not None
-            self.loop.call_soon(self._handshake_turn)
+            self.loop.call_soon(self._newcomer_turn)
         else:
-            self._handshake_turn_due = False
+            self._turn_due = False
 
     def close_listeners(self) -> None:
         """Stop accepting and close idle keep-alive connections; requests under way finish (graceful stop)."""
@@ -317,7 +325,8 @@ class Connection(asyncio.Protocol):
         self.eof = False
         self.refusal: _Refuse | None = None
         self.lingered = 0
-        self.handshake_queued = False
+        self.queued = False  # waiting in the front's newcomers' queue
+        self.answered = False  # a request of this connection has been answered: its reads are handled at once
 
     # -- asyncio.Protocol ---------------------------------------------------------------------------------------------
 
@@ -370,19 +379,21 @@ class Connection(asyncio.Protocol):
             return
         assert self.incoming is not None
         self.incoming.write(data)
-        if self.phase == HANDSHAKE:
-            # Handshakes cost a millisecond of CPU each; taken a few per turn of the loop, so a burst of new (or
-            # hostile) connections cannot hold up the requests of the connections already open.
-            if not self.handshake_queued:
-                self.handshake_queued = True
-                self.front.queue_handshake(self)
+        if not self.answered:
+            if not self.queued:
+                self.queued = True
+                if self.transport is not None:
+                    self.transport.pause_reading()  # what waits in the queue is bounded by one read
+                self.front.queue_newcomer(self)
             return
         self._pump()
 
-    def handshake_turn(self) -> None:
-        """The queued handshake step (Front.queue_handshake), then whatever the client already sent after it."""
-        self.handshake_queued = False
-        if self.phase == HANDSHAKE:
+    def newcomer_turn(self) -> None:
+        """Its turn in the newcomers' queue (Front.queue_newcomer): handshake and read what the client sent."""
+        self.queued = False
+        if self.phase < LINGER:
+            if self.transport is not None and self.phase != BUSY and not self.paused_writing:
+                self.transport.resume_reading()
             self._pump()
 
     def _pump(self) -> None:
@@ -555,6 +566,7 @@ class Connection(asyncio.Protocol):
                 self._release_body()
                 keep = req.keep_alive and not front.draining
                 self._send(_response(*answer, keep=keep))
+                self.answered = True
                 if not keep or self.eof:
                     self.close()
                     return
@@ -580,6 +592,7 @@ class Connection(asyncio.Protocol):
         except Exception:  # e.g. the pool was shut down under a request
             data, keep = _simple(503, b"shutting down\n"), False
         self._send(data)
+        self.answered = True
         if not keep or (self.eof and not self.queue):
             self.close()
             return
