@@ -51,6 +51,7 @@ ATTR_IOMMU_GROUP = "iommuGroup"
 ATTR_NUMA_NODE = "numaNode"  # -1 when the kernel reports none, so `numaNode == 0` never fails on a missing value
 ATTR_BUS = "bus"
 ATTR_DEVNUM = "devnum"
+ATTR_CONTROLLER = "controllerAddress"  # USB: the PCI address of the host controller
 # Standard attributes (resource.kubernetes.io, the same meaning for every driver)
 ATTR_PCIE_ROOT = "resource.kubernetes.io/pcieRoot"  # "pci<domain>:<bus>" of the root complex
 ATTR_PCI_BUS_ID = "resource.kubernetes.io/pciBusID"  # the full address, read by KubeVirt's DRA support
