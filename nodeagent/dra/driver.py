@@ -26,6 +26,8 @@ GetClaim = Callable[[str, str], Mapping[str, Any] | None]
 """(namespace, name) -> the ResourceClaim, None when it does not exist."""
 MayUse = Callable[[Requester, PublishedDevice, str], bool]
 """(requester, device, namespace) -> whether the requester may use the device there."""
+Unusable = Callable[[PublishedDevice], str | None]
+"""device -> why it cannot be handed out now (not on vfio-pci, no /dev/vfio/<group>, ...), None when it can."""
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,7 @@ class DraDriver:
         get_claim: GetClaim,
         may_use: MayUse,
         iommufd: Callable[[], bool] = lambda: False,
+        unusable: Unusable = lambda device: None,
     ) -> None:
         self.driver = driver
         self.node = node
@@ -66,6 +69,7 @@ class DraDriver:
         self._get_claim = get_claim
         self._may_use = may_use
         self._iommufd = iommufd
+        self._unusable = unusable
         self._lock = threading.Lock()
         self._published: dict[str, PublishedDevice] = {}
         self.prepared_count = 0
@@ -99,6 +103,9 @@ class DraDriver:
         if isinstance(decided, prepare.Refusal):
             return self._refuse(shown, decided.message)
         for device, _ in decided.devices:
+            why = self._unusable(device)
+            if why is not None:
+                return self._refuse(shown, prepare.UNUSABLE.format(claim=shown, device=device.object_name, why=why))
             if not self._may_use(decided.requester, device, ref.namespace):
                 resource = "pcidevices" if device.address else "usbdevices"
                 return self._refuse(

@@ -34,6 +34,7 @@ NO_RECORD = (
     "claim {claim} carries no {annotation} record: the admission webhook did not judge it (made before the webhook, "
     "or while it was not called); make the claim again"
 )
+UNUSABLE = "claim {claim} was allocated {device}, which cannot be handed out now: {why}; the kubelet asks again"
 NO_USE = (
     "claim {claim} was made by {user}, who lacks the verb use on {resource} {device} in namespace {namespace}; the "
     "device is not prepared"

@@ -130,3 +130,40 @@ def test_each_driver_has_its_own_pool() -> None:
     assert sorted(store.objects) == ["node1-pcidevices-0", "node1-usbdevices-0"]
     entry = store.objects["node1-usbdevices-0"]["spec"]["devices"][0]
     assert entry["name"] == "usb-002-004" and entry["attributes"]["usbDevice"] == {"string": "node1-0951-1666-002004"}
+
+
+def _node(tmp: str) -> tuple[Any, Store, Any]:
+    from nodeagent.dra import cdi
+    from nodeagent.dra.driver import DraDriver
+    from nodeagent.dra.node import DraNode, drivers_of
+
+    store = Store()
+    cdis = cdi.CdiStore(tmp)
+    drivers = drivers_of(*(DraDriver(d, NODE, cdis, get_claim=lambda ns, n: None, may_use=lambda r, d, ns: True)
+                           for d in dra.DRIVERS))  # fmt: skip
+    return DraNode(NODE, drivers, store, pcie_root=lambda a: "pci0000:00"), store, cdis
+
+
+def test_the_node_publishes_tables_and_slices_together_and_withdraws_leaving_devices(tmp_path: Any) -> None:
+    node, store, _ = _node(str(tmp_path))
+    devices = [nic(1), nic(2)]
+    assert node.publish(devices) == 1
+    assert sorted(node.drivers[dra.PCI_DRIVER].published()) == ["pci-0000-00-00-1", "pci-0000-00-00-2"]
+    assert node.publish(devices) == 0
+    node.withdraw({devices[0].object_name})
+    assert sorted(node.drivers[dra.PCI_DRIVER].published()) == ["pci-0000-00-00-2"]
+    [s] = store.objects.values()
+    assert [d["name"] for d in s["spec"]["devices"]] == ["pci-0000-00-00-2"]
+
+
+def test_prepared_claims_hold_their_devices(tmp_path: Any) -> None:
+    from nodeagent.dra import cdi
+
+    node, _, cdis = _node(str(tmp_path))
+    d = nic(1)
+    cdis.write(dra.PCI_DRIVER, "0c7a1a2e-0000-4000-8000-000000000001",
+               cdi.build_spec(dra.PCI_DRIVER, "0c7a1a2e-0000-4000-8000-000000000001", "team-a/c", [d],
+                              pods=["team-a/p"]))  # fmt: skip
+    assert node.holders(d.object_name) == [{"pod": "team-a/p", "resourceClaim": "team-a/c"}]
+    assert node.pods_of(d.object_name) == ("resourceclaim team-a/c",)
+    assert node.pods_of("node1-000000002") == ()

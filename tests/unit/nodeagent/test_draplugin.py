@@ -175,6 +175,13 @@ def test_the_last_gate_refuses_what_the_webhook_would_have(env: Env, make: Any, 
     assert not entry.devices and not os.path.exists(env.store.path(dra.PCI_DRIVER, ref[1]))
 
 
+def test_a_device_that_is_not_usable_now_is_not_prepared(env: Env) -> None:
+    env.driver._unusable = lambda d: "/dev/vfio/60 does not exist" if d.address == NIC else None
+    ref = env.add(claim("nic", dra.pci_device_name(NIC)))
+    assert "cannot be handed out now: /dev/vfio/60 does not exist" in env.kubelet.prepare(
+        dra.PCI_DRIVER, [ref]).claims[ref[1]].error  # fmt: skip
+
+
 def test_a_claim_made_again_under_the_same_name_is_not_prepared_for_the_old_uid(env: Env) -> None:
     ref = env.add(claim("re", dra.pci_device_name(NIC)))
     stale = (ref[0], str(uuid.uuid4()), ref[2])
