@@ -29,7 +29,7 @@ sys.path.insert(0, str(REPO))
 
 from typing import TYPE_CHECKING  # noqa: E402
 
-from nodeagent import kube  # noqa: E402
+import apiclient.client  # noqa: E402
 from policy import names  # noqa: E402
 
 if TYPE_CHECKING:
@@ -55,23 +55,25 @@ def until(ok: Callable[[], bool], timeout: float = 60.0, every: float = 0.002) -
     return False
 
 
-def setup_cluster(cp: ControlPlane) -> kube.ApiKube:
+def setup_cluster(cp: ControlPlane) -> apiclient.client.Client:
     from tests.support.agent_env import kubevirt_cr
 
     cp.kubectl("apply", "-f", str(REPO / "crds"))
     cp.kubectl("apply", "-f", str(REPO / "tests" / "fixtures" / "crds"))
     cp.wait_for("--for=condition=Established", "crd", "--all")
-    api = kube.ApiKube.connect(cp.admin_kubeconfig)
-    api.create(kube.Resource("", "v1", "namespaces", "Namespace"), {"metadata": {"name": NAMESPACE}})
-    api.create(kube.KUBEVIRTS, kubevirt_cr(), namespace=NAMESPACE)
+    api = apiclient.client.Client.connect(cp.admin_kubeconfig)
+    api.create(apiclient.NAMESPACES, {"metadata": {"name": NAMESPACE}})
+    api.create(apiclient.KUBEVIRTS, kubevirt_cr(), namespace=NAMESPACE)
     return api
 
 
-def add_node(api: kube.ApiKube, node: str) -> None:
-    api.create(kube.NODES, {"apiVersion": "v1", "kind": "Node", "metadata": {"name": node}})
+def add_node(api: apiclient.client.Client, node: str) -> None:
+    api.create(apiclient.NODES, {"apiVersion": "v1", "kind": "Node", "metadata": {"name": node}})
 
 
-def bench_latency_and_idle(cp: ControlPlane, api: kube.ApiKube, devices: int, rounds: int, idle_s: float) -> None:
+def bench_latency_and_idle(
+    cp: ControlPlane, api: apiclient.client.Client, devices: int, rounds: int, idle_s: float
+) -> None:
     from tests.support.agent_env import build_agent, pci_claim
     from tests.support.simhost import SimHost
 
@@ -84,7 +86,7 @@ def bench_latency_and_idle(cp: ControlPlane, api: kube.ApiKube, devices: int, ro
         host.pci(a, native="e1000e", group=10 + i)
     agent = build_agent(
         host,
-        kube.ApiKube.connect(cp.admin_kubeconfig),
+        apiclient.client.Client.connect(cp.admin_kubeconfig),
         node,
         kubevirt_namespace=NAMESPACE,
         namespace=NAMESPACE,
@@ -93,24 +95,24 @@ def bench_latency_and_idle(cp: ControlPlane, api: kube.ApiKube, devices: int, ro
     agent.start()
     try:
         selector = f"{names.LABEL_NODENAME}={node}"
-        until(lambda: len(api.list(kube.PCIDEVICES, label_selector=selector).items) == devices + 1, timeout=120)
+        until(lambda: len(api.list(apiclient.PCIDEVICES, label_selector=selector).items) == devices + 1, timeout=120)
         latencies: list[float] = []
         for _ in range(rounds):
             for a in addresses:
                 name = names.pcidevice_name(node, a)
                 started = time.monotonic()
-                api.create(kube.PCIDEVICECLAIMS, pci_claim(node, a))
+                api.create(apiclient.PCIDEVICECLAIMS, pci_claim(node, a))
                 ok = until(
                     lambda n=name: bool(  # type: ignore[misc]
-                        (api.get(kube.PCIDEVICECLAIMS, n).get("status") or {}).get("passthroughEnabled")
+                        (api.get(apiclient.PCIDEVICECLAIMS, n).get("status") or {}).get("passthroughEnabled")
                     )
                 )
                 if not ok:
                     raise SystemExit(f"claim {name} never enabled")
                 latencies.append(time.monotonic() - started)
             for a in addresses:
-                api.delete(kube.PCIDEVICECLAIMS, names.pcidevice_name(node, a))
-            until(lambda: not api.list(kube.PCIDEVICECLAIMS).items, timeout=120, every=0.05)
+                api.delete(apiclient.PCIDEVICECLAIMS, names.pcidevice_name(node, a))
+            until(lambda: not api.list(apiclient.PCIDEVICECLAIMS).items, timeout=120, every=0.05)
             until(lambda: all(host.sim.driver(a) == "e1000e" for a in addresses), timeout=60, every=0.05)
         med, p99 = statistics.median(latencies), pct(latencies, 99)
         print(
@@ -120,10 +122,10 @@ def bench_latency_and_idle(cp: ControlPlane, api: kube.ApiKube, devices: int, ro
 
         # Idle: half the devices claimed, everything converged; count writes over the window.
         for a in addresses[: devices // 2]:
-            api.create(kube.PCIDEVICECLAIMS, pci_claim(node, a))
+            api.create(apiclient.PCIDEVICECLAIMS, pci_claim(node, a))
         until(
             lambda: all(
-                (api.get(kube.PCIDEVICECLAIMS, names.pcidevice_name(node, a)).get("status") or {}).get(
+                (api.get(apiclient.PCIDEVICECLAIMS, names.pcidevice_name(node, a)).get("status") or {}).get(
                     "passthroughEnabled"
                 )
                 for a in addresses[: devices // 2]
@@ -171,7 +173,7 @@ def rss_child(kubeconfig: str, node: str, ndev: int) -> None:
         udev=False,
         resync_s=3600.0,
     )
-    api = kube.ApiKube.connect(Path(kubeconfig))
+    api = apiclient.client.Client.connect(Path(kubeconfig))
     agent = wiring.build(settings, api, root=tree.root(), db=NamesDatabases.load(None, None), serve_health=False)
     started = time.monotonic()
     agent.start()
@@ -196,7 +198,7 @@ def rss_child(kubeconfig: str, node: str, ndev: int) -> None:
     print(json.dumps(out))
 
 
-def bench_rss(cp: ControlPlane, api: kube.ApiKube, ndev: int) -> None:
+def bench_rss(cp: ControlPlane, api: apiclient.client.Client, ndev: int) -> None:
     node = "bench-rss"
     add_node(api, node)
     proc = subprocess.run(
@@ -210,7 +212,7 @@ def bench_rss(cp: ControlPlane, api: kube.ApiKube, ndev: int) -> None:
     if proc.returncode != 0:
         raise SystemExit(f"rss child failed: {proc.stderr[-2000:]}")
     r = json.loads(proc.stdout.strip().splitlines()[-1])
-    objects = len(api.list(kube.PCIDEVICES, label_selector=f"{names.LABEL_NODENAME}={node}").items)
+    objects = len(api.list(apiclient.PCIDEVICES, label_selector=f"{names.LABEL_NODENAME}={node}").items)
     print(
         f"agent RSS with {r['devices']} devices           {r['vm_rss_kib'] / 1024:.1f} MiB now, "
         f"{r['vm_hwm_kib'] / 1024:.1f} MiB peak  ({objects} objects created, first pass {r['first_pass_s']} s, "

@@ -515,7 +515,10 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(work: Path, *, floor: bool, view: Path, kubeconfig: Path, workers: int | None) -> Server:
+def start_server(
+    work: Path, *, floor: bool, view: Path, kubeconfig: Path, workers: int | None, tree: Path = ROOT
+) -> Server:
+    """The webhook of `tree` (this checkout, or another one: bench/memory.py runs an older commit beside it)."""
     port = _free_port()
     metrics_dir = work / ("metrics-floor" if floor else "metrics")
     env = {
@@ -528,12 +531,13 @@ def start_server(work: Path, *, floor: bool, view: Path, kubeconfig: Path, worke
         "PCIDEVICES_WEBHOOK_BENCH_FLOOR": "true" if floor else "false",
         "PCIDEVICES_WEBHOOK_LOG_LEVEL": "WARNING",
         "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+        "PYTHONPATH": str(tree),
     }
     if workers is not None:
         env["PCIDEVICES_WEBHOOK_WORKERS"] = str(workers)
     log = work / ("server-floor.log" if floor else "server.log")
     with log.open("wb") as f:
-        proc = subprocess.Popen([sys.executable, "-m", "webhook", "serve"], cwd=ROOT, env=env, stdout=f, stderr=f)
+        proc = subprocess.Popen([sys.executable, "-m", "webhook", "serve"], cwd=tree, env=env, stdout=f, stderr=f)
     server = Server(proc, port, str(work / "certs" / "ca.crt"), log, metrics_dir)
     deadline = time.monotonic() + 300
     n_workers = workers or 2

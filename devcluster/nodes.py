@@ -20,7 +20,8 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-from nodeagent import kube, wiring
+import apiclient.client
+from nodeagent import wiring
 from nodeagent.errors import SysfsError
 from nodeagent.idsdb import NamesDatabases
 from nodeagent.settings import AgentSettings
@@ -60,7 +61,7 @@ def _settings() -> AgentSettings:
     return dataclasses.replace(s, device_plugins=False, udev=False, health_host="127.0.0.1")
 
 
-def build_sim(workdir: Path, settings: AgentSettings, api: kube.KubeApi) -> wiring.Agent:
+def build_sim(workdir: Path, settings: AgentSettings, api: apiclient.KubeApi) -> wiring.Agent:
     from tests.support.simhost import SimHost  # the simulated kernel lives with the tests
 
     host = SimHost(workdir)
@@ -78,7 +79,7 @@ def build_sim(workdir: Path, settings: AgentSettings, api: kube.KubeApi) -> wiri
     )
 
 
-def build_local(settings: AgentSettings, api: kube.KubeApi) -> wiring.Agent:
+def build_local(settings: AgentSettings, api: apiclient.KubeApi) -> wiring.Agent:
     root = ReadOnlyRoot(settings.root, proc=settings.proc)
     root.check()
     return wiring.build(settings, api, root=root, load_modules=_refuse_modules, chown=_refuse_chown)
@@ -91,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
     settings = _settings()
-    api = kube.ApiKube.connect(settings.kubeconfig)
+    api = apiclient.client.Client.connect(settings.kubeconfig)
     if args.mode == "sim":
         if args.workdir is None:
             parser.error("sim needs --workdir")

@@ -53,7 +53,7 @@ def _takeover(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     import os
     from pathlib import Path
 
-    from nodeagent.errors import KubeError, SysfsError
+    from nodeagent.errors import SysfsError
     from nodeagent.host import dynids
     from policy import names
 
@@ -67,12 +67,12 @@ def _takeover(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if args.claimed is not None:
         claimed = set(args.claimed)
     else:
-        from nodeagent import kube  # only when the API is asked (the kernel-tier guest has no HTTP client)
+        import apiclient.client  # only when the API is asked (the kernel-tier guest has no HTTP client)
 
         try:
-            api = kube.ApiKube.connect(Path(args.kubeconfig) if args.kubeconfig else None)
-            items = api.list(kube.PCIDEVICECLAIMS).items
-        except (KubeError, OSError, ValueError) as e:
+            api = apiclient.client.Client.connect(Path(args.kubeconfig) if args.kubeconfig else None)
+            items = api.list(apiclient.PCIDEVICECLAIMS).items
+        except (apiclient.KubeError, OSError, ValueError) as e:
             print(f"pcidevices-agent: cannot list claims: {e}", file=err)
             return EXIT_USAGE
         claimed = {
@@ -108,7 +108,8 @@ def _run(err: TextIO) -> int:
     import os
     import signal
 
-    from nodeagent import kube, wiring
+    import apiclient.client
+    from nodeagent import wiring
     from nodeagent.settings import AgentSettings
 
     try:
@@ -118,7 +119,7 @@ def _run(err: TextIO) -> int:
     except (ValueError, RootUnavailable) as e:
         print(f"pcidevices-agent: {e}", file=err)
         return EXIT_USAGE
-    agent = wiring.build(settings, kube.ApiKube.connect(settings.kubeconfig), root=root)
+    agent = wiring.build(settings, apiclient.client.Client.connect(settings.kubeconfig), root=root)
     signal.signal(signal.SIGTERM, lambda *_: agent.stop())
     agent.start()
     try:

@@ -3,8 +3,9 @@
     AgentError                  base of everything the agent raises on purpose
     ├── SysfsError              a host file under the root could not be read or written (carries path and errno)
     │   └── RootUnavailable     the root directory itself is missing or unreadable (the CLI exits 2)
-    ├── DiscoveryError          discovery could not produce a result at all (one bad device never raises this)
-    └── KubeError               an API call failed (nodeagent.kube: NotFound, Conflict, Expired)
+    └── DiscoveryError          discovery could not produce a result at all (one bad device never raises this)
+
+A failed call to the API server raises apiclient.KubeError (its own tree, shared by every process).
 """
 
 from __future__ import annotations
@@ -29,11 +30,3 @@ class RootUnavailable(SysfsError):
 
 class DiscoveryError(AgentError):
     """Discovery as a whole failed (e.g. no sys/bus/pci under the root)."""
-
-
-class KubeError(AgentError):
-    """A call to the API server failed (`nodeagent.kube` raises it and its subclasses NotFound/Conflict/Expired)."""
-
-    def __init__(self, message: str, *, status: int = 0) -> None:
-        super().__init__(message)
-        self.status = status

@@ -14,8 +14,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
-from nodeagent import kube
-from nodeagent.errors import KubeError
+import apiclient
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +28,7 @@ CLUSTER_SCOPED_EVENTS_NAMESPACE = "default"
 class EventRecorder:
     def __init__(
         self,
-        api: kube.KubeApi,
+        api: apiclient.KubeApi,
         *,
         node: str,
         now: Callable[[], str],
@@ -70,6 +69,6 @@ class EventRecorder:
             "count": 1,
         }
         try:
-            self._api.create(kube.EVENTS, body, namespace=namespace)
-        except KubeError:
+            self._api.create(apiclient.EVENTS, body, namespace=namespace)
+        except apiclient.KubeError:
             log.warning("could not record an event", extra={"object": name, "reason": reason}, exc_info=True)

@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from nodeagent import kube
+import apiclient
 from nodeagent.deviceplugin import health as plugin_health
 from nodeagent.deviceplugin import manager as plugin_manager
 from nodeagent.deviceplugin import metrics as plugin_metrics
@@ -72,7 +72,7 @@ class Agent:
     """The running parts; `start()` launches their threads, `stop()` ends them."""
 
     settings: AgentSettings
-    api: kube.CountingKube
+    api: apiclient.CountingKube
     node_pass: NodePass
     runner: Runner
     watchers: list[Watcher]
@@ -124,7 +124,7 @@ class Agent:
 
 def build(
     settings: AgentSettings,
-    api: kube.KubeApi,
+    api: apiclient.KubeApi,
     *,
     root: SysfsRoot | None = None,
     db: NamesDatabases | None = None,
@@ -138,7 +138,7 @@ def build(
 ) -> Agent:
     root = root or SysfsRoot(settings.root, proc=settings.proc)
     db = db or NamesDatabases.load(settings.pci_ids, settings.usb_ids)
-    counting = api if isinstance(api, kube.CountingKube) else kube.CountingKube(api)
+    counting = api if isinstance(api, apiclient.CountingKube) else apiclient.CountingKube(api)
     registry = CollectorRegistry()
     events = EventRecorder(counting, node=settings.node_name, now=now)
 
@@ -234,6 +234,7 @@ def build(
         ["kind", "result"],
         registry=registry,
     )
+
     def host_count(key: tuple[str, str]) -> Callable[[], float]:
         return lambda: float(guard.counts[key])
 
@@ -246,11 +247,15 @@ def build(
 
     selector = f"{names.LABEL_NODENAME}={settings.node_name}"
     watchers = [
-        Watcher(counting, kube.PCIDEVICES, runner.nudge, label_selector=selector, timeout_s=settings.watch_timeout_s),
-        Watcher(counting, kube.USBDEVICES, runner.nudge, label_selector=selector, timeout_s=settings.watch_timeout_s),
-        Watcher(counting, kube.PCIDEVICECLAIMS, runner.nudge, timeout_s=settings.watch_timeout_s),
-        Watcher(counting, kube.USBDEVICECLAIMS, runner.nudge, timeout_s=settings.watch_timeout_s),
-        Watcher(counting, kube.KUBEVIRTS, runner.nudge, timeout_s=settings.watch_timeout_s),
+        Watcher(
+            counting, apiclient.PCIDEVICES, runner.nudge, label_selector=selector, timeout_s=settings.watch_timeout_s
+        ),
+        Watcher(
+            counting, apiclient.USBDEVICES, runner.nudge, label_selector=selector, timeout_s=settings.watch_timeout_s
+        ),
+        Watcher(counting, apiclient.PCIDEVICECLAIMS, runner.nudge, timeout_s=settings.watch_timeout_s),
+        Watcher(counting, apiclient.USBDEVICECLAIMS, runner.nudge, timeout_s=settings.watch_timeout_s),
+        Watcher(counting, apiclient.KUBEVIRTS, runner.nudge, timeout_s=settings.watch_timeout_s),
     ]
     server = (
         HealthServer(state, registry, host=settings.health_host, port=settings.health_port) if serve_health else None

@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
-from policy import names
+import apiclient
 from policy.settings import MIGRATION
 from takeover.plan import (
     OUR_CRDS,
@@ -43,75 +43,84 @@ log = logging.getLogger(__name__)
 
 EXIT_REFUSED = 1
 EXIT_USAGE = 2
-ADDON_PATH = f"/apis/harvesterhci.io/v1beta1/namespaces/{UPSTREAM_NAMESPACE}/addons/pcidevices-controller"
+ADDONS = apiclient.Resource("harvesterhci.io", "v1beta1", "addons", "Addon", namespaced=True)
+ADDON = "pcidevices-controller"
+USERS = apiclient.Resource("management.cattle.io", "v3", "users", "User")  # Rancher's
+NODE_DEVICES = apiclient.Resource("devices.harvesterhci.io", "v1beta1", "nodes", "Node")  # upstream's
 UPSTREAM_ONLY = ("sriovnetworkdevices", "sriovgpudevices", "vgpudevices", "migconfigurations")
-_DEVICES = f"/apis/{names.API_VERSION}"
 
 
 class KubeLike(Protocol):
-    def get(self, path: str) -> dict[str, Any]: ...
-    def list_all(self, path: str, limit: int = 500) -> list[dict[str, Any]]: ...
-    def json_patch(self, path: str, ops: Sequence[Any]) -> dict[str, Any]: ...
-    def delete(self, path: str) -> None: ...
+    """The calls the takeover makes (apiclient.client.Client; an in-memory fake in unit tests)."""
+
+    def list(
+        self, res: apiclient.Resource, *, label_selector: str | None = None, namespace: str | None = None
+    ) -> apiclient.ObjectList: ...
+    def get(self, res: apiclient.Resource, name: str, *, namespace: str | None = None) -> dict[str, Any]: ...
+    def json_patch(
+        self, res: apiclient.Resource, name: str, ops: Sequence[Any], *, namespace: str | None = None
+    ) -> dict[str, Any]: ...
+    def delete(self, res: apiclient.Resource, name: str, *, namespace: str | None = None) -> None: ...
 
 
-def path_of(target: Target) -> str:
-    base = "/api/v1" if target.api_version == "v1" else f"/apis/{target.api_version}"
-    ns = f"/namespaces/{target.namespace}" if target.namespace else ""
-    return f"{base}{ns}/{target.plural}/{target.name}"
+def resource_of(target: Target) -> apiclient.Resource:
+    return apiclient.Resource.of(target.api_version, target.plural, namespaced=bool(target.namespace))
 
 
-def observe(kube: KubeLike, not_found: type[Exception]) -> Observed:
+def observe(kube: KubeLike) -> Observed:
     """Everything the plan reads; NotFound (an API or object that does not exist) reads as absent."""
 
-    def listed(path: str) -> list[dict[str, Any]]:
+    def listed(res: apiclient.Resource) -> list[dict[str, Any]]:
         try:
-            return kube.list_all(path)
-        except not_found:
+            return kube.list(res).items
+        except apiclient.NotFound:
             return []
 
-    def got(path: str) -> dict[str, Any] | None:
+    def got(res: apiclient.Resource, name: str, namespace: str | None = None) -> dict[str, Any] | None:
         try:
-            return kube.get(path)
-        except not_found:
+            return kube.get(res, name, namespace=namespace)
+        except apiclient.NotFound:
             return None
 
     webhooks = [
         (plural, name)
         for api_version, plural, name in UPSTREAM_WEBHOOKS
-        if got(path_of(Target(api_version, plural, name))) is not None
+        if got(apiclient.Resource.of(api_version, plural), name) is not None
     ]
-    secrets = [name for name in UPSTREAM_SECRETS if got(path_of(Target("v1", "secrets", name, UPSTREAM_NAMESPACE)))]
-    crds = [c for c in (got(f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{n}") for n in OUR_CRDS) if c]
+    secrets = [name for name in UPSTREAM_SECRETS if got(apiclient.SECRETS, name, UPSTREAM_NAMESPACE)]
+    crds = [c for c in (got(apiclient.CUSTOMRESOURCEDEFINITIONS, n) for n in OUR_CRDS) if c]
+    devices = apiclient.PCIDEVICES
     return Observed(
-        pci_claims=listed(f"{_DEVICES}/pcideviceclaims"),
-        usb_claims=listed(f"{_DEVICES}/usbdeviceclaims"),
-        pci_devices=listed(f"{_DEVICES}/pcidevices"),
-        users=listed("/apis/management.cattle.io/v3/users"),
-        nodes=listed("/api/v1/nodes"),
-        vmis=listed("/apis/kubevirt.io/v1/virtualmachineinstances"),
-        vms=listed("/apis/kubevirt.io/v1/virtualmachines"),
-        node_devices=listed(f"{_DEVICES}/nodes"),
+        pci_claims=listed(apiclient.PCIDEVICECLAIMS),
+        usb_claims=listed(apiclient.USBDEVICECLAIMS),
+        pci_devices=listed(devices),
+        users=listed(USERS),
+        nodes=listed(apiclient.NODES),
+        vmis=listed(apiclient.VIRTUALMACHINEINSTANCES),
+        vms=listed(apiclient.VIRTUALMACHINES),
+        node_devices=listed(NODE_DEVICES),
         webhook_configurations=webhooks,
         secrets=secrets,
         crds=crds,
-        kubevirts=listed("/apis/kubevirt.io/v1/kubevirts"),
-        addon=got(ADDON_PATH),
-        upstream_only={plural: listed(f"{_DEVICES}/{plural}") for plural in UPSTREAM_ONLY},
+        kubevirts=listed(apiclient.KUBEVIRTS),
+        addon=got(ADDONS, ADDON, UPSTREAM_NAMESPACE),
+        upstream_only={
+            plural: listed(apiclient.Resource(devices.group, devices.version, plural, "")) for plural in UPSTREAM_ONLY
+        },
     )
 
 
-def apply(kube: KubeLike, changes: Sequence[Change], not_found: type[Exception]) -> list[tuple[Change, str]]:
+def apply(kube: KubeLike, changes: Sequence[Change]) -> list[tuple[Change, str]]:
     """Make the changes in order; return the ones that failed with why (the rest are done)."""
     failed: list[tuple[Change, str]] = []
     for change in changes:
-        path = path_of(change.target)
+        res, name, namespace = resource_of(change.target), change.target.name, change.target.namespace or None
         try:
             if change.op == "delete":
-                kube.delete(path)
+                kube.delete(res, name, namespace=namespace)
             else:
-                kube.json_patch(path, list(change.patch))
-        except not_found:
+                kube.json_patch(res, name, list(change.patch), namespace=namespace)
+        except apiclient.NotFound:
             if change.op != "delete":
                 failed.append((change, "it vanished meanwhile"))
         except Exception as e:  # noqa: BLE001 - reported per change; a rerun re-plans
@@ -135,14 +144,14 @@ def report(p: Plan, out: TextIO, *, dry_run: bool) -> None:
         out.write(f"  {c.op} {c.target}: {c.why}\n")
 
 
-def run(kube: KubeLike, settings: TakeoverSettings, out: TextIO, *, dry_run: bool, not_found: type[Exception]) -> int:
-    p = plan(observe(kube, not_found), settings)
+def run(kube: KubeLike, settings: TakeoverSettings, out: TextIO, *, dry_run: bool) -> int:
+    p = plan(observe(kube), settings)
     report(p, out, dry_run=dry_run)
     if p.refused:
         return EXIT_REFUSED
     if dry_run or not p.changes:
         return 0
-    failed = apply(kube, p.changes, not_found)
+    failed = apply(kube, p.changes)
     for change, why in failed:
         out.write(f"failed {change.op} {change.target}: {why}\n")
     out.write(f"done: {len(p.changes) - len(failed)} changed, {len(failed)} failed\n")
@@ -170,9 +179,8 @@ def main(
     out: TextIO | None = None,
     *,
     connect: Callable[[Path | None, str | None], KubeLike] | None = None,
-    not_found: type[Exception] | None = None,
 ) -> int:
-    """The command; tests pass `connect` (an in-memory API) and the exception it raises for a missing object."""
+    """The command; tests pass `connect` (an in-memory API)."""
     out = out or sys.stdout
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, stream=sys.stderr)
@@ -184,17 +192,15 @@ def main(
         values = args.addon_values.read_text() if args.addon_values else ""
         addon = AddonTarget(repo=args.addon_repo, version=args.addon_version, values=values)
     settings = TakeoverSettings(release_name=args.release_name, release_namespace=args.release_namespace, addon=addon)
-    from webhook import kube
 
     def _connect(kubeconfig: Path | None, as_user: str | None) -> KubeLike:
-        api = kube.connect(kubeconfig)
-        if as_user:
-            api.set_default_header("Impersonate-User", as_user)  # type: ignore[no-untyped-call]
-        return kube.Kube(api)
+        import apiclient.client
+
+        return apiclient.client.Client.connect(kubeconfig, headers={"Impersonate-User": as_user} if as_user else None)
 
     try:
         client = (connect or _connect)(args.kubeconfig, args.as_user)
-        return run(client, settings, out, dry_run=args.dry_run, not_found=not_found or kube.NotFound)
-    except kube.KubeError as e:
+        return run(client, settings, out, dry_run=args.dry_run)
+    except apiclient.KubeError as e:
         print(f"pcidevices-takeover: the API server answered {e}", file=sys.stderr)
         return EXIT_USAGE

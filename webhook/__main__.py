@@ -20,8 +20,9 @@ from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
+import apiclient.client
 from webhook import app as app_mod
-from webhook import certs, gunicorn_conf, kube
+from webhook import certs, gunicorn_conf
 from webhook import logging as webhook_logging
 from webhook import settings as settings_mod
 
@@ -44,7 +45,7 @@ class WebhookApplication(BaseApplication):  # type: ignore[misc]
 
 def cert_manager(settings: settings_mod.WebhookSettings) -> certs.CertManager:
     return certs.CertManager(
-        kube.Kube(kube.connect(settings.kubeconfig)),
+        apiclient.client.Client.connect(settings.kubeconfig),
         namespace=settings.namespace,
         secret_name=settings.secret_name,
         configurations=(

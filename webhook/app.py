@@ -17,11 +17,12 @@ from typing import Any, Protocol
 
 from flask import Flask
 
+import apiclient.client
 from policy import access as policy_access
 from policy import decision, dispatch, review, snapshot
 from policy import settings as policy_settings
 from webhook import access as webhook_access
-from webhook import cache, certs, holds, kube, routes, workloads
+from webhook import cache, certs, holds, routes, workloads
 from webhook import metrics as metrics_mod
 from webhook import settings as settings_mod
 
@@ -59,12 +60,12 @@ class _LazyKube:
     def __init__(self, kubeconfig: Path | None) -> None:
         self._kubeconfig = kubeconfig
         self._lock = threading.Lock()
-        self._kube: kube.Kube | None = None
+        self._kube: apiclient.client.Client | None = None
 
-    def get(self) -> kube.Kube:
+    def get(self) -> apiclient.client.Client:
         with self._lock:
             if self._kube is None:
-                self._kube = kube.Kube(kube.connect(self._kubeconfig))
+                self._kube = apiclient.client.Client.connect(self._kubeconfig)
             return self._kube
 
     def review_access(self, body: Any) -> bool:

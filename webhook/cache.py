@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+import apiclient
 from policy import names, snapshot
-from webhook import kube
 from webhook import metrics as metrics_mod
 
 log = logging.getLogger(__name__)
@@ -39,11 +39,11 @@ WATCHED: tuple[WatchedKind, ...] = (
 
 
 class Lister(Protocol):
-    """What a reflector needs from the API (webhook.kube.Kube; a fake in unit tests)."""
+    """What a reflector needs from the API (apiclient.client.Client; a fake in unit tests)."""
 
     def list_pages(self, path: str, limit: int) -> Iterator[tuple[list[dict[str, Any]], str]]: ...
 
-    def watch(self, path: str, resource_version: str, timeout_s: int) -> Iterator[kube.WatchEvent]: ...
+    def watch(self, path: str, resource_version: str, timeout_s: int) -> Iterator[apiclient.WatchEvent]: ...
 
 
 class Store(Protocol):
@@ -124,11 +124,11 @@ class Reflector:
                     if self._stop.is_set():
                         return
                     rv = self.apply(event) or rv
-            except kube.Expired:
+            except apiclient.Expired:
                 log.info("resourceVersion expired; re-listing", extra={"kind": self.watched.kind})
                 return
 
-    def apply(self, event: kube.WatchEvent) -> str:
+    def apply(self, event: apiclient.WatchEvent) -> str:
         """Apply one event to the store; return the resourceVersion to continue from ("" when unknown)."""
         meta = event.object.get("metadata") or {}
         rv = str(meta.get("resourceVersion", ""))

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from webhook import kube
+import apiclient
 
 log = logging.getLogger(__name__)
 
@@ -284,12 +284,27 @@ def write_files(bundle: Bundle, cert_dir: Path) -> bool:
     return changed
 
 
+class CertApi(Protocol):
+    """The calls the keeper makes (apiclient.client.Client; an in-memory fake in unit tests)."""
+
+    def get(self, res: apiclient.Resource, name: str, *, namespace: str | None = None) -> dict[str, Any]: ...
+    def create(
+        self, res: apiclient.Resource, body: Mapping[str, Any], *, namespace: str | None = None
+    ) -> dict[str, Any]: ...
+    def replace(
+        self, res: apiclient.Resource, name: str, body: Mapping[str, Any], *, namespace: str | None = None
+    ) -> dict[str, Any]: ...
+    def json_patch(
+        self, res: apiclient.Resource, name: str, ops: Sequence[Mapping[str, Any]], *, namespace: str | None = None
+    ) -> dict[str, Any]: ...
+
+
 class CertManager:
     """Keeps the Secret, the webhook configurations' caBundle and the local files in step."""
 
     def __init__(
         self,
-        api: kube.Kube,
+        api: CertApi,
         *,
         namespace: str,
         secret_name: str,
@@ -298,8 +313,6 @@ class CertManager:
         clock: Callable[[], datetime.datetime] = lambda: datetime.datetime.now(datetime.UTC),
     ) -> None:
         self._api = api
-        self._secret_path = f"/api/v1/namespaces/{namespace}/secrets/{secret_name}"
-        self._secrets_path = f"/api/v1/namespaces/{namespace}/secrets"
         self._namespace = namespace
         self._secret_name = secret_name
         self._configurations = tuple(configurations)
@@ -310,8 +323,10 @@ class CertManager:
         """Bring the Secret up to date (creating or rotating it) and publish its CA bundle; return the bundle."""
         for _ in range(attempts):
             try:
-                secret: dict[str, Any] | None = self._api.get(self._secret_path)
-            except kube.NotFound:
+                secret: dict[str, Any] | None = self._api.get(
+                    apiclient.SECRETS, self._secret_name, namespace=self._namespace
+                )
+            except apiclient.NotFound:
                 secret = None
             current = Bundle.from_secret_data((secret or {}).get("data"))
             new = plan(current, self._policy, self._clock(), force_ca=force_ca)
@@ -321,14 +336,14 @@ class CertManager:
                 return current
             try:
                 self._write_secret(secret, new)
-            except kube.Conflict:
+            except apiclient.Conflict:
                 log.info("certificate secret changed concurrently; re-reading", extra={"secret": self._secret_name})
                 force_ca = False  # whoever won has rotated already
                 continue
             log.info("certificate secret written", extra={"secret": self._secret_name, "new_secret": secret is None})
             self.publish(new.ca_bundle)
             return new
-        raise kube.KubeError(409, "the certificate secret kept changing concurrently")
+        raise apiclient.KubeError("the certificate secret kept changing concurrently", status=409)
 
     def _write_secret(self, secret: dict[str, Any] | None, bundle: Bundle) -> None:
         if secret is None:
@@ -339,19 +354,20 @@ class CertManager:
                 "type": "Opaque",
                 "data": bundle.to_secret_data(),
             }
-            self._api.create(self._secrets_path, body)
+            self._api.create(apiclient.SECRETS, body, namespace=self._namespace)
         else:
             # resourceVersion stays in metadata: the PUT fails with Conflict if someone wrote in between.
-            self._api.replace(self._secret_path, {**secret, "data": bundle.to_secret_data()})
+            data = {**secret, "data": bundle.to_secret_data()}
+            self._api.replace(apiclient.SECRETS, self._secret_name, data, namespace=self._namespace)
 
     def publish(self, ca_bundle: bytes) -> None:
         """Set caBundle on every webhook of our configurations (missing configurations are skipped)."""
         encoded = base64.b64encode(ca_bundle).decode()
         for plural, name in self._configurations:
-            path = f"/apis/admissionregistration.k8s.io/v1/{plural}/{name}"
+            res = apiclient.Resource("admissionregistration.k8s.io", "v1", plural, "")
             try:
-                config = self._api.get(path)
-            except kube.NotFound:
+                config = self._api.get(res, name)
+            except apiclient.NotFound:
                 log.info("webhook configuration not found; not patched", extra={"configuration": name})
                 continue
             ops: list[dict[str, Any]] = []
@@ -361,5 +377,5 @@ class CertManager:
             if ops:
                 rv = config["metadata"]["resourceVersion"]
                 ops.insert(0, {"op": "test", "path": "/metadata/resourceVersion", "value": rv})
-                self._api.json_patch(path, ops)
+                self._api.json_patch(res, name, ops)
                 log.info("caBundle patched", extra={"configuration": name, "webhooks": len(ops) - 1})

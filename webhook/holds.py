@@ -22,9 +22,9 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
+import apiclient
 from policy import decision, messages, names, snapshot
 from policy.decision import Decision, Hold
-from webhook import kube
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +36,15 @@ _NAME_LIMIT = 253
 
 
 class LeaseApi(Protocol):
-    """The calls holds make (webhook.kube.Kube; an in-memory fake in unit tests)."""
+    """The calls holds make (apiclient.client.Client; an in-memory fake in unit tests)."""
 
-    def get(self, path: str) -> dict[str, Any]: ...
-    def create(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]: ...
-    def replace(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]: ...
+    def get(self, res: apiclient.Resource, name: str, *, namespace: str | None = None) -> dict[str, Any]: ...
+    def create(
+        self, res: apiclient.Resource, body: Mapping[str, Any], *, namespace: str | None = None
+    ) -> dict[str, Any]: ...
+    def replace(
+        self, res: apiclient.Resource, name: str, body: Mapping[str, Any], *, namespace: str | None = None
+    ) -> dict[str, Any]: ...
 
 
 def lease_name(device_kind: str, device: str) -> str:
@@ -79,20 +83,19 @@ class Holds:
 
     def _take_one(self, hold: Hold, *, dry_run: bool) -> Decision | None:
         api = self._api()
-        collection = f"/apis/coordination.k8s.io/v1/namespaces/{self._namespace}/leases"
-        path = f"{collection}/{lease_name(hold.device_kind, hold.device)}"
+        name, ns = lease_name(hold.device_kind, hold.device), self._namespace
         for _ in range(self._attempts):
             try:
-                lease = api.get(path)
-            except kube.NotFound:
+                lease = api.get(apiclient.LEASES, name, namespace=ns)
+            except apiclient.NotFound:
                 if dry_run:
                     return None
                 try:
-                    api.create(collection, self._body(hold, None))
+                    api.create(apiclient.LEASES, self._body(hold, None), namespace=ns)
                     return None
-                except kube.Conflict:
+                except apiclient.Conflict:
                     continue  # someone created it first: read who
-                except kube.KubeError as e:
+                except apiclient.KubeError as e:
                     if e.status == 409:
                         continue
                     raise
@@ -106,10 +109,10 @@ class Holds:
             if dry_run:
                 return None
             try:
-                api.replace(path, self._body(hold, lease))
+                api.replace(apiclient.LEASES, name, self._body(hold, lease), namespace=ns)
                 log.info("took over a device hold", extra={"device": hold.device, "from": holder, "to": hold.requester})
                 return None
-            except kube.Conflict:
+            except apiclient.Conflict:
                 continue
         return _denied(hold, "another requester", "a request made at the same time")
 

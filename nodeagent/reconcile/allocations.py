@@ -10,10 +10,9 @@ from collections.abc import Callable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from typing import Any
 
-from nodeagent import kube
+import apiclient
 from nodeagent.deviceplugin import podresources
 from nodeagent.deviceplugin.errors import PodResourcesError
-from nodeagent.errors import KubeError
 from nodeagent.reconcile import plan
 from policy import hostdevices
 from policy.objects import MalformedObject
@@ -82,7 +81,7 @@ class VmiResolver:
     keeps reporting that pod (`prune`); a VMI is keyed by its uid, whose record and devices the webhook fixed when
     it admitted it."""
 
-    def __init__(self, api: kube.KubeApi) -> None:
+    def __init__(self, api: apiclient.KubeApi) -> None:
         self._api = api
         self._cache: dict[tuple[str, str], PodOwner] = {}
         self._vmis: dict[tuple[str, str, str], hostdevices.Workload | None] = {}
@@ -92,10 +91,10 @@ class VmiResolver:
         key = (namespace, pod)
         if key not in self._cache:
             try:
-                obj = self._api.get(kube.PODS, pod, namespace=namespace)
-            except kube.NotFound:
+                obj = self._api.get(apiclient.PODS, pod, namespace=namespace)
+            except apiclient.NotFound:
                 return None
-            except KubeError:
+            except apiclient.KubeError:
                 log.warning("pod could not be read for allocatedTo", extra={"pod": f"{namespace}/{pod}"})
                 return None
             controller_uid = plan.launcher_uid(obj)
@@ -116,8 +115,8 @@ class VmiResolver:
         key = (namespace, name, uid)
         if key not in self._vmis:
             try:
-                obj = self._api.get(kube.VIRTUALMACHINEINSTANCES, name, namespace=namespace)
-            except kube.NotFound:
+                obj = self._api.get(apiclient.VIRTUALMACHINEINSTANCES, name, namespace=namespace)
+            except apiclient.NotFound:
                 self._vmis[key] = None
                 return None
             try:
@@ -138,7 +137,7 @@ class VmiResolver:
             return False
         try:
             vmi = self._vmi(namespace, found.controller, found.controller_uid)
-        except KubeError:
+        except apiclient.KubeError:
             log.warning("vmi could not be read for the allocation audit", extra={"pod": f"{namespace}/{pod}"})
             return None
         return plan.admitted_launcher(vmi, found.controller_uid, resource)

@@ -23,9 +23,9 @@ from collections.abc import Callable, Set
 from dataclasses import dataclass, field
 from typing import Any
 
-from nodeagent import discovery, kube
+import apiclient
+from nodeagent import discovery
 from nodeagent.deviceplugin import model
-from nodeagent.errors import KubeError
 from nodeagent.events import EventRecorder
 from nodeagent.idsdb import NamesDatabases
 from nodeagent.reconcile import allocations, offers, pcidevices, permits, plan, usbdevices
@@ -67,7 +67,7 @@ class NodePass:
 
     def __init__(
         self,
-        api: kube.KubeApi,
+        api: apiclient.KubeApi,
         root: SysfsRoot,
         db: NamesDatabases,
         events: EventRecorder,
@@ -111,11 +111,11 @@ class NodePass:
         """The ownerReference to this node, and whether its label asks for observe mode. Read every pass, before
         any claim is reconciled, so a node labelled before a claim arrives never sees a bind."""
         try:
-            obj = self._api.get(kube.NODES, self._node)
-        except kube.NotFound:
+            obj = self._api.get(apiclient.NODES, self._node)
+        except apiclient.NotFound:
             log.warning("node object not found; device objects get no owner yet", extra={"node": self._node})
             return None, False
-        except KubeError as e:
+        except apiclient.KubeError as e:
             if e.status != 403:
                 raise
             log.warning("not allowed to read the node; device objects get no owner", extra={"node": self._node})
@@ -130,10 +130,14 @@ class NodePass:
         inv = discovery.discover(self._root, self._db, node, self._node_ip)
         self.host_critical = inv.critical.reasons
         selector = f"{names.LABEL_NODENAME}={node}"
-        have_pci = {o["metadata"]["name"]: o for o in self._api.list(kube.PCIDEVICES, label_selector=selector).items}
-        have_usb = {o["metadata"]["name"]: o for o in self._api.list(kube.USBDEVICES, label_selector=selector).items}
-        all_pci_claims = self._api.list(kube.PCIDEVICECLAIMS).items
-        all_usb_claims = self._api.list(kube.USBDEVICECLAIMS).items
+        have_pci = {
+            o["metadata"]["name"]: o for o in self._api.list(apiclient.PCIDEVICES, label_selector=selector).items
+        }
+        have_usb = {
+            o["metadata"]["name"]: o for o in self._api.list(apiclient.USBDEVICES, label_selector=selector).items
+        }
+        all_pci_claims = self._api.list(apiclient.PCIDEVICECLAIMS).items
+        all_usb_claims = self._api.list(apiclient.USBDEVICECLAIMS).items
         owner, labelled = self._node_facts()
         observe = self._observe_setting or labelled
         if observe != self.observe_only:
@@ -185,8 +189,7 @@ class NodePass:
                 c.get("status") or {},
                 adopted=is_adopted(c),
                 name_on_device=True,
-                enabled_before=((have_usb.get(c["metadata"]["name"]) or {}).get("status") or {}).get("enabled")
-                is True,
+                enabled_before=((have_usb.get(c["metadata"]["name"]) or {}).get("status") or {}).get("enabled") is True,
             )
         }
 
@@ -203,7 +206,7 @@ class NodePass:
             offered=offered_pci,
         )
         have_pci = apply_device_actions(
-            self._api, kube.PCIDEVICES, pci_actions, have_pci, self._events, plan.PCI_STATUS_KEYS
+            self._api, apiclient.PCIDEVICES, pci_actions, have_pci, self._events, plan.PCI_STATUS_KEYS
         )
         usb_actions = usbdevices.plan_usbdevices(
             inv.usb_devices,
@@ -216,7 +219,7 @@ class NodePass:
             observe_only=observe,
         )
         have_usb = apply_device_actions(
-            self._api, kube.USBDEVICES, usb_actions, have_usb, self._events, plan.USB_STATUS_KEYS
+            self._api, apiclient.USBDEVICES, usb_actions, have_usb, self._events, plan.USB_STATUS_KEYS
         )
 
         # -- allocations, KubeVirt -----------------------------------------------------------------------------
@@ -277,7 +280,7 @@ class NodePass:
             if "devices" not in gate_reads:
                 gate_reads["devices"] = {
                     o["metadata"]["name"]: str((o.get("status") or {}).get("resourceName", ""))
-                    for o in self._api.list(kube.PCIDEVICES).items
+                    for o in self._api.list(apiclient.PCIDEVICES).items
                 }
             return plan.offered_by_others(resource, cname, all_pci_claims, gate_reads["devices"])
 
@@ -374,9 +377,7 @@ class NodePass:
         ours: set[str] = set()
         for d in [*inv.pci_devices]:
             ours.add(d["status"]["resourceName"])
-            ours.add(
-                plan.effective_resource_name(d["status"]["resourceName"], d["metadata"]["name"], mode="perDevice")
-            )
+            ours.add(plan.effective_resource_name(d["status"]["resourceName"], d["metadata"]["name"], mode="perDevice"))
         ours.update(str((o.get("status") or {}).get("resourceName", "")) for o in have_pci.values())
         ours.update(str((o.get("status") or {}).get("resourceName", "")) for o in have_usb.values())
         ours.update(d["status"]["resourceName"] for d in inv.usb_devices)
@@ -415,7 +416,7 @@ class NodePass:
         live_pci = {c["metadata"]["name"] for c in pci_claims if not c["metadata"].get("deletionTimestamp")}
         live_usb = {c["metadata"]["name"] for c in usb_claims if not c["metadata"].get("deletionTimestamp")}
         needed: set[str] = set()
-        for res, live in ((kube.PCIDEVICES, live_pci), (kube.USBDEVICES, live_usb)):
+        for res, live in ((apiclient.PCIDEVICES, live_pci), (apiclient.USBDEVICES, live_usb)):
             if not live:
                 continue
             for o in self._api.list(res).items:

@@ -6,8 +6,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from nodeagent import kube
-from nodeagent.errors import KubeError
+import apiclient
 from nodeagent.events import EventRecorder
 from nodeagent.reconcile import plan
 from policy import names
@@ -16,8 +15,8 @@ log = logging.getLogger(__name__)
 
 
 def apply_device_actions(
-    api: kube.KubeApi,
-    res: kube.Resource,
+    api: apiclient.KubeApi,
+    res: apiclient.Resource,
     actions: Sequence[plan.DeviceAction],
     existing: Mapping[str, dict[str, Any]],
     events: EventRecorder,
@@ -31,7 +30,7 @@ def apply_device_actions(
             body = {k: v for k, v in a.obj.items() if k != "status"}
             try:
                 created = api.create(res, body)
-            except kube.Conflict:
+            except apiclient.Conflict:
                 # Made by an earlier run that died before writing the status, or someone removed our label.
                 created = api.get(res, name)
                 meta = a.obj["metadata"]
@@ -52,7 +51,7 @@ def apply_device_actions(
                     obj = api.patch(res, a.name, {"metadata": a.metadata})
                 if a.status:
                     obj = api.patch(res, a.name, {"status": a.status}, subresource="status")
-            except kube.NotFound:
+            except apiclient.NotFound:
                 out.pop(a.name, None)
                 continue
             out[a.name] = obj
@@ -68,9 +67,9 @@ def apply_device_actions(
             obj = out.pop(a.name)
             try:
                 api.delete(res, a.name)
-            except kube.NotFound:
+            except apiclient.NotFound:
                 continue
-            except KubeError:
+            except apiclient.KubeError:
                 out[a.name] = obj
                 raise
             log.info("device object deleted", extra={"kind": res.kind, "object": a.name})

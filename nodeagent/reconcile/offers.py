@@ -13,8 +13,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from nodeagent import kube
-from nodeagent.errors import KubeError
+import apiclient
 from nodeagent.reconcile import plan
 
 log = logging.getLogger(__name__)
@@ -22,23 +21,23 @@ log = logging.getLogger(__name__)
 Obj = dict[str, Any]
 
 WORKLOADS = (
-    kube.VIRTUALMACHINES,
-    kube.VIRTUALMACHINEINSTANCES,
-    kube.VIRTUALMACHINEINSTANCEREPLICASETS,
-    kube.VIRTUALMACHINEPOOLS,
+    apiclient.VIRTUALMACHINES,
+    apiclient.VIRTUALMACHINEINSTANCES,
+    apiclient.VIRTUALMACHINEINSTANCEREPLICASETS,
+    apiclient.VIRTUALMACHINEPOOLS,
 )
-INSTANCETYPES = (kube.VIRTUALMACHINEINSTANCETYPES, kube.VIRTUALMACHINECLUSTERINSTANCETYPES)
+INSTANCETYPES = (apiclient.VIRTUALMACHINEINSTANCETYPES, apiclient.VIRTUALMACHINECLUSTERINSTANCETYPES)
 
 
-def _list(api: kube.KubeApi, res: kube.Resource, unreadable: list[str]) -> list[Obj]:
+def _list(api: apiclient.KubeApi, res: apiclient.Resource, unreadable: list[str]) -> list[Obj]:
     """Every object of a kind, cluster-wide, each with its kind set (list items need not carry it). A kind that is
     not installed (no KubeVirt, no pools) holds nothing; one the agent may not list is noted, and the gate then
     holds every offer back rather than guess."""
     try:
         items = api.list(res).items
-    except kube.NotFound:
+    except apiclient.NotFound:
         return []
-    except KubeError as e:
+    except apiclient.KubeError as e:
         if e.status != 403:
             raise
         log.warning("not allowed to list a kind the offering gate reads", extra={"kind": res.kind})
@@ -47,9 +46,9 @@ def _list(api: kube.KubeApi, res: kube.Resource, unreadable: list[str]) -> list[
     return [dict(o, kind=res.kind) for o in items]
 
 
-def read_requests(api: kube.KubeApi) -> plan.ClusterRequests:
+def read_requests(api: apiclient.KubeApi) -> plan.ClusterRequests:
     unreadable: list[str] = []
-    pods = _list(api, kube.PODS, unreadable)
+    pods = _list(api, apiclient.PODS, unreadable)
     workloads = [o for res in WORKLOADS for o in _list(api, res, unreadable)]
     instancetypes = [o for res in INSTANCETYPES for o in _list(api, res, unreadable)]
     found = plan.build_requests(pods, workloads, instancetypes, unreadable)

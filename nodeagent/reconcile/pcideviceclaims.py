@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from nodeagent import kube
+import apiclient
 from nodeagent.deviceplugin import model
 from nodeagent.errors import SysfsError
 from nodeagent.events import EventRecorder
@@ -68,7 +68,7 @@ def is_adopted(claim: Obj) -> bool:
 class PCIClaimReconciler:
     def __init__(
         self,
-        api: kube.KubeApi,
+        api: apiclient.KubeApi,
         binder: VfioBinder,
         root: SysfsRoot,
         events: EventRecorder,
@@ -90,7 +90,9 @@ class PCIClaimReconciler:
         patch = {k: v for k, v in desired.items() if st.get(k) != v}
         if not patch:
             return claim
-        return self._api.patch(kube.PCIDEVICECLAIMS, claim["metadata"]["name"], {"status": patch}, subresource="status")
+        return self._api.patch(
+            apiclient.PCIDEVICECLAIMS, claim["metadata"]["name"], {"status": patch}, subresource="status"
+        )
 
     def _conditions(self, claim: Obj, wanted: Sequence[plan.Condition], drop: frozenset[str] = frozenset()) -> Obj:
         st = claim.get("status") or {}
@@ -118,11 +120,11 @@ class PCIClaimReconciler:
             return claim
         try:
             return self._api.patch(
-                kube.PCIDEVICECLAIMS,
+                apiclient.PCIDEVICECLAIMS,
                 meta["name"],
                 {"metadata": {"finalizers": fins, "resourceVersion": meta.get("resourceVersion")}},
             )
-        except kube.NotFound:
+        except apiclient.NotFound:
             return None
 
     # -- one claim ----------------------------------------------------------------------------------------------
@@ -153,8 +155,11 @@ class PCIClaimReconciler:
             return ClaimResult(name, False)
         if name != names.pcidevice_name(self._node, address):
             # The webhook's A1 keeps these out; the agent never binds a device under another device's name.
-            self._refuse(claim, "NameMismatch", f"a claim for {address} on {self._node} must be named "
-                         f"{names.pcidevice_name(self._node, address)}")
+            self._refuse(
+                claim,
+                "NameMismatch",
+                f"a claim for {address} on {self._node} must be named {names.pcidevice_name(self._node, address)}",
+            )
             return ClaimResult(name, False)
         got = self._set_finalizer(claim, True)
         if got is None:
@@ -222,7 +227,7 @@ class PCIClaimReconciler:
         # The device's status must name the resource before passthroughEnabled becomes true.
         if dst.get("resourceName") != resource_name:
             self._api.patch(
-                kube.PCIDEVICES,
+                apiclient.PCIDEVICES,
                 device["metadata"]["name"],
                 {"status": {"resourceName": resource_name}},
                 subresource="status",

@@ -13,8 +13,7 @@ from collections.abc import Callable, Set
 from dataclasses import dataclass
 from typing import Any
 
-from nodeagent import kube
-from nodeagent.errors import KubeError
+import apiclient
 from nodeagent.reconcile import plan
 
 log = logging.getLogger(__name__)
@@ -44,13 +43,13 @@ class KubeVirtState:
         return plan.Condition(PERMITTED, True, "Permitted", "listed in KubeVirt permittedHostDevices")
 
 
-def find_kubevirt(api: kube.KubeApi, namespace: str | None = None) -> KubeVirtState:
+def find_kubevirt(api: apiclient.KubeApi, namespace: str | None = None) -> KubeVirtState:
     """The KubeVirt CR: in `namespace` when configured, else the first one found in any namespace."""
     try:
-        items = api.list(kube.KUBEVIRTS, namespace=namespace).items
-    except kube.NotFound:  # the KubeVirt CRD is not installed
+        items = api.list(apiclient.KUBEVIRTS, namespace=namespace).items
+    except apiclient.NotFound:  # the KubeVirt CRD is not installed
         return KubeVirtState(None)
-    except KubeError as e:
+    except apiclient.KubeError as e:
         if e.status != 403:
             raise
         log.warning("not allowed to list KubeVirt CRs; permits are not managed", extra={"error": str(e)})
@@ -60,7 +59,7 @@ def find_kubevirt(api: kube.KubeApi, namespace: str | None = None) -> KubeVirtSt
 
 
 def apply_permits(
-    api: kube.KubeApi,
+    api: apiclient.KubeApi,
     state: KubeVirtState,
     pci: Set[plan.PciPermit],
     usb: Set[plan.UsbPermit],
@@ -91,10 +90,10 @@ def apply_permits(
             "spec": {"configuration": {"permittedHostDevices": lists}},
         }
         try:
-            api.patch(kube.KUBEVIRTS, name, body, namespace=ns)
-        except kube.Conflict:
-            cr = api.get(kube.KUBEVIRTS, name, namespace=ns)
+            api.patch(apiclient.KUBEVIRTS, name, body, namespace=ns)
+        except apiclient.Conflict:
+            cr = api.get(apiclient.KUBEVIRTS, name, namespace=ns)
             continue
         log.info("kubevirt permits updated", extra={"added": list(p.added), "removed": list(p.removed)})
         return True
-    raise kube.Conflict("KubeVirt CR kept changing; permits not updated this pass", status=409)
+    raise apiclient.Conflict("KubeVirt CR kept changing; permits not updated this pass", status=409)

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from nodeagent import kube
+import apiclient
 from nodeagent.errors import AgentError
 
 log = logging.getLogger(__name__)
@@ -103,8 +103,8 @@ class Watcher:
 
     def __init__(
         self,
-        api: kube.KubeApi,
-        res: kube.Resource,
+        api: apiclient.KubeApi,
+        res: apiclient.Resource,
         nudge: Callable[[], None],
         *,
         label_selector: str | None = None,
@@ -134,9 +134,9 @@ class Watcher:
                     stop=stop,
                 ):
                     self._nudge()
-            except kube.NotFound:
+            except apiclient.NotFound:
                 failures += 1  # the kind is not installed (e.g. no KubeVirt yet): look again later
-            except AgentError as e:
+            except (AgentError, apiclient.KubeError) as e:
                 failures += 1
                 log.info("watch ended; re-listing", extra={"kind": self._res.kind, "error": str(e)})
             self.restarts += 1

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from nodeagent import kube
+import apiclient
 from nodeagent.deviceplugin import model
 from nodeagent.errors import SysfsError
 from nodeagent.events import EventRecorder
@@ -41,7 +41,7 @@ class USBClaimResult:
 class USBClaimReconciler:
     def __init__(
         self,
-        api: kube.KubeApi,
+        api: apiclient.KubeApi,
         events: EventRecorder,
         *,
         node: str,
@@ -59,7 +59,9 @@ class USBClaimReconciler:
         patch = {k: v for k, v in desired.items() if st.get(k) != v}
         if not patch:
             return claim
-        return self._api.patch(kube.USBDEVICECLAIMS, claim["metadata"]["name"], {"status": patch}, subresource="status")
+        return self._api.patch(
+            apiclient.USBDEVICECLAIMS, claim["metadata"]["name"], {"status": patch}, subresource="status"
+        )
 
     def _finalizer(self, claim: Obj, present: bool) -> Obj | None:
         meta = claim["metadata"]
@@ -68,11 +70,11 @@ class USBClaimReconciler:
             return claim
         try:
             return self._api.patch(
-                kube.USBDEVICECLAIMS,
+                apiclient.USBDEVICECLAIMS,
                 meta["name"],
                 {"metadata": {"finalizers": fins, "resourceVersion": meta.get("resourceVersion")}},
             )
-        except kube.NotFound:
+        except apiclient.NotFound:
             return None
 
     def _observe(self, claim: Obj, device: Obj) -> None:
@@ -156,7 +158,7 @@ class USBClaimReconciler:
             return USBClaimResult(name, False, held=True)
         if dst.get("enabled") is not True:
             # The first offer: the device reconciler keeps `enabled` from the next pass on (the claim is Offered).
-            self._api.patch(kube.USBDEVICES, name, {"status": {"enabled": True}}, subresource="status")
+            self._api.patch(apiclient.USBDEVICES, name, {"status": {"enabled": True}}, subresource="status")
         wanted = [plan.Condition(READY, True, "Enabled", message), offer_cond]
         if permit is not None:
             wanted.append(permit)
@@ -175,9 +177,7 @@ class USBClaimReconciler:
                 "allocatedTo": allocated_to(resource, udev.id),
             },
         )
-        return USBClaimResult(
-            name, True, resource, udev, str(dst.get("vendorID", "")), str(dst.get("productID", ""))
-        )
+        return USBClaimResult(name, True, resource, udev, str(dst.get("vendorID", "")), str(dst.get("productID", "")))
 
     def _hold(self, claim: Obj, held: plan.Condition) -> None:
         """The device node is ready but the name is not offered: Ready=False and Offered=False say why, once as a

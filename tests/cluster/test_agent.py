@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from nodeagent import kube
+import apiclient.client
 from nodeagent.reconcile import allocations
 from nodeagent.wiring import Agent
 from policy import names
@@ -24,7 +24,7 @@ from tests.support.simhost import SimHost
 
 NIC, NIC2 = "0000:00:02.0", "0000:00:03.0"
 IDLE_WINDOW_S = 60.0
-_NAMESPACES = kube.Resource("", "v1", "namespaces", "Namespace")
+_NAMESPACES = apiclient.Resource("", "v1", "namespaces", "Namespace")
 
 
 def _until(ok: Callable[[], bool], timeout: float = 20.0, every: float = 0.02) -> bool:
@@ -33,7 +33,7 @@ def _until(ok: Callable[[], bool], timeout: float = 20.0, every: float = 0.02) -
         try:
             if ok():
                 return True
-        except kube.KubeError:
+        except apiclient.KubeError:
             pass
         time.sleep(every)
     return ok()
@@ -42,14 +42,14 @@ def _until(ok: Callable[[], bool], timeout: float = 20.0, every: float = 0.02) -
 @dataclass
 class Env:
     cp: ControlPlane
-    api: kube.ApiKube  # the test's own client (admin)
+    api: apiclient.client.Client  # the test's own client (admin)
     host: SimHost
     node: str
     namespace: str
     agent: Agent | None = None
 
     def start(self, **kw: Any) -> Agent:
-        agent_api = kube.ApiKube.connect(self.cp.admin_kubeconfig)
+        agent_api = apiclient.client.Client.connect(self.cp.admin_kubeconfig)
         self.agent = build_agent(
             self.host,
             agent_api,
@@ -62,19 +62,19 @@ class Env:
         return self.agent
 
     def claim(self, address: str) -> dict[str, Any]:
-        return self.api.get(kube.PCIDEVICECLAIMS, names.pcidevice_name(self.node, address))
+        return self.api.get(apiclient.PCIDEVICECLAIMS, names.pcidevice_name(self.node, address))
 
     def enabled(self, address: str) -> bool:
         return bool((self.claim(address).get("status") or {}).get("passthroughEnabled"))
 
     def permitted(self) -> list[str]:
-        cr = self.api.get(kube.KUBEVIRTS, "kubevirt", namespace=self.namespace)
+        cr = self.api.get(apiclient.KUBEVIRTS, "kubevirt", namespace=self.namespace)
         return [
             e["resourceName"] for e in cr["spec"]["configuration"]["permittedHostDevices"].get("pciHostDevices") or []
         ]
 
     def create_claim(self, address: str) -> None:
-        device = self.api.get(kube.PCIDEVICES, names.pcidevice_name(self.node, address))
+        device = self.api.get(apiclient.PCIDEVICES, names.pcidevice_name(self.node, address))
         body = pci_claim(self.node, address)
         body["metadata"]["ownerReferences"] = [
             {
@@ -84,7 +84,7 @@ class Env:
                 "uid": device["metadata"]["uid"],
             }
         ]
-        self.api.create(kube.PCIDEVICECLAIMS, body)
+        self.api.create(apiclient.PCIDEVICECLAIMS, body)
 
 
 @pytest.fixture
@@ -92,12 +92,12 @@ def env(
     garbage_collector: ControlPlane, installed_crds: str, unique: str, tmp_path: Path
 ) -> Iterator[Env]:
     cp = garbage_collector
-    api = kube.ApiKube.connect(cp.admin_kubeconfig)
+    api = apiclient.client.Client.connect(cp.admin_kubeconfig)
     node = f"node-{unique}"
     ns = f"kv-{unique}"
-    api.create(kube.NODES, {"apiVersion": "v1", "kind": "Node", "metadata": {"name": node}})
+    api.create(apiclient.NODES, {"apiVersion": "v1", "kind": "Node", "metadata": {"name": node}})
     api.create(_NAMESPACES, {"metadata": {"name": ns}})
-    api.create(kube.KUBEVIRTS, kubevirt_cr(pci=[_foreign()]), namespace=ns)
+    api.create(apiclient.KUBEVIRTS, kubevirt_cr(pci=[_foreign()]), namespace=ns)
     host = SimHost(tmp_path)
     host.pci(NIC, native="e1000e", group=1)
     host.pci(NIC2, native="e1000e", group=2)
@@ -112,21 +112,21 @@ def _clean_up(e: Env) -> None:
     """Leave nothing for other tests on the shared API server: claims released by the still-running agent, then
     the Node (its device objects go with it through garbage collection) and the namespace with the KubeVirt CR."""
     try:
-        for c in e.api.list(kube.PCIDEVICECLAIMS).items:
+        for c in e.api.list(apiclient.PCIDEVICECLAIMS).items:
             if (c.get("spec") or {}).get("nodeName") == e.node:
-                e.api.delete(kube.PCIDEVICECLAIMS, c["metadata"]["name"])
+                e.api.delete(apiclient.PCIDEVICECLAIMS, c["metadata"]["name"])
         _until(
-            lambda: not [c for c in e.api.list(kube.PCIDEVICECLAIMS).items if c["spec"].get("nodeName") == e.node],
+            lambda: not [c for c in e.api.list(apiclient.PCIDEVICECLAIMS).items if c["spec"].get("nodeName") == e.node],
             timeout=20.0,
             every=0.1,
         )
     finally:
         if e.agent is not None:
             e.agent.stop(timeout=1.0)
-        for res, name, ns in ((kube.NODES, e.node, None), (_NAMESPACES, e.namespace, None)):
+        for res, name, ns in ((apiclient.NODES, e.node, None), (_NAMESPACES, e.namespace, None)):
             try:
                 e.api.delete(res, name, namespace=ns)
-            except kube.KubeError:
+            except apiclient.KubeError:
                 pass
 
 
@@ -135,13 +135,13 @@ def _foreign() -> dict[str, Any]:
 
 
 def _devices_created(env: Env) -> bool:
-    return len(env.api.list(kube.PCIDEVICES, label_selector=f"nodename={env.node}").items) == 3
+    return len(env.api.list(apiclient.PCIDEVICES, label_selector=f"nodename={env.node}").items) == 3
 
 
 def test_a_claim_is_bound_and_permitted_and_its_delete_restores_the_driver(env: Env) -> None:
     env.start()
     assert _until(lambda: _devices_created(env))
-    device = env.api.get(kube.PCIDEVICES, names.pcidevice_name(env.node, NIC))
+    device = env.api.get(apiclient.PCIDEVICES, names.pcidevice_name(env.node, NIC))
     assert device["metadata"]["ownerReferences"][0]["kind"] == "Node"
     env.create_claim(NIC)
     started = time.monotonic()
@@ -150,20 +150,20 @@ def test_a_claim_is_bound_and_permitted_and_its_delete_restores_the_driver(env: 
     assert latency < 2.0, f"claim to passthroughEnabled took {latency:.2f}s"
     assert env.host.sim.driver(NIC) == "vfio-pci"
     rn = f"intel.com/{names.pcidevice_name(env.node, NIC)}"
-    assert env.api.get(kube.PCIDEVICES, names.pcidevice_name(env.node, NIC))["status"]["resourceName"] == rn
+    assert env.api.get(apiclient.PCIDEVICES, names.pcidevice_name(env.node, NIC))["status"]["resourceName"] == rn
     assert env.permitted() == ["nvidia.com/MLX_VF", rn]
     reasons = {
         e["reason"]
-        for e in env.api.list(kube.EVENTS, namespace="default").items
+        for e in env.api.list(apiclient.EVENTS, namespace="default").items
         if e["involvedObject"]["name"] == names.pcidevice_name(env.node, NIC)
     }
     assert {"Appeared", "PassthroughEnabled"} <= reasons
-    env.api.delete(kube.PCIDEVICECLAIMS, names.pcidevice_name(env.node, NIC))
+    env.api.delete(apiclient.PCIDEVICECLAIMS, names.pcidevice_name(env.node, NIC))
 
     def gone() -> bool:
         try:
             env.claim(NIC)
-        except kube.NotFound:
+        except apiclient.NotFound:
             return True
         return False
 
@@ -180,17 +180,17 @@ def test_a_device_vanishing_while_claimed_keeps_its_claim_through_garbage_collec
     env.host.unplug(NIC)
     env.agent.runner.nudge()  # type: ignore[union-attr] # what the udev remove event does
     name = names.pcidevice_name(env.node, NIC)
-    assert _until(lambda: env.api.get(kube.PCIDEVICES, name)["status"].get("absent") is True)
+    assert _until(lambda: env.api.get(apiclient.PCIDEVICES, name)["status"].get("absent") is True)
     time.sleep(3)  # give the garbage collector its chance
     assert env.claim(NIC)["metadata"]["name"] == name
-    env.api.delete(kube.PCIDEVICECLAIMS, name)
+    env.api.delete(apiclient.PCIDEVICECLAIMS, name)
 
     def both_gone() -> bool:
-        for res in (kube.PCIDEVICECLAIMS, kube.PCIDEVICES):
+        for res in (apiclient.PCIDEVICECLAIMS, apiclient.PCIDEVICES):
             try:
                 env.api.get(res, name)
                 return False
-            except kube.NotFound:
+            except apiclient.NotFound:
                 pass
         return True
 

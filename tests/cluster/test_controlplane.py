@@ -14,8 +14,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from kubernetes import client
 
+import apiclient
 from tests.support.controlplane import NODE_NAME_EXTRA, Binaries, BinariesMissing, ControlPlane, ControlPlaneError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -43,9 +43,8 @@ def test_kubectl_and_the_python_client_both_work_with_the_admin_kubeconfig(contr
     assert version["serverVersion"]["gitVersion"] == "v1.36.3"
     assert version["clientVersion"]["gitVersion"] == "v1.36.3"
 
-    with control_plane.api_client() as api:
-        namespace = client.CoreV1Api(api).read_namespace("default")
-    assert namespace.metadata.name == "default"
+    namespace = control_plane.api_client().get(apiclient.NAMESPACES, "default")
+    assert namespace["metadata"]["name"] == "default"
 
 
 def test_a_non_admin_user_is_forbidden_until_a_cluster_role_grants_access(
@@ -90,11 +89,11 @@ def test_a_node_bound_token_carries_the_node_name_and_dies_with_its_pod(
     assert info["extra"][NODE_NAME_EXTRA] == [node]
     assert agent.extra[NODE_NAME_EXTRA] == (node,)
 
-    with control_plane.api_client(user=agent) as api:
-        review = client.AuthenticationV1Api(api).create_self_subject_review(
-            client.V1SelfSubjectReview(api_version="authentication.k8s.io/v1", kind="SelfSubjectReview")
-        )
-    assert review.status.user_info.extra[NODE_NAME_EXTRA] == [node]
+    reviews = apiclient.Resource("authentication.k8s.io", "v1", "selfsubjectreviews", "SelfSubjectReview")
+    review = control_plane.api_client(user=agent).create(
+        reviews, {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"}
+    )
+    assert review["status"]["userInfo"]["extra"][NODE_NAME_EXTRA] == [node]
 
     pod = f"pcidevices-agent-{node}"
     control_plane.kubectl("delete", "pod", pod, "-n", "pcidevices-system", "--grace-period=0", "--force")

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from nodeagent import kube, wiring
+import apiclient
+from nodeagent import wiring
 from nodeagent.idsdb import NamesDatabases
 from nodeagent.reconcile import allocations
 from nodeagent.settings import AgentSettings
@@ -53,7 +54,7 @@ def usb_claim(name: str, *, owner: str = "alice") -> dict[str, Any]:
 
 def build_agent(
     host: SimHost,
-    api: kube.KubeApi,
+    api: apiclient.KubeApi,
     node: str,
     *,
     pod_resources: allocations.Lister | None = None,

@@ -13,7 +13,7 @@ Typical use::
         tenant = cp.mint_user("tenant-a", groups=("tenants",))
         result = cp.kubectl("get", "pd", user=tenant, check=False)
         agent = cp.mint_node_token("node1")             # userInfo.extra carries the node name
-        api = cp.api_client(user=agent)                 # a kubernetes.client.ApiClient
+        api = cp.api_client(user=agent)                 # an apiclient.client.Client
 
 Everything listens on 127.0.0.1 only. Child processes die with the test process (PR_SET_PDEATHSIG), and are also
 stopped by `stop()`, the context manager and an atexit hook, so an interrupted run leaves nothing behind. Linux
@@ -734,10 +734,10 @@ class ControlPlane:
         return proc
 
     def api_client(self, user: KubeUser | None = None) -> Any:
-        """A `kubernetes.client.ApiClient` for the admin or `user`, loaded from the same kubeconfig kubectl uses."""
-        from kubernetes import config  # imported here: only tests that need the Python client pay for it
+        """The project's `apiclient.client.Client` for the admin or `user`, from the same kubeconfig kubectl uses."""
+        import apiclient.client  # imported here: only tests that need a client pay for it
 
-        return config.new_client_from_config(config_file=str(self.kubeconfig_for(user)))  # type: ignore[no-untyped-call]
+        return apiclient.client.Client.connect(self.kubeconfig_for(user))
 
     def install_crds(self, *paths: Path, timeout: float = 90.0) -> str:
         """`kubectl apply -f` CRD files or folders, wait until every CRD in them is usable; return kubectl's output.

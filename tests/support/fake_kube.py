@@ -1,4 +1,4 @@
-"""An in-memory API server for the agent's reconcilers (the `nodeagent.kube.KubeApi` protocol).
+"""An in-memory API server for the agent's reconcilers (the `apiclient.KubeApi` protocol).
 
 It behaves like the real one where the agent depends on it: resourceVersion on every write, merge patches
 (RFC 7386), a patch carrying `metadata.resourceVersion` is conditional, the status subresource (status is written
@@ -21,8 +21,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from nodeagent.errors import KubeError
-from nodeagent.kube import Conflict, NotFound, ObjectList, Resource, WatchEvent
+from apiclient import Conflict, KubeError, NotFound, ObjectList, Resource, WatchEvent
 
 Obj = dict[str, Any]
 WRITES = ("create", "patch", "delete")

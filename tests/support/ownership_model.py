@@ -26,6 +26,7 @@ from typing import Any
 
 import jsonpatch  # type: ignore[import-untyped]
 
+import apiclient
 from policy import dispatch, hostdevices, names, offers
 from policy.access import Grant, StaticAccess
 from policy.decision import Decision
@@ -36,7 +37,6 @@ from tests.support import vms
 from tests.support.objects import ADMIN, node, pciclaim, pcidevice, user
 from tests.support.objects import review as claim_review
 from webhook import holds as holds_mod
-from webhook import kube
 
 ALICE, BOB, MALLORY = "alice", "bob", "mallory"
 NAMESPACE = {ALICE: "ns-alice", BOB: "ns-bob", MALLORY: "ns-mallory", ADMIN: "ns-admin"}
@@ -69,20 +69,27 @@ class Leases:
         self.items: dict[str, dict[str, Any]] = {}
         self._rv = 0
 
-    def get(self, path: str) -> dict[str, Any]:
+    def get(self, res: apiclient.Resource, name: str, *, namespace: str | None = None) -> dict[str, Any]:
+        path = res.path(name, namespace)
         if path not in self.items:
-            raise kube.NotFound(404, "not found")
+            raise apiclient.NotFound("not found", status=404)
         return copy.deepcopy(self.items[path])
 
-    def create(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
+    def create(
+        self, res: apiclient.Resource, body: Mapping[str, Any], *, namespace: str | None = None
+    ) -> dict[str, Any]:
+        path = res.path(None, namespace)
         full = f"{path}/{body['metadata']['name']}"
         if full in self.items:
-            raise kube.Conflict(409, "already exists")
+            raise apiclient.Conflict("already exists", status=409)
         return self._store(full, body)
 
-    def replace(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
+    def replace(
+        self, res: apiclient.Resource, name: str, body: Mapping[str, Any], *, namespace: str | None = None
+    ) -> dict[str, Any]:
+        path = res.path(name, namespace)
         if self.items[path]["metadata"]["resourceVersion"] != body["metadata"].get("resourceVersion"):
-            raise kube.Conflict(409, "conflict")
+            raise apiclient.Conflict("conflict", status=409)
         return self._store(path, body)
 
     def _store(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from nodeagent import kube
+import apiclient
 from nodeagent.deviceplugin.podresources import DeviceAllocation
 from nodeagent.wiring import Agent
 from policy import names
@@ -36,8 +36,8 @@ def host(tmp_path: Path) -> SimHost:
 @pytest.fixture
 def api() -> FakeKube:
     k = FakeKube()
-    k.put(kube.NODES, {"metadata": {"name": NODE}})
-    k.put(kube.KUBEVIRTS, kubevirt_cr(pci=[_foreign()]), namespace=NS)
+    k.put(apiclient.NODES, {"metadata": {"name": NODE}})
+    k.put(apiclient.KUBEVIRTS, kubevirt_cr(pci=[_foreign()]), namespace=NS)
     return k
 
 
@@ -87,7 +87,7 @@ def test_first_pass_creates_device_objects_with_node_owner_label_and_appearance_
 
 
 def test_an_idle_node_makes_zero_api_writes(host: SimHost, api: FakeKube) -> None:
-    api.put(kube.PCIDEVICECLAIMS, pci_claim(NODE, NIC))
+    api.put(apiclient.PCIDEVICECLAIMS, pci_claim(NODE, NIC))
     agent = _agent(host, api)
     agent.node_pass()
     agent.node_pass()
@@ -106,7 +106,7 @@ def test_labels_and_annotations_set_by_others_are_kept(host: SimHost, api: FakeK
     obj["metadata"]["labels"]["team"] = "gpu"
     obj["metadata"]["annotations"] = {"note": "keep me"}
     del obj["metadata"]["labels"][names.LABEL_NODENAME]
-    api.put(kube.PCIDEVICES, obj)
+    api.put(apiclient.PCIDEVICES, obj)
     agent.node_pass()
     after = api.peek("pcidevices", _name(NIC))
     assert after is not None
@@ -115,7 +115,7 @@ def test_labels_and_annotations_set_by_others_are_kept(host: SimHost, api: FakeK
 
 
 def test_a_claim_is_bound_and_permitted_with_its_per_device_resource_name(host: SimHost, api: FakeKube) -> None:
-    api.put(kube.PCIDEVICECLAIMS, pci_claim(NODE, NIC))
+    api.put(apiclient.PCIDEVICECLAIMS, pci_claim(NODE, NIC))
     agent = _agent(host, api)
     agent.node_pass()
     claim = api.peek("pcideviceclaims", _name(NIC))
@@ -147,7 +147,7 @@ def test_a_claim_is_bound_and_permitted_with_its_per_device_resource_name(host: 
 
 
 def test_resource_name_is_written_to_the_device_before_passthrough_is_enabled(host: SimHost, api: FakeKube) -> None:
-    api.put(kube.PCIDEVICECLAIMS, pci_claim(NODE, NIC))
+    api.put(apiclient.PCIDEVICECLAIMS, pci_claim(NODE, NIC))
     _agent(host, api).node_pass()
     order = [
         (c.plural, c.subresource, c.body)
@@ -160,7 +160,7 @@ def test_resource_name_is_written_to_the_device_before_passthrough_is_enabled(ho
 
 
 def test_original_driver_is_recorded_before_the_first_sysfs_write(host: SimHost, api: FakeKube) -> None:
-    api.put(kube.PCIDEVICECLAIMS, pci_claim(NODE, NIC))
+    api.put(apiclient.PCIDEVICECLAIMS, pci_claim(NODE, NIC))
     host.sim.crash_at = 1
     with pytest.raises(Crash):
         _agent(host, api).node_pass()
@@ -168,10 +168,10 @@ def test_original_driver_is_recorded_before_the_first_sysfs_write(host: SimHost,
 
 
 def test_deleting_a_claim_restores_the_driver_and_removes_the_permit(host: SimHost, api: FakeKube) -> None:
-    api.put(kube.PCIDEVICECLAIMS, pci_claim(NODE, NIC))
+    api.put(apiclient.PCIDEVICECLAIMS, pci_claim(NODE, NIC))
     agent = _agent(host, api)
     agent.node_pass()
-    api.remove(kube.PCIDEVICECLAIMS, _name(NIC))
+    api.remove(apiclient.PCIDEVICECLAIMS, _name(NIC))
     agent.node_pass()
     assert api.peek("pcideviceclaims", _name(NIC)) is None
     assert host.sim.driver(NIC) == "e1000e"
@@ -183,11 +183,11 @@ def test_deleting_a_claim_restores_the_driver_and_removes_the_permit(host: SimHo
 
 
 def test_release_writes_nothing_while_a_process_holds_the_device(host: SimHost, api: FakeKube) -> None:
-    api.put(kube.PCIDEVICECLAIMS, pci_claim(NODE, NIC))
+    api.put(apiclient.PCIDEVICECLAIMS, pci_claim(NODE, NIC))
     agent = _agent(host, api)
     agent.node_pass()
     pid = host.sim.hold(NIC)
-    api.remove(kube.PCIDEVICECLAIMS, _name(NIC))
+    api.remove(apiclient.PCIDEVICECLAIMS, _name(NIC))
     writes = len(host.sim.writes)
     agent.node_pass()
     assert host.sim.writes[writes:] == []
@@ -203,18 +203,18 @@ def test_release_writes_nothing_while_a_process_holds_the_device(host: SimHost, 
 
 def test_release_waits_while_the_kubelet_has_the_device_allocated(host: SimHost, api: FakeKube) -> None:
     allocs: list[DeviceAllocation] = []
-    api.put(kube.PCIDEVICECLAIMS, pci_claim(NODE, NIC))
+    api.put(apiclient.PCIDEVICECLAIMS, pci_claim(NODE, NIC))
     agent = _agent(host, api, pod_resources=lambda: allocs)
     agent.node_pass()
     rn = f"intel.com/{_name(NIC)}"
     allocs.append(DeviceAllocation("vms", "virt-launcher-a", "compute", rn, NIC))
     vmi_ref = {"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance", "name": "vm1", "uid": "u1"}
-    api.put(kube.PODS, {"metadata": {"name": "virt-launcher-a", "ownerReferences": [vmi_ref]}}, namespace="vms")
+    api.put(apiclient.PODS, {"metadata": {"name": "virt-launcher-a", "ownerReferences": [vmi_ref]}}, namespace="vms")
     agent.node_pass()
     assert _claim_status(api, NIC)["allocatedTo"] == [
         {"pod": "vms/virt-launcher-a", "container": "compute", "vmi": "vms/vm1"}
     ]
-    api.remove(kube.PCIDEVICECLAIMS, _name(NIC))
+    api.remove(apiclient.PCIDEVICECLAIMS, _name(NIC))
     agent.node_pass()
     assert "pod vms/virt-launcher-a" in _cond(_claim_status(api, NIC), "InUse")["message"]
     assert host.sim.driver(NIC) == "vfio-pci"
@@ -228,7 +228,7 @@ def test_a_claim_whose_group_member_became_host_critical_is_refused_with_a_condi
 ) -> None:
     host.tree.disk("sda", pci=GPU_AUDIO)
     host.tree.mount("sda", "/var/lib/longhorn")
-    api.put(kube.PCIDEVICECLAIMS, pci_claim(NODE, GPU))
+    api.put(apiclient.PCIDEVICECLAIMS, pci_claim(NODE, GPU))
     agent = _agent(host, api)
     agent.node_pass()
     st = _claim_status(api, GPU)
@@ -246,21 +246,21 @@ def test_a_claim_whose_group_member_became_host_critical_is_refused_with_a_condi
 
 
 def test_a_group_member_claimed_by_another_owner_refuses_the_bind(host: SimHost, api: FakeKube) -> None:
-    api.put(kube.PCIDEVICECLAIMS, pci_claim(NODE, GPU_AUDIO, owner="bob"))
+    api.put(apiclient.PCIDEVICECLAIMS, pci_claim(NODE, GPU_AUDIO, owner="bob"))
     host.sim.hold  # noqa: B018 - nothing held: bob's claim binds normally
-    api.put(kube.PCIDEVICECLAIMS, pci_claim(NODE, GPU, owner="alice"))
+    api.put(apiclient.PCIDEVICECLAIMS, pci_claim(NODE, GPU, owner="alice"))
     _agent(host, api).node_pass()
     st = _cond(_claim_status(api, GPU), "Bound")
     assert st["reason"] == "Refused" and "another owner (bob)" in st["message"]
 
 
 def test_group_complete_is_false_until_every_member_is_claimed(host: SimHost, api: FakeKube) -> None:
-    api.put(kube.PCIDEVICECLAIMS, pci_claim(NODE, GPU))
+    api.put(apiclient.PCIDEVICECLAIMS, pci_claim(NODE, GPU))
     agent = _agent(host, api)
     agent.node_pass()
     gc = _cond(_claim_status(api, GPU), "GroupComplete")
     assert gc["status"] == "False" and GPU_AUDIO in gc["message"]
-    api.put(kube.PCIDEVICECLAIMS, pci_claim(NODE, GPU_AUDIO))
+    api.put(apiclient.PCIDEVICECLAIMS, pci_claim(NODE, GPU_AUDIO))
     agent.node_pass()
     agent.node_pass()
     assert _cond(_claim_status(api, GPU), "GroupComplete")["status"] == "True"
@@ -269,11 +269,11 @@ def test_group_complete_is_false_until_every_member_is_claimed(host: SimHost, ap
 def test_a_device_vanishing_while_claimed_is_kept_absent_and_its_claim_can_be_released(
     host: SimHost, api: FakeKube
 ) -> None:
-    api.put(kube.PCIDEVICECLAIMS, pci_claim(NODE, NIC))
-    api.put(kube.PCIDEVICECLAIMS, pci_claim(NODE, NIC2))  # NIC2 unclaimed below
+    api.put(apiclient.PCIDEVICECLAIMS, pci_claim(NODE, NIC))
+    api.put(apiclient.PCIDEVICECLAIMS, pci_claim(NODE, NIC2))  # NIC2 unclaimed below
     agent = _agent(host, api)
     agent.node_pass()
-    api.remove(kube.PCIDEVICECLAIMS, _name(NIC2))
+    api.remove(apiclient.PCIDEVICECLAIMS, _name(NIC2))
     agent.node_pass()
     host.unplug(NIC)
     host.unplug(NIC2)
@@ -284,7 +284,7 @@ def test_a_device_vanishing_while_claimed_is_kept_absent_and_its_claim_can_be_re
     assert api.peek("pcidevices", _name(NIC2)) is None
     assert api.peek("pcideviceclaims", _name(NIC)) is not None
     assert "Absent" in {e["reason"] for e in api.objects("events")}
-    api.remove(kube.PCIDEVICECLAIMS, _name(NIC))
+    api.remove(apiclient.PCIDEVICECLAIMS, _name(NIC))
     agent.node_pass()
     assert api.peek("pcideviceclaims", _name(NIC)) is None
     agent.node_pass()
@@ -292,7 +292,7 @@ def test_a_device_vanishing_while_claimed_is_kept_absent_and_its_claim_can_be_re
 
 
 def test_claimed_devices_are_bound_again_after_a_reboot(host: SimHost, api: FakeKube) -> None:
-    api.put(kube.PCIDEVICECLAIMS, pci_claim(NODE, NIC))
+    api.put(apiclient.PCIDEVICECLAIMS, pci_claim(NODE, NIC))
     _agent(host, api).node_pass()
     host.reboot()
     assert host.sim.driver(NIC) == "e1000e"
@@ -303,7 +303,7 @@ def test_claimed_devices_are_bound_again_after_a_reboot(host: SimHost, api: Fake
 
 @pytest.mark.parametrize("crash_at", [1, 2, 3])
 def test_a_crash_after_any_bind_write_converges_on_restart(host: SimHost, api: FakeKube, crash_at: int) -> None:
-    api.put(kube.PCIDEVICECLAIMS, pci_claim(NODE, NIC))
+    api.put(apiclient.PCIDEVICECLAIMS, pci_claim(NODE, NIC))
     host.sim.crash_at = crash_at
     with pytest.raises(Crash):
         _agent(host, api).node_pass()
@@ -312,16 +312,16 @@ def test_a_crash_after_any_bind_write_converges_on_restart(host: SimHost, api: F
     agent.node_pass()
     assert host.sim.driver(NIC) == "vfio-pci"
     assert _claim_status(api, NIC)["passthroughEnabled"] is True
-    api.remove(kube.PCIDEVICECLAIMS, _name(NIC))
+    api.remove(apiclient.PCIDEVICECLAIMS, _name(NIC))
     agent.node_pass()
     assert host.sim.driver(NIC) == "e1000e"
 
 
 @pytest.mark.parametrize("crash_at", [1, 2, 3])
 def test_a_crash_after_any_release_write_converges_on_restart(host: SimHost, api: FakeKube, crash_at: int) -> None:
-    api.put(kube.PCIDEVICECLAIMS, pci_claim(NODE, NIC))
+    api.put(apiclient.PCIDEVICECLAIMS, pci_claim(NODE, NIC))
     _agent(host, api).node_pass()
-    api.remove(kube.PCIDEVICECLAIMS, _name(NIC))
+    api.remove(apiclient.PCIDEVICECLAIMS, _name(NIC))
     host.sim.crash_at = len(host.sim.writes) + crash_at
     host.sim._count = len(host.sim.writes)
     try:
@@ -336,10 +336,10 @@ def test_a_crash_after_any_release_write_converges_on_restart(host: SimHost, api
 
 def test_a_foreign_vfio_device_is_never_touched(host: SimHost, api: FakeKube) -> None:
     host.sim.bind_foreign(NIC2)
-    api.put(kube.PCIDEVICECLAIMS, pci_claim(NODE, NIC2))
+    api.put(apiclient.PCIDEVICECLAIMS, pci_claim(NODE, NIC2))
     _agent(host, api).node_pass()
     assert _cond(_claim_status(api, NIC2), "Bound")["reason"] == "NotOurs"
-    api.remove(kube.PCIDEVICECLAIMS, _name(NIC2))
+    api.remove(apiclient.PCIDEVICECLAIMS, _name(NIC2))
     writes = len(host.sim.writes)
     _agent(host, api).node_pass()
     assert host.sim.writes[writes:] == []
@@ -347,7 +347,7 @@ def test_a_foreign_vfio_device_is_never_touched(host: SimHost, api: FakeKube) ->
 
 
 def test_api_errors_are_retried_and_converge_without_duplicates(host: SimHost, api: FakeKube) -> None:
-    api.put(kube.PCIDEVICECLAIMS, pci_claim(NODE, NIC))
+    api.put(apiclient.PCIDEVICECLAIMS, pci_claim(NODE, NIC))
     agent = _agent(host, api)
     api.fail_next("patch", "pcideviceclaims")
     agent.runner.step()
@@ -364,14 +364,14 @@ def test_api_errors_are_retried_and_converge_without_duplicates(host: SimHost, a
 
 
 def test_a_permit_conflict_is_retried_from_a_fresh_read(host: SimHost, api: FakeKube) -> None:
-    api.put(kube.PCIDEVICECLAIMS, pci_claim(NODE, NIC))
-    api.fail_next("patch", "kubevirts", kube.Conflict("409: modified", status=409))
+    api.put(apiclient.PCIDEVICECLAIMS, pci_claim(NODE, NIC))
+    api.fail_next("patch", "kubevirts", apiclient.Conflict("409: modified", status=409))
     _agent(host, api).node_pass()
     assert f"intel.com/{_name(NIC)}" in _permitted(api)
 
 
 def test_a_stale_resource_version_is_never_written_to_the_kubevirt_cr(host: SimHost, api: FakeKube) -> None:
-    api.put(kube.PCIDEVICECLAIMS, pci_claim(NODE, NIC))
+    api.put(apiclient.PCIDEVICECLAIMS, pci_claim(NODE, NIC))
     agent = _agent(host, api)
     agent.node_pass()
     patches = [c for c in api.writes if c.plural == "kubevirts"]
@@ -379,17 +379,17 @@ def test_a_stale_resource_version_is_never_written_to_the_kubevirt_cr(host: SimH
 
 
 def test_the_host_devices_gate_off_is_reported_on_the_claim(host: SimHost, api: FakeKube) -> None:
-    api.put(kube.KUBEVIRTS, kubevirt_cr(gate=False), namespace=NS)
-    api.put(kube.PCIDEVICECLAIMS, pci_claim(NODE, NIC))
+    api.put(apiclient.KUBEVIRTS, kubevirt_cr(gate=False), namespace=NS)
+    api.put(apiclient.PCIDEVICECLAIMS, pci_claim(NODE, NIC))
     _agent(host, api).node_pass()
     permitted = _cond(_claim_status(api, NIC), "Permitted")
     assert (permitted["status"], permitted["reason"]) == ("False", "HostDevicesGateOff")
 
 
 def test_a_kubevirt_cr_in_another_namespace_is_found(host: SimHost, api: FakeKube) -> None:
-    api.remove(kube.KUBEVIRTS, "kubevirt", namespace=NS)
-    api.put(kube.KUBEVIRTS, kubevirt_cr(), namespace="kubevirt")
-    api.put(kube.PCIDEVICECLAIMS, pci_claim(NODE, NIC))
+    api.remove(apiclient.KUBEVIRTS, "kubevirt", namespace=NS)
+    api.put(apiclient.KUBEVIRTS, kubevirt_cr(), namespace="kubevirt")
+    api.put(apiclient.PCIDEVICECLAIMS, pci_claim(NODE, NIC))
     _agent(host, api).node_pass()
     cr = api.peek("kubevirts", "kubevirt", "kubevirt")
     assert cr is not None
@@ -400,8 +400,8 @@ def test_a_kubevirt_cr_in_another_namespace_is_found(host: SimHost, api: FakeKub
 
 def test_pooled_mode_and_adopted_claims_keep_the_pooled_name(host: SimHost, api: FakeKube) -> None:
     pooled = "intel.com/82599ES_10GIGABIT_SFI_SFP_NETWORK_CONNECTION"
-    api.put(kube.PCIDEVICECLAIMS, pci_claim(NODE, NIC))
-    api.put(kube.PCIDEVICECLAIMS, pci_claim(NODE, NIC2, disableResourcePooling=True))
+    api.put(apiclient.PCIDEVICECLAIMS, pci_claim(NODE, NIC))
+    api.put(apiclient.PCIDEVICECLAIMS, pci_claim(NODE, NIC2, disableResourcePooling=True))
     _agent(host, api, resource_names="pooled").node_pass()
     assert api.peek("pcidevices", _name(NIC))["status"]["resourceName"] == pooled  # type: ignore[index]
     assert api.peek("pcidevices", _name(NIC2))["status"]["resourceName"] == f"intel.com/{_name(NIC2)}"  # type: ignore[index]
@@ -410,7 +410,7 @@ def test_pooled_mode_and_adopted_claims_keep_the_pooled_name(host: SimHost, api:
 def test_an_adopted_claim_keeps_the_pooled_name_in_per_device_mode(host: SimHost, api: FakeKube) -> None:
     claim = pci_claim(NODE, NIC)
     claim["metadata"]["annotations"] = {names.ANNOTATION_REQUESTED_BY: "legacy:admin"}
-    api.put(kube.PCIDEVICECLAIMS, claim)
+    api.put(apiclient.PCIDEVICECLAIMS, claim)
     _agent(host, api).node_pass()
     rn = api.peek("pcidevices", _name(NIC))["status"]["resourceName"]  # type: ignore[index]
     assert rn == "intel.com/82599ES_10GIGABIT_SFI_SFP_NETWORK_CONNECTION"
@@ -418,19 +418,19 @@ def test_an_adopted_claim_keeps_the_pooled_name_in_per_device_mode(host: SimHost
 
 def test_a_pooled_permit_stays_while_a_claim_on_another_node_needs_it(host: SimHost, api: FakeKube) -> None:
     pooled = "intel.com/82599ES_10GIGABIT_SFI_SFP_NETWORK_CONNECTION"
-    api.put(kube.PCIDEVICECLAIMS, pci_claim(NODE, NIC))
+    api.put(apiclient.PCIDEVICECLAIMS, pci_claim(NODE, NIC))
     agent = _agent(host, api, resource_names="pooled")
     agent.node_pass()
     other = "node2-000000020"
     api.put(
-        kube.PCIDEVICES,
+        apiclient.PCIDEVICES,
         {"metadata": {"name": other, "labels": {names.LABEL_NODENAME: "node2"}}, "status": {"resourceName": pooled}},
     )
-    api.put(kube.PCIDEVICECLAIMS, pci_claim("node2", NIC))
-    api.remove(kube.PCIDEVICECLAIMS, _name(NIC))
+    api.put(apiclient.PCIDEVICECLAIMS, pci_claim("node2", NIC))
+    api.remove(apiclient.PCIDEVICECLAIMS, _name(NIC))
     agent.node_pass()
     assert pooled in _permitted(api)
-    api.remove(kube.PCIDEVICECLAIMS, other)
+    api.remove(apiclient.PCIDEVICECLAIMS, other)
     agent.node_pass()
     assert pooled not in _permitted(api)
 
@@ -443,7 +443,7 @@ def test_a_usb_claim_enables_the_device_and_reports_node_and_controller(host: Si
     agent.node_pass()
     usb_name = names.usbdevice_name(NODE, "0951", "1666", 1, 4)
     assert api.peek("usbdevices", usb_name)["status"]["enabled"] is False  # type: ignore[index]
-    api.put(kube.USBDEVICECLAIMS, usb_claim(usb_name))
+    api.put(apiclient.USBDEVICECLAIMS, usb_claim(usb_name))
     agent.node_pass()
     claim = api.peek("usbdeviceclaims", usb_name)
     assert claim is not None
@@ -458,7 +458,7 @@ def test_a_usb_claim_enables_the_device_and_reports_node_and_controller(host: Si
             "externalResourceProvider": True,
         }
     ]
-    api.remove(kube.USBDEVICECLAIMS, usb_name)
+    api.remove(apiclient.USBDEVICECLAIMS, usb_name)
     agent.node_pass()
     agent.node_pass()
     assert api.peek("usbdeviceclaims", usb_name) is None
@@ -472,7 +472,7 @@ def test_a_claimed_usb_device_that_disappears_is_kept_orphaned(host: SimHost, ap
     host.pci(XHCI, native="xhci_hcd", group=7, cls="0c0330")
     where = host.tree.usb("1-2", vendor="0951", product="1666", devnum=4, controller=XHCI)
     usb_name = names.usbdevice_name(NODE, "0951", "1666", 1, 4)
-    api.put(kube.USBDEVICECLAIMS, usb_claim(usb_name))
+    api.put(apiclient.USBDEVICECLAIMS, usb_claim(usb_name))
     agent = _agent(host, api)
     agent.node_pass()
     agent.node_pass()
@@ -491,8 +491,8 @@ def test_a_usb_controller_with_claimed_usb_devices_cannot_be_bound(host: SimHost
     host.pci(XHCI, native="xhci_hcd", group=7, cls="0c0330")
     host.tree.usb("1-2", vendor="0951", product="1666", devnum=4, controller=XHCI)
     usb_name = names.usbdevice_name(NODE, "0951", "1666", 1, 4)
-    api.put(kube.USBDEVICECLAIMS, usb_claim(usb_name))
-    api.put(kube.PCIDEVICECLAIMS, pci_claim(NODE, XHCI))
+    api.put(apiclient.USBDEVICECLAIMS, usb_claim(usb_name))
+    api.put(apiclient.PCIDEVICECLAIMS, pci_claim(NODE, XHCI))
     _agent(host, api).node_pass()
     bound = _cond(_claim_status(api, XHCI), "Bound")
     assert bound["reason"] == "Refused" and "USB controller" in bound["message"]
@@ -500,14 +500,14 @@ def test_a_usb_controller_with_claimed_usb_devices_cannot_be_bound(host: SimHost
 
 
 def test_a_blocked_unbind_shows_unbind_pending_until_the_holder_lets_go(host: SimHost, api: FakeKube) -> None:
-    api.put(kube.PCIDEVICECLAIMS, pci_claim(NODE, NIC))
+    api.put(apiclient.PCIDEVICECLAIMS, pci_claim(NODE, NIC))
     agent = _agent(host, api)
     agent.node_pass()
     pid = host.sim.hold(NIC)
     # The holder's group-node fd is not visible to the scan (as when /proc is not the host's): only the kernel knows.
     for fd in (host.base / "proc" / str(pid) / "fd").iterdir():
         fd.unlink()
-    api.remove(kube.PCIDEVICECLAIMS, _name(NIC))
+    api.remove(apiclient.PCIDEVICECLAIMS, _name(NIC))
     agent.node_pass()  # returns although the unbind is still blocked in the kernel
     pending = _cond(_claim_status(api, NIC), "UnbindPending")
     assert pending["status"] == "True"
@@ -526,8 +526,8 @@ def test_a_blocked_unbind_shows_unbind_pending_until_the_holder_lets_go(host: Si
 def test_after_a_reboot_a_claim_whose_group_became_host_critical_is_refused_and_not_enabled(
     host: SimHost, api: FakeKube
 ) -> None:
-    api.put(kube.PCIDEVICECLAIMS, pci_claim(NODE, GPU))
-    api.put(kube.PCIDEVICECLAIMS, pci_claim(NODE, GPU_AUDIO))
+    api.put(apiclient.PCIDEVICECLAIMS, pci_claim(NODE, GPU))
+    api.put(apiclient.PCIDEVICECLAIMS, pci_claim(NODE, GPU_AUDIO))
     _agent(host, api).node_pass()
     assert _claim_status(api, GPU)["passthroughEnabled"] is True
     host.reboot()
@@ -543,18 +543,18 @@ def test_after_a_reboot_a_claim_whose_group_became_host_critical_is_refused_and_
 def test_a_claim_named_after_another_device_binds_nothing(host: SimHost, api: FakeKube) -> None:
     claim = pci_claim(NODE, NIC)
     claim["spec"]["address"] = NIC2
-    api.put(kube.PCIDEVICECLAIMS, claim)
+    api.put(apiclient.PCIDEVICECLAIMS, claim)
     _agent(host, api).node_pass()
     assert _cond(_claim_status(api, NIC), "Bound")["reason"] == "NameMismatch"
     assert host.sim.driver(NIC) == host.sim.driver(NIC2) == "e1000e"
 
 
 def test_a_forbidden_kubevirt_list_or_node_read_does_not_stop_the_node(host: SimHost, api: FakeKube) -> None:
-    from nodeagent.errors import KubeError
+    import apiclient
 
-    api.fail_next("list", "kubevirts", KubeError("403: forbidden", status=403))
-    api.fail_next("get", "nodes", KubeError("403: forbidden", status=403))
-    api.put(kube.PCIDEVICECLAIMS, pci_claim(NODE, NIC))
+    api.fail_next("list", "kubevirts", apiclient.KubeError("403: forbidden", status=403))
+    api.fail_next("get", "nodes", apiclient.KubeError("403: forbidden", status=403))
+    api.put(apiclient.PCIDEVICECLAIMS, pci_claim(NODE, NIC))
     _agent(host, api).node_pass()
     st = _claim_status(api, NIC)
     assert st["passthroughEnabled"] is True
@@ -567,11 +567,11 @@ def test_every_step_logs_constant_messages_with_valid_extras(
     import logging
 
     caplog.set_level(logging.DEBUG)
-    api.put(kube.PCIDEVICECLAIMS, pci_claim(NODE, NIC))
+    api.put(apiclient.PCIDEVICECLAIMS, pci_claim(NODE, NIC))
     agent = _agent(host, api)
     agent.node_pass()
     host.unplug(NIC2)
-    api.remove(kube.PCIDEVICECLAIMS, _name(NIC))
+    api.remove(apiclient.PCIDEVICECLAIMS, _name(NIC))
     agent.node_pass()
     messages = {r.getMessage() for r in caplog.records}
     assert {"device object created", "bound device to vfio-pci", "claim released", "device object deleted"} <= messages
@@ -584,7 +584,7 @@ def test_a_failed_api_write_at_any_step_of_claim_and_release_converges(
 ) -> None:
     agent = _agent(host, api)
     agent.node_pass()
-    api.put(kube.PCIDEVICECLAIMS, pci_claim(NODE, NIC))
+    api.put(apiclient.PCIDEVICECLAIMS, pci_claim(NODE, NIC))
     api.fail_write_at = failing_write
     for _ in range(3):
         agent.runner.step()
@@ -593,7 +593,7 @@ def test_a_failed_api_write_at_any_step_of_claim_and_release_converges(
     st = _claim_status(api, NIC)
     assert st["passthroughEnabled"] is True and host.sim.driver(NIC) == "vfio-pci"
     assert _permitted(api).count(f"intel.com/{_name(NIC)}") == 1
-    api.remove(kube.PCIDEVICECLAIMS, _name(NIC))
+    api.remove(apiclient.PCIDEVICECLAIMS, _name(NIC))
     api.fail_write_at = min(failing_write, 5)
     for _ in range(3):
         agent.runner.step()

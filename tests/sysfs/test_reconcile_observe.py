@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from prometheus_client import generate_latest
 
-from nodeagent import kube
+import apiclient
 from nodeagent.errors import SysfsError
 from nodeagent.host.binding import BindingRecord, Outcome, SysfsWrite
 from nodeagent.host.guard import HostWriteGuard
@@ -42,8 +42,8 @@ def host(tmp_path: Path) -> SimHost:
 @pytest.fixture
 def api() -> FakeKube:
     k = FakeKube()
-    k.put(kube.NODES, {"metadata": {"name": NODE}})
-    k.put(kube.KUBEVIRTS, kubevirt_cr(), namespace=NS)
+    k.put(apiclient.NODES, {"metadata": {"name": NODE}})
+    k.put(apiclient.KUBEVIRTS, kubevirt_cr(), namespace=NS)
     return k
 
 
@@ -64,7 +64,7 @@ def _label(api: FakeKube, value: str | None) -> None:
         labels.pop(LABEL_OBSERVE_ONLY, None)
     else:
         labels[LABEL_OBSERVE_ONLY] = value
-    api.put(kube.NODES, {"metadata": {"name": NODE, "labels": labels}})
+    api.put(apiclient.NODES, {"metadata": {"name": NODE, "labels": labels}})
 
 
 def _cond(obj: dict[str, Any] | None, type_: str) -> dict[str, Any]:
@@ -85,8 +85,8 @@ def test_observe_mode_publishes_devices_refuses_claims_and_writes_nothing_to_the
 ) -> None:
     agent = _agent(host, api, owned, observe_only=True)
     agent.node_pass()
-    api.put(kube.PCIDEVICECLAIMS, pci_claim(NODE, NIC))
-    api.put(kube.USBDEVICECLAIMS, usb_claim(USB))
+    api.put(apiclient.PCIDEVICECLAIMS, pci_claim(NODE, NIC))
+    api.put(apiclient.USBDEVICECLAIMS, usb_claim(USB))
     for _ in range(3):
         agent.node_pass()
     _assert_host_untouched(host, agent, owned)
@@ -123,7 +123,7 @@ def test_the_node_label_switches_observe_mode_on_and_off(
 ) -> None:
     _label(api, "true")
     agent = _agent(host, api, owned)
-    api.put(kube.PCIDEVICECLAIMS, pci_claim(NODE, NIC))
+    api.put(apiclient.PCIDEVICECLAIMS, pci_claim(NODE, NIC))
     agent.node_pass()
     agent.node_pass()
     _assert_host_untouched(host, agent, owned)
@@ -143,13 +143,13 @@ def test_a_claim_deleted_in_observe_mode_keeps_its_bound_device_and_finalizer(
     host: SimHost, api: FakeKube, owned: list[tuple[str, int, int]]
 ) -> None:
     agent = _agent(host, api, owned)
-    api.put(kube.PCIDEVICECLAIMS, pci_claim(NODE, NIC))
+    api.put(apiclient.PCIDEVICECLAIMS, pci_claim(NODE, NIC))
     agent.node_pass()
     agent.node_pass()
     assert host.sim.driver(NIC) == "vfio-pci"
     writes = list(host.sim.writes)
     _label(api, "true")
-    api.remove(kube.PCIDEVICECLAIMS, names.pcidevice_name(NODE, NIC))
+    api.remove(apiclient.PCIDEVICECLAIMS, names.pcidevice_name(NODE, NIC))
     agent.node_pass()
     agent.node_pass()
     assert host.sim.writes == writes and host.sim.driver(NIC) == "vfio-pci"
@@ -168,8 +168,8 @@ def test_a_claim_deleted_in_observe_mode_before_any_bind_goes_at_once(
 ) -> None:
     claim = pci_claim(NODE, NIC)
     claim["metadata"]["finalizers"] = [FINALIZER_AGENT]
-    api.put(kube.PCIDEVICECLAIMS, claim)
-    api.remove(kube.PCIDEVICECLAIMS, names.pcidevice_name(NODE, NIC))
+    api.put(apiclient.PCIDEVICECLAIMS, claim)
+    api.remove(apiclient.PCIDEVICECLAIMS, names.pcidevice_name(NODE, NIC))
     agent = _agent(host, api, owned, observe_only=True)
     agent.node_pass()
     assert api.peek("pcideviceclaims", names.pcidevice_name(NODE, NIC)) is None

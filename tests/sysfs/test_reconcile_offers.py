@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from nodeagent import kube, wiring
-from nodeagent.errors import KubeError
+import apiclient
+from nodeagent import wiring
 from nodeagent.idsdb import NamesDatabases
 from nodeagent.reconcile import allocations
 from nodeagent.reconcile.cycle import HELD_RECHECK_S
@@ -44,8 +44,8 @@ def host(tmp_path: Path) -> SimHost:
 @pytest.fixture
 def api() -> FakeKube:
     k = FakeKube()
-    k.put(kube.NODES, {"metadata": {"name": NODE}})
-    k.put(kube.KUBEVIRTS, kubevirt_cr(), namespace=NS)
+    k.put(apiclient.NODES, {"metadata": {"name": NODE}})
+    k.put(apiclient.KUBEVIRTS, kubevirt_cr(), namespace=NS)
     return k
 
 
@@ -55,10 +55,10 @@ def _agent(host: SimHost, api: FakeKube, **kw: Any) -> Agent:
 
 def _put(api: FakeKube, obj: dict[str, Any]) -> None:
     res = {
-        "Pod": kube.PODS,
-        "VirtualMachine": kube.VIRTUALMACHINES,
-        "VirtualMachineInstance": kube.VIRTUALMACHINEINSTANCES,
-        "VirtualMachinePool": kube.VIRTUALMACHINEPOOLS,
+        "Pod": apiclient.PODS,
+        "VirtualMachine": apiclient.VIRTUALMACHINES,
+        "VirtualMachineInstance": apiclient.VIRTUALMACHINEINSTANCES,
+        "VirtualMachinePool": apiclient.VIRTUALMACHINEPOOLS,
     }[obj["kind"]]
     api.put(res, obj, namespace=obj["metadata"]["namespace"])
 
@@ -118,7 +118,7 @@ def test_something_foreign_waiting_for_the_name_keeps_the_device_from_being_offe
     host: SimHost, api: FakeKube, foreign: dict[str, Any], named: str
 ) -> None:
     _put(api, foreign)
-    api.put(kube.PCIDEVICECLAIMS, pci_claim(NODE, NIC))
+    api.put(apiclient.PCIDEVICECLAIMS, pci_claim(NODE, NIC))
     agent = _agent(host, api)
     agent.node_pass()
     claim = _claim(api)
@@ -140,10 +140,10 @@ def test_something_foreign_waiting_for_the_name_keeps_the_device_from_being_offe
 
 def test_once_the_foreign_pod_is_gone_the_device_is_offered(host: SimHost, api: FakeKube) -> None:
     _put(api, _sneaky_pod())
-    api.put(kube.PCIDEVICECLAIMS, pci_claim(NODE, NIC))
+    api.put(apiclient.PCIDEVICECLAIMS, pci_claim(NODE, NIC))
     agent = _agent(host, api)
     agent.node_pass()
-    api.remove(kube.PODS, "sneaky", namespace="ns-m")
+    api.remove(apiclient.PODS, "sneaky", namespace="ns-m")
     agent.node_pass()
     claim = _claim(api)
     offered = _cond(claim, "Offered")
@@ -160,7 +160,7 @@ def test_the_owners_own_recorded_vm_and_its_launcher_pod_do_not_block(host: SimH
     vmi = vms.recorded(vms.vmi("mine", "ns-a", [("nic", RN)], owner=vm), "alice")
     for obj in (vm, vmi, vms.pod("virt-launcher-mine-x", "ns-a", (RN,), owner=vmi)):
         _put(api, obj)
-    api.put(kube.PCIDEVICECLAIMS, pci_claim(NODE, NIC))
+    api.put(apiclient.PCIDEVICECLAIMS, pci_claim(NODE, NIC))
     _agent(host, api).node_pass()
     claim = _claim(api)
     assert claim["status"]["passthroughEnabled"] is True
@@ -173,13 +173,13 @@ def test_a_pooled_name_another_nodes_claim_offers_is_not_gated(host: SimHost, ap
     _put(api, vms.recorded(vms.vm("tenant", "ns-b", [("nic", POOLED)]), "bob"))  # bob's pooled VM
     other = "node2-000000020"
     api.put(
-        kube.PCIDEVICES,
+        apiclient.PCIDEVICES,
         {"metadata": {"name": other, "labels": {names.LABEL_NODENAME: "node2"}}, "status": {"resourceName": POOLED}},
     )
     node2_claim = pci_claim("node2", NIC, owner="bob")
     node2_claim["status"] = {"passthroughEnabled": True}
-    api.put(kube.PCIDEVICECLAIMS, node2_claim)
-    api.put(kube.PCIDEVICECLAIMS, pci_claim(NODE, NIC))
+    api.put(apiclient.PCIDEVICECLAIMS, node2_claim)
+    api.put(apiclient.PCIDEVICECLAIMS, pci_claim(NODE, NIC))
     _agent(host, api, resource_names="pooled").node_pass()
     claim = _claim(api)
     assert claim["status"]["passthroughEnabled"] is True
@@ -188,7 +188,7 @@ def test_a_pooled_name_another_nodes_claim_offers_is_not_gated(host: SimHost, ap
 
 def test_a_pooled_name_offered_nowhere_is_gated(host: SimHost, api: FakeKube) -> None:
     _put(api, _sneaky_pod(POOLED))
-    api.put(kube.PCIDEVICECLAIMS, pci_claim(NODE, NIC))
+    api.put(apiclient.PCIDEVICECLAIMS, pci_claim(NODE, NIC))
     _agent(host, api, resource_names="pooled").node_pass()
     offered = _cond(_claim(api), "Offered")
     assert offered is not None and offered["reason"] == "ForeignRequests" and POOLED in offered["message"]
@@ -196,7 +196,7 @@ def test_a_pooled_name_offered_nowhere_is_gated(host: SimHost, api: FakeKube) ->
 
 
 def test_an_idle_agent_lists_nothing_the_gate_reads_and_writes_nothing(host: SimHost, api: FakeKube) -> None:
-    api.put(kube.PCIDEVICECLAIMS, pci_claim(NODE, NIC))
+    api.put(apiclient.PCIDEVICECLAIMS, pci_claim(NODE, NIC))
     agent = _agent(host, api)
     agent.node_pass()
     agent.node_pass()
@@ -210,7 +210,7 @@ def test_an_idle_agent_lists_nothing_the_gate_reads_and_writes_nothing(host: Sim
 
 def test_a_held_claim_is_looked_at_again_soon(host: SimHost, api: FakeKube) -> None:
     _put(api, _sneaky_pod())
-    api.put(kube.PCIDEVICECLAIMS, pci_claim(NODE, NIC))
+    api.put(apiclient.PCIDEVICECLAIMS, pci_claim(NODE, NIC))
     agent = _agent(host, api)
     assert agent.runner.step() == HELD_RECHECK_S
     calls = len(api.calls)
@@ -220,13 +220,13 @@ def test_a_held_claim_is_looked_at_again_soon(host: SimHost, api: FakeKube) -> N
 
 
 def test_adopted_and_upgraded_claims_count_as_offered(host: SimHost, api: FakeKube) -> None:
-    api.put(kube.PCIDEVICECLAIMS, pci_claim(NODE, NIC))
+    api.put(apiclient.PCIDEVICECLAIMS, pci_claim(NODE, NIC))
     agent = _agent(host, api)
     agent.node_pass()
     # As an agent before the gate left it: enabled, with the per-device name, but no Offered condition.
     claim = _claim(api)
     claim["status"]["conditions"] = [c for c in claim["status"]["conditions"] if c["type"] != "Offered"]
-    api.put(kube.PCIDEVICECLAIMS, claim)
+    api.put(apiclient.PCIDEVICECLAIMS, claim)
     _put(api, _sneaky_pod())
     calls = len(api.calls)
     agent.node_pass()
@@ -236,18 +236,18 @@ def test_adopted_and_upgraded_claims_count_as_offered(host: SimHost, api: FakeKu
 
     adopted = pci_claim(NODE, NIC)
     adopted["metadata"]["annotations"][ANNOTATION_ADOPTED] = ADOPTED_FROM
-    api.remove(kube.PCIDEVICECLAIMS, NIC_NAME)
+    api.remove(apiclient.PCIDEVICECLAIMS, NIC_NAME)
     agent.node_pass()
     _put(api, _sneaky_pod(POOLED))
-    api.put(kube.PCIDEVICECLAIMS, adopted)
+    api.put(apiclient.PCIDEVICECLAIMS, adopted)
     agent.node_pass()
     assert _claim(api)["status"]["passthroughEnabled"] is True
     assert _device_resource(api) == POOLED and POOLED in _permitted(api)
 
 
 def test_a_kind_the_agent_may_not_list_holds_the_offer(host: SimHost, api: FakeKube) -> None:
-    api.fail_next("list", "pods", KubeError("403: forbidden", status=403))
-    api.put(kube.PCIDEVICECLAIMS, pci_claim(NODE, NIC))
+    api.fail_next("list", "pods", apiclient.KubeError("403: forbidden", status=403))
+    api.put(apiclient.PCIDEVICECLAIMS, pci_claim(NODE, NIC))
     agent = _agent(host, api)
     agent.node_pass()
     offered = _cond(_claim(api), "Offered")
@@ -264,7 +264,7 @@ def test_a_usb_claim_is_gated_the_same_way(host: SimHost, api: FakeKube) -> None
     _put(api, _sneaky_pod(usb_rn))
     agent = _agent(host, api)
     agent.node_pass()
-    api.put(kube.USBDEVICECLAIMS, usb_claim(usb_name))
+    api.put(apiclient.USBDEVICECLAIMS, usb_claim(usb_name))
     agent.node_pass()
     claim = _claim(api, "usbdeviceclaims", usb_name)
     offered = _cond(claim, "Offered")
@@ -273,7 +273,7 @@ def test_a_usb_claim_is_gated_the_same_way(host: SimHost, api: FakeKube) -> None
     assert claim["status"]["nodeName"] == NODE  # the UI's fields are written all the same
     assert api.peek("usbdevices", usb_name)["status"]["enabled"] is False  # type: ignore[index]
     assert _permitted(api, "usb") == [] and agent.node_pass.report.enabled_usb == ()
-    api.remove(kube.PODS, "sneaky", namespace="ns-m")
+    api.remove(apiclient.PODS, "sneaky", namespace="ns-m")
     agent.node_pass()
     claim = _claim(api, "usbdeviceclaims", usb_name)
     assert _cond(claim, "Offered")["status"] == "True" and _cond(claim, "Ready")["status"] == "True"  # type: ignore[index]
@@ -289,8 +289,8 @@ def test_the_device_plugin_starts_only_once_the_gate_lets_the_name_out(tmp_path:
     host = SimHost(tmp_path)
     host.pci(NIC, native="e1000e", group=1)
     api = FakeKube()
-    api.put(kube.NODES, {"metadata": {"name": NODE}})
-    api.put(kube.KUBEVIRTS, kubevirt_cr(), namespace=NS)
+    api.put(apiclient.NODES, {"metadata": {"name": NODE}})
+    api.put(apiclient.KUBEVIRTS, kubevirt_cr(), namespace=NS)
     _put(api, _sneaky_pod())
     with FakeKubelet() as kubelet:
         settings = AgentSettings(node_name=NODE, udev=False, kubelet_dir=kubelet.base, resync_s=3600.0)
@@ -304,14 +304,14 @@ def test_the_device_plugin_starts_only_once_the_gate_lets_the_name_out(tmp_path:
             now=lambda: NOW,
         ).start()
         try:
-            api.put(kube.PCIDEVICECLAIMS, pci_claim(NODE, NIC))
+            api.put(apiclient.PCIDEVICECLAIMS, pci_claim(NODE, NIC))
             deadline = time.monotonic() + 10
             while _cond(_claim(api), "Offered") is None and time.monotonic() < deadline:
                 time.sleep(0.02)
             assert _cond(_claim(api), "Offered")["status"] == "False"  # type: ignore[index]
             time.sleep(0.3)
             assert kubelet.registered() == []
-            api.remove(kube.PODS, "sneaky", namespace="ns-m")
+            api.remove(apiclient.PODS, "sneaky", namespace="ns-m")
             agent.runner.nudge()  # what the 30 s re-check does
             assert kubelet.registration(RN, timeout=10).resource_name == RN
         finally:
@@ -330,7 +330,7 @@ def test_an_allocation_to_a_plain_pod_raises_a_condition_an_event_and_the_metric
 ) -> None:
     with FakeKubelet() as kubelet:
         agent = _agent(host, api, pod_resources=allocations.socket_lister(kubelet.pod_resources_socket))
-        api.put(kube.PCIDEVICECLAIMS, pci_claim(NODE, NIC))
+        api.put(apiclient.PCIDEVICECLAIMS, pci_claim(NODE, NIC))
         agent.node_pass()
         assert _cond(_claim(api), "Allocation") is None  # nothing allocated: no condition
         assert _unexpected_metric(agent) == 0.0
@@ -368,7 +368,7 @@ def test_an_allocation_to_a_plain_pod_raises_a_condition_an_event_and_the_metric
 def test_a_launcher_pod_of_a_vmi_the_webhook_never_admitted_is_unexpected(host: SimHost, api: FakeKube) -> None:
     allocs: list[Any] = []
     agent = _agent(host, api, pod_resources=lambda: allocs)
-    api.put(kube.PCIDEVICECLAIMS, pci_claim(NODE, NIC))
+    api.put(apiclient.PCIDEVICECLAIMS, pci_claim(NODE, NIC))
     agent.node_pass()
     vmi = vms.vmi("unjudged", "ns-m", [("nic", RN)])  # no admission record
     _put(api, vmi)
@@ -383,7 +383,7 @@ def test_a_launcher_pod_of_a_vmi_the_webhook_never_admitted_is_unexpected(host: 
 
 
 def test_a_claim_offered_under_one_name_is_gated_again_for_a_new_one(host: SimHost, api: FakeKube) -> None:
-    api.put(kube.PCIDEVICECLAIMS, pci_claim(NODE, NIC))
+    api.put(apiclient.PCIDEVICECLAIMS, pci_claim(NODE, NIC))
     _agent(host, api).node_pass()
     assert _cond(_claim(api), "Permitted") is not None
     _put(api, _sneaky_pod(POOLED))

@@ -6,7 +6,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from nodeagent import kube, wiring
+import apiclient
+from nodeagent import wiring
 from nodeagent.idsdb import NamesDatabases
 from nodeagent.settings import AgentSettings
 from policy import names
@@ -21,8 +22,8 @@ NIC = "0000:00:02.0"
 
 def _api() -> FakeKube:
     api = FakeKube()
-    api.put(kube.NODES, {"metadata": {"name": NODE}})
-    api.put(kube.KUBEVIRTS, kubevirt_cr(), namespace="harvester-system")
+    api.put(apiclient.NODES, {"metadata": {"name": NODE}})
+    api.put(apiclient.KUBEVIRTS, kubevirt_cr(), namespace="harvester-system")
     return api
 
 
@@ -43,12 +44,12 @@ def test_a_claimed_device_is_offered_to_the_kubelet_and_withdrawn_on_release(tmp
         ).start()
         try:
             rn = f"intel.com/{names.pcidevice_name(NODE, NIC)}"
-            api.put(kube.PCIDEVICECLAIMS, pci_claim(NODE, NIC))
+            api.put(apiclient.PCIDEVICECLAIMS, pci_claim(NODE, NIC))
             reg = kubelet.registration(rn, timeout=10)
             assert reg.resource_name == rn
             devices = kubelet.wait_devices(rn, lambda ds: [d.health for d in ds] == ["Healthy"], timeout=10)
             assert [d.id for d in devices] == [NIC]
-            api.remove(kube.PCIDEVICECLAIMS, names.pcidevice_name(NODE, NIC))
+            api.remove(apiclient.PCIDEVICECLAIMS, names.pcidevice_name(NODE, NIC))
             # the device leaves the kubelet first, then vfio-pci
             assert kubelet.wait_for(lambda: kubelet.stream_ended(rn), timeout=10)
             deadline = time.monotonic() + 10

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from nodeagent import kube
+import apiclient
 from nodeagent.wiring import Agent
 from policy import names
 from tests.support.agent_env import build_agent, kubevirt_cr, pci_claim
@@ -34,8 +34,8 @@ def env(tmp_path: Path) -> Iterator[tuple[SimHost, FakeKube, Agent]]:
     host = SimHost(tmp_path)
     host.pci(NIC, native="e1000e", group=1)
     api = FakeKube()
-    api.put(kube.NODES, {"metadata": {"name": NODE}})
-    api.put(kube.KUBEVIRTS, kubevirt_cr(), namespace="harvester-system")
+    api.put(apiclient.NODES, {"metadata": {"name": NODE}})
+    api.put(apiclient.KUBEVIRTS, kubevirt_cr(), namespace="harvester-system")
     agent = build_agent(host, api, NODE, resync_s=3600.0).start()
     try:
         yield host, api, agent
@@ -54,7 +54,7 @@ def test_a_new_claim_is_enabled_by_its_watch_event_without_waiting_for_a_resync(
     host, api, agent = env
     assert _until(lambda: api.peek("pcidevices", names.pcidevice_name(NODE, NIC)) is not None)
     started = time.monotonic()
-    api.put(kube.PCIDEVICECLAIMS, pci_claim(NODE, NIC))
+    api.put(apiclient.PCIDEVICECLAIMS, pci_claim(NODE, NIC))
     assert _until(lambda: _enabled(api), timeout=3.0)
     assert time.monotonic() - started < 3.0  # the resync is an hour away: only the watch event can explain this
     assert host.sim.driver(NIC) == "vfio-pci"
@@ -65,7 +65,7 @@ def test_the_agent_converges_after_the_api_drops_every_watch(env: tuple[SimHost,
     assert _until(lambda: agent.runner.stats.passes > 0)
     api.down = True
     time.sleep(0.3)
-    api.put(kube.PCIDEVICECLAIMS, pci_claim(NODE, NIC))  # written while the agent cannot see the server
+    api.put(apiclient.PCIDEVICECLAIMS, pci_claim(NODE, NIC))  # written while the agent cannot see the server
     api.end_watches()
     api.down = False
     assert _until(lambda: _enabled(api), timeout=10.0)
@@ -74,7 +74,7 @@ def test_the_agent_converges_after_the_api_drops_every_watch(env: tuple[SimHost,
 
 def test_an_idle_running_agent_makes_no_writes(env: tuple[SimHost, FakeKube, Agent]) -> None:
     host, api, agent = env
-    api.put(kube.PCIDEVICECLAIMS, pci_claim(NODE, NIC))
+    api.put(apiclient.PCIDEVICECLAIMS, pci_claim(NODE, NIC))
     assert _until(lambda: _enabled(api))
     time.sleep(0.5)  # the echoes of our own writes settle
     before = len(api.writes)
@@ -92,8 +92,8 @@ def test_allocated_to_follows_the_kubelet_without_any_api_event(tmp_path: Path) 
     host = SimHost(tmp_path)
     host.pci(NIC, native="e1000e", group=1)
     api = FakeKube()
-    api.put(kube.NODES, {"metadata": {"name": NODE}})
-    api.put(kube.PCIDEVICECLAIMS, pci_claim(NODE, NIC))
+    api.put(apiclient.NODES, {"metadata": {"name": NODE}})
+    api.put(apiclient.PCIDEVICECLAIMS, pci_claim(NODE, NIC))
     allocs: list[DeviceAllocation] = []
     agent = build_agent(
         host, api, NODE, resync_s=3600.0, allocations_poll_s=0.05, pod_resources=lambda: list(allocs)

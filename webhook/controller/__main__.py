@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from webhook import kube
+import apiclient.client
 from webhook import logging as webhook_logging
 from webhook.controller import apply, lease, plan, store
 
@@ -73,7 +73,7 @@ def _now() -> datetime.datetime:
 
 
 def run(settings: ControllerSettings, stop: threading.Event) -> int:
-    api = kube.Kube(kube.connect(Path(settings.kubeconfig) if settings.kubeconfig else None))
+    api = apiclient.client.Client.connect(Path(settings.kubeconfig) if settings.kubeconfig else None)
     elector = lease.Elector(
         api, settings.namespace, settings.lease_name, settings.identity, settings.lease_duration_s, _now
     )
@@ -101,12 +101,12 @@ def run(settings: ControllerSettings, stop: threading.Event) -> int:
                 leading_until = clock() + settings.lease_duration_s
             else:
                 leading_until = 0.0
-        except kube.KubeError:
+        except apiclient.KubeError:
             log.warning("lease round failed", exc_info=True)
         if clock() < leading_until and watches.synced():
             try:
                 controller.reconcile()
-            except kube.KubeError:
+            except apiclient.KubeError:
                 log.warning("reconcile pass failed", exc_info=True)
             stop.wait(min(settings.resync_s, renew_every))
         else:

@@ -13,24 +13,33 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import apiclient
 from policy import names
 from policy.objects import FINALIZER_AGENT, MalformedObject, PCIDevice
-from webhook import kube
 from webhook.controller import plan
 
 log = logging.getLogger(__name__)
 
-API = f"/apis/{names.API_VERSION}"
-PLURALS = {"PCIDeviceClaim": "pcideviceclaims", "USBDeviceClaim": "usbdeviceclaims"}
+CLAIMS = {"PCIDeviceClaim": apiclient.PCIDEVICECLAIMS, "USBDeviceClaim": apiclient.USBDEVICECLAIMS}
 
 
 class ControllerApi(Protocol):
-    def list_all(self, path: str, limit: int = 500) -> list[dict[str, Any]]: ...
-    def get(self, path: str) -> dict[str, Any]: ...
-    def create(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]: ...
-    def replace(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]: ...
-    def json_patch(self, path: str, ops: Sequence[Mapping[str, Any]]) -> dict[str, Any]: ...
-    def delete(self, path: str) -> None: ...
+    """The calls the controller makes (apiclient.client.Client; an in-memory fake in unit tests)."""
+
+    def list(
+        self, res: apiclient.Resource, *, label_selector: str | None = None, namespace: str | None = None
+    ) -> apiclient.ObjectList: ...
+    def get(self, res: apiclient.Resource, name: str, *, namespace: str | None = None) -> dict[str, Any]: ...
+    def create(
+        self, res: apiclient.Resource, body: Mapping[str, Any], *, namespace: str | None = None
+    ) -> dict[str, Any]: ...
+    def replace(
+        self, res: apiclient.Resource, name: str, body: Mapping[str, Any], *, namespace: str | None = None
+    ) -> dict[str, Any]: ...
+    def json_patch(
+        self, res: apiclient.Resource, name: str, ops: Sequence[Mapping[str, Any]], *, namespace: str | None = None
+    ) -> dict[str, Any]: ...
+    def delete(self, res: apiclient.Resource, name: str, *, namespace: str | None = None) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,19 +52,19 @@ class Observed:
 def observe(api: ControllerApi) -> Observed:
     """A fresh read of everything (tests, and a controller run without watches)."""
     claims: list[plan.ClaimFacts] = []
-    for kind, plural in PLURALS.items():
-        for obj in api.list_all(f"{API}/{plural}"):
+    for kind, res in CLAIMS.items():
+        for obj in api.list(res).items:
             try:
                 claims.append(plan.ClaimFacts.from_dict({**obj, "kind": kind}))
             except MalformedObject:
                 continue
     devices: list[PCIDevice] = []
-    for obj in api.list_all(f"{API}/pcidevices"):
+    for obj in api.list(apiclient.PCIDEVICES).items:
         try:
             devices.append(PCIDevice.from_dict(obj))
         except MalformedObject:
             continue
-    nodes = {str((n.get("metadata") or {}).get("name")) for n in api.list_all("/api/v1/nodes")}
+    nodes = {str((n.get("metadata") or {}).get("name")) for n in api.list(apiclient.NODES).items}
     return Observed(claims, devices, nodes)
 
 
@@ -78,15 +87,15 @@ class Controller:
         for action in actions:
             try:
                 self._apply(action)
-            except kube.KubeError as e:
+            except apiclient.KubeError as e:
                 log.warning("action failed; retrying next pass", extra={"action": repr(action), "status": e.status})
         return actions
 
     def _apply(self, action: plan.Action) -> None:
         if isinstance(action, plan.CreateClaim):
             try:
-                created = self.api.create(f"{API}/pcideviceclaims", plan.build_claim(action))
-            except kube.Conflict:
+                created = self.api.create(apiclient.PCIDEVICECLAIMS, plan.build_claim(action))
+            except apiclient.Conflict:
                 return  # claimed meanwhile (the UI's own "Enable Group"): nothing to do
             log.info(
                 "claimed IOMMU sibling",
@@ -99,22 +108,21 @@ class Controller:
                 f"{action.device.iommu_group} on node {action.device.node_name}; a VM needs the whole group",
             )
         elif isinstance(action, plan.MarkSiblingsDone):
-            self.api.json_patch(f"{API}/pcideviceclaims/{action.claim}", plan.siblings_patch(action))
+            self.api.json_patch(apiclient.PCIDEVICECLAIMS, action.claim, plan.siblings_patch(action))
         elif isinstance(action, plan.DeleteClaim):
             try:
-                self.api.delete(f"{API}/{PLURALS[action.kind]}/{action.name}")
-            except kube.NotFound:
+                self.api.delete(CLAIMS[action.kind], action.name)
+            except apiclient.NotFound:
                 return
             log.info("deleted claim of a vanished node", extra={"claim": action.name, "node": action.node})
         elif isinstance(action, plan.RemoveFinalizer):
-            path = f"{API}/{PLURALS[action.kind]}/{action.name}"
             try:
-                obj = self.api.get(path)
-            except kube.NotFound:
+                obj = self.api.get(CLAIMS[action.kind], action.name)
+            except apiclient.NotFound:
                 return
             meta = obj.get("metadata") or {}
             finalizers = [f for f in meta.get("finalizers") or () if f != FINALIZER_AGENT]
-            self.api.replace(path, {**obj, "metadata": {**meta, "finalizers": finalizers}})
+            self.api.replace(CLAIMS[action.kind], action.name, {**obj, "metadata": {**meta, "finalizers": finalizers}})
             log.info("removed the agent finalizer of a vanished node's claim", extra={"claim": action.name})
 
     def _event(self, obj: Mapping[str, Any], reason: str, message: str) -> None:
@@ -139,6 +147,6 @@ class Controller:
             "count": 1,
         }
         try:
-            self.api.create(f"/api/v1/namespaces/{self.namespace}/events", event)
-        except kube.KubeError as e:
+            self.api.create(apiclient.EVENTS, event, namespace=self.namespace)
+        except apiclient.KubeError as e:
             log.warning("could not record an event", extra={"status": e.status, "reason": reason})

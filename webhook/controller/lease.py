@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from webhook import kube
+import apiclient
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +41,13 @@ def decide(lease: Mapping[str, Any] | None, me: str, now: datetime.datetime) -> 
 
 
 class LeaseApi(Protocol):
-    def get(self, path: str) -> dict[str, Any]: ...
-    def create(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]: ...
-    def replace(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]: ...
+    def get(self, res: apiclient.Resource, name: str, *, namespace: str | None = None) -> dict[str, Any]: ...
+    def create(
+        self, res: apiclient.Resource, body: Mapping[str, Any], *, namespace: str | None = None
+    ) -> dict[str, Any]: ...
+    def replace(
+        self, res: apiclient.Resource, name: str, body: Mapping[str, Any], *, namespace: str | None = None
+    ) -> dict[str, Any]: ...
 
 
 @dataclass
@@ -55,16 +59,12 @@ class Elector:
     duration_s: int
     clock: Callable[[], datetime.datetime]
 
-    @property
-    def _collection(self) -> str:
-        return f"/apis/coordination.k8s.io/v1/namespaces/{self.namespace}/leases"
-
     def try_acquire_or_renew(self) -> bool:
         """One round: True when this replica holds the Lease afterwards."""
         now = self.clock()
         try:
-            lease: dict[str, Any] | None = self.api.get(f"{self._collection}/{self.name}")
-        except kube.NotFound:
+            lease: dict[str, Any] | None = self.api.get(apiclient.LEASES, self.name, namespace=self.namespace)
+        except apiclient.NotFound:
             lease = None
         step = decide(lease, self.identity, now)
         if step is Step.FOLLOW:
@@ -87,10 +87,10 @@ class Elector:
                     "metadata": {"name": self.name, "namespace": self.namespace},
                     "spec": spec,
                 }
-                self.api.create(self._collection, body)
+                self.api.create(apiclient.LEASES, body, namespace=self.namespace)
             else:
-                self.api.replace(f"{self._collection}/{self.name}", {**lease, "spec": spec})
-        except kube.Conflict:
+                self.api.replace(apiclient.LEASES, self.name, {**lease, "spec": spec}, namespace=self.namespace)
+        except apiclient.Conflict:
             return False
         if step is not Step.RENEW:
             log.info("became the leader", extra={"lease": self.name, "identity": self.identity})
@@ -98,16 +98,15 @@ class Elector:
 
     def release(self) -> None:
         """Give the Lease up on a clean stop (holder emptied), so another replica need not wait for it to expire."""
-        path = f"{self._collection}/{self.name}"
         try:
-            lease = self.api.get(path)
+            lease = self.api.get(apiclient.LEASES, self.name, namespace=self.namespace)
             spec = dict(lease.get("spec") or {})
             if spec.get("holderIdentity") != self.identity:
                 return
             spec["holderIdentity"] = ""
-            self.api.replace(path, {**lease, "spec": spec})
+            self.api.replace(apiclient.LEASES, self.name, {**lease, "spec": spec}, namespace=self.namespace)
             log.info("released the lease", extra={"lease": self.name})
-        except kube.KubeError:
+        except apiclient.KubeError:
             log.warning("could not release the lease", exc_info=True)
 
 

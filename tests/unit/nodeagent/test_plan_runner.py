@@ -11,8 +11,7 @@ from types import SimpleNamespace
 import pytest
 from prometheus_client import CollectorRegistry, Counter
 
-from nodeagent import kube
-from nodeagent.errors import KubeError
+import apiclient
 from nodeagent.health import HealthServer, HealthState
 from nodeagent.reconcile.runner import LADDER_S, Runner, Watcher, backoff
 from nodeagent.settings import AgentSettings
@@ -29,7 +28,7 @@ class Clock:
 
 
 def test_a_failing_pass_backs_off_on_the_ladder_and_a_success_resets_it() -> None:
-    results = [KubeError("down"), KubeError("down"), KubeError("down"), None]
+    results = [apiclient.KubeError("down"), apiclient.KubeError("down"), apiclient.KubeError("down"), None]
 
     def work() -> None:
         r = results.pop(0)
@@ -88,17 +87,17 @@ def test_a_watcher_relists_and_rewatches_after_the_server_ends_the_watch() -> No
     api = FakeKube()
     nudges: list[int] = []
     stop = threading.Event()
-    w = Watcher(api, kube.PCIDEVICECLAIMS, lambda: nudges.append(1), ladder=(0.01,))
+    w = Watcher(api, apiclient.PCIDEVICECLAIMS, lambda: nudges.append(1), ladder=(0.01,))
     t = threading.Thread(target=w.run, args=(stop,))
     t.start()
     deadline = time.monotonic() + 5
     while not nudges and time.monotonic() < deadline:
         time.sleep(0.01)
-    api.put(kube.PCIDEVICECLAIMS, {"metadata": {"name": "a"}})
+    api.put(apiclient.PCIDEVICECLAIMS, {"metadata": {"name": "a"}})
     api.end_watches()
     while w.restarts < 1 and time.monotonic() < deadline:
         time.sleep(0.01)
-    api.put(kube.PCIDEVICECLAIMS, {"metadata": {"name": "b"}})
+    api.put(apiclient.PCIDEVICECLAIMS, {"metadata": {"name": "b"}})
     time.sleep(0.2)
     stop.set()
     t.join(5)
@@ -111,7 +110,7 @@ def test_a_watcher_backs_off_while_the_server_is_down() -> None:
     api = FakeKube()
     api.down = True
     stop = threading.Event()
-    w = Watcher(api, kube.PCIDEVICES, lambda: None, ladder=(0.05,))
+    w = Watcher(api, apiclient.PCIDEVICES, lambda: None, ladder=(0.05,))
     t = threading.Thread(target=w.run, args=(stop,))
     t.start()
     time.sleep(0.3)

@@ -10,12 +10,11 @@ from typing import Any
 
 import jsonpatch  # type: ignore[import-untyped]
 
+import apiclient
 from takeover import command
 from takeover.plan import UPSTREAM_NODE_FINALIZER, UPSTREAM_PCI_FINALIZER
 
-
-class Missing(Exception):
-    pass
+Missing = apiclient.NotFound
 
 
 class FakeKube:
@@ -26,25 +25,33 @@ class FakeKube:
         self.writes: list[tuple[str, str]] = []
         self.conflicts = set(conflicts)
 
-    def get(self, path: str) -> dict[str, Any]:
+    def get(self, res: apiclient.Resource, name: str, *, namespace: str | None = None) -> dict[str, Any]:
+        path = res.path(name, namespace)
         if path not in self.objects:
             raise Missing(path)
         return copy.deepcopy(self.objects[path])
 
-    def list_all(self, path: str, limit: int = 500) -> list[dict[str, Any]]:
+    def list(
+        self, res: apiclient.Resource, *, label_selector: str | None = None, namespace: str | None = None
+    ) -> apiclient.ObjectList:
+        path = res.path(None, namespace)
         found = [copy.deepcopy(o) for p, o in sorted(self.objects.items()) if p.rsplit("/", 1)[0] == path]
         if not found and not any(p.startswith(path) for p in self.objects):
             raise Missing(path)  # an API that is not installed
-        return found
+        return apiclient.ObjectList(found, "1")
 
-    def json_patch(self, path: str, ops: Sequence[Any]) -> dict[str, Any]:
+    def json_patch(
+        self, res: apiclient.Resource, name: str, ops: Sequence[Any], *, namespace: str | None = None
+    ) -> dict[str, Any]:
+        path = res.path(name, namespace)
         self.writes.append(("patch", path))
         if path in self.conflicts:
             raise RuntimeError("409: the object has been modified")
         self.objects[path] = jsonpatch.apply_patch(self.objects[path], list(ops))
         return self.objects[path]
 
-    def delete(self, path: str) -> None:
+    def delete(self, res: apiclient.Resource, name: str, *, namespace: str | None = None) -> None:
+        path = res.path(name, namespace)
         self.writes.append(("delete", path))
         if path not in self.objects:
             raise Missing(path)
@@ -71,7 +78,7 @@ def _cluster(**extra: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def _run(kube: FakeKube, *args: str) -> tuple[int, str]:
     out = io.StringIO()
-    rc = command.main(list(args), out, connect=lambda _kubeconfig, _as: kube, not_found=Missing)
+    rc = command.main(list(args), out, connect=lambda _kubeconfig, _as: kube)
     return rc, out.getvalue()
 
 

@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 
+import apiclient
 from policy import snapshot
-from webhook import cache, kube, metrics
+from webhook import cache, metrics
 
 
 def _pci(name: str, rv: str, node: str = "node1", address: str = "0000:00:10.0") -> dict[str, Any]:
@@ -38,7 +39,7 @@ class FakeLister:
 
     def __init__(self) -> None:
         self.lists: list[tuple[list[dict[str, Any]], str]] = []
-        self.watches: list[list[kube.WatchEvent] | Exception] = []
+        self.watches: list[list[apiclient.WatchEvent] | Exception] = []
         self.calls: list[tuple[str, str]] = []
         self.done = threading.Event()
 
@@ -48,7 +49,7 @@ class FakeLister:
         for start in range(0, max(len(items), 1), 2):  # pages of two, to exercise paging
             yield items[start : start + 2], rv
 
-    def watch(self, path: str, resource_version: str, timeout_s: int) -> Iterator[kube.WatchEvent]:
+    def watch(self, path: str, resource_version: str, timeout_s: int) -> Iterator[apiclient.WatchEvent]:
         self.calls.append(("watch", resource_version))
         if not self.watches:
             self.done.set()
@@ -79,11 +80,11 @@ def test_events_after_the_list_are_applied_and_the_watch_resumes_from_the_last_r
     lister.lists.append(([_pci("node1-000001000", "5")], "10"))
     lister.watches.append(
         [
-            kube.WatchEvent("ADDED", _pci("node1-000002000", "11", address="0000:00:20.0")),
-            kube.WatchEvent("BOOKMARK", {"metadata": {"resourceVersion": "12"}}),
+            apiclient.WatchEvent("ADDED", _pci("node1-000002000", "11", address="0000:00:20.0")),
+            apiclient.WatchEvent("BOOKMARK", {"metadata": {"resourceVersion": "12"}}),
         ]
     )
-    lister.watches.append([kube.WatchEvent("DELETED", _pci("node1-000001000", "13"))])
+    lister.watches.append([apiclient.WatchEvent("DELETED", _pci("node1-000001000", "13"))])
     reflector = _reflector(lister, index, stop)
     _run_until_idle(reflector, lister, stop)
     assert index.pcidevice("node1-000001000") is None
@@ -95,7 +96,7 @@ def test_events_after_the_list_are_applied_and_the_watch_resumes_from_the_last_r
 def test_an_expired_resource_version_leads_to_a_full_relist_that_drops_vanished_objects() -> None:
     lister, index, stop = FakeLister(), snapshot.ClusterIndex(), threading.Event()
     lister.lists.append(([_pci("node1-000001000", "5")], "10"))
-    lister.watches.append(kube.Expired(410, "too old resource version"))
+    lister.watches.append(apiclient.Expired("too old resource version", status=410))
     lister.lists.append(([_pci("node1-000002000", "30", address="0000:00:20.0")], "31"))
     _run_until_idle(_reflector(lister, index, stop), lister, stop)
     assert [c[0] for c in lister.calls][:4] == ["list", "watch", "list", "watch"]
@@ -121,7 +122,7 @@ def test_the_source_is_ready_only_when_every_kind_has_been_listed() -> None:
                 gate.wait(5)
             yield [], "1"
 
-        def watch(self, path: str, resource_version: str, timeout_s: int) -> Iterator[kube.WatchEvent]:
+        def watch(self, path: str, resource_version: str, timeout_s: int) -> Iterator[apiclient.WatchEvent]:
             time.sleep(0.05)
             return iter(())
 
@@ -148,7 +149,7 @@ def test_a_relist_over_several_pages_keeps_every_object_and_drops_only_vanished_
     lister, index, stop = FakeLister(), snapshot.ClusterIndex(), threading.Event()
     five = [_pci(f"node1-0000010{i}0", "5", address=f"0000:00:1{i}.0") for i in range(5)]
     lister.lists.append((five, "10"))
-    lister.watches.append(kube.Expired(410, "gone"))
+    lister.watches.append(apiclient.Expired("gone", status=410))
     lister.lists.append((five[1:], "20"))
     _run_until_idle(_reflector(lister, index, stop), lister, stop)
     assert index.pcidevice("node1-000001000") is None
@@ -176,6 +177,6 @@ def test_a_malformed_watched_object_is_skipped_and_logged(caplog: pytest.LogCapt
     lister, index, stop = FakeLister(), snapshot.ClusterIndex(), threading.Event()
     reflector = _reflector(lister, index, stop)
     bad = {"kind": "PCIDevice", "metadata": {"name": "node1-000001000", "resourceVersion": "3"}, "status": "nope"}
-    assert reflector.apply(kube.WatchEvent("ADDED", bad)) == "3"
+    assert reflector.apply(apiclient.WatchEvent("ADDED", bad)) == "3"
     assert index.pcidevice("node1-000001000") is None
     assert any(r.getMessage() == "skipped malformed object" for r in caplog.records)

@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 from cryptography import x509
 
-from webhook import certs, kube
+import apiclient
+from webhook import certs
 
 T0 = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
 DAY = datetime.timedelta(days=1)
@@ -162,27 +163,37 @@ class FakeApi:
         self.objects[path] = obj
         return copy.deepcopy(obj)
 
-    def get(self, path: str) -> dict[str, Any]:
+    def get(self, res: apiclient.Resource, name: str, *, namespace: str | None = None) -> dict[str, Any]:
+        path = res.path(name, namespace)
         if path not in self.objects:
-            raise kube.NotFound(404, "not found")
+            raise apiclient.NotFound("not found", status=404)
         return copy.deepcopy(self.objects[path])
 
-    def create(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
+    def create(
+        self, res: apiclient.Resource, body: Mapping[str, Any], *, namespace: str | None = None
+    ) -> dict[str, Any]:
+        path = res.path(None, namespace)
         while self.before_write:
             self.before_write.pop(0)()
         full = f"{path}/{body['metadata']['name']}"
         if full in self.objects:
-            raise kube.Conflict(409, "already exists")
+            raise apiclient.Conflict("already exists", status=409)
         return self._bump(full, body)
 
-    def replace(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
+    def replace(
+        self, res: apiclient.Resource, name: str, body: Mapping[str, Any], *, namespace: str | None = None
+    ) -> dict[str, Any]:
+        path = res.path(name, namespace)
         while self.before_write:
             self.before_write.pop(0)()
         if self.objects[path]["metadata"]["resourceVersion"] != body["metadata"]["resourceVersion"]:
-            raise kube.Conflict(409, "the object has been modified")
+            raise apiclient.Conflict("the object has been modified", status=409)
         return self._bump(path, body)
 
-    def json_patch(self, path: str, ops: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    def json_patch(
+        self, res: apiclient.Resource, name: str, ops: Sequence[Mapping[str, Any]], *, namespace: str | None = None
+    ) -> dict[str, Any]:
+        path = res.path(name, namespace)
         self.patches.append((path, list(ops)))
         obj = self.objects[path]
         for op in ops:

@@ -11,10 +11,10 @@ from typing import Any
 import jsonpatch  # type: ignore[import-untyped]
 import pytest
 
+import apiclient
 from policy import names
 from policy.objects import FINALIZER_AGENT, PCIDevice
 from tests.support.objects import NODE1, NODE1A, TENANT_A, Lab, pciclaim
-from webhook import kube
 from webhook.controller import apply, lease, plan, store
 
 T0 = datetime.datetime(2026, 11, 27, 6, 0, tzinfo=datetime.UTC)
@@ -93,35 +93,51 @@ class MemoryApi:
         self.writes: list[tuple[str, str]] = []
         self.conflict_on_create: set[str] = set()
 
-    def list_all(self, path: str, limit: int = 500) -> list[dict[str, Any]]:
+    def list_all(self, path: str) -> list[dict[str, Any]]:
         return [copy.deepcopy(o) for p, o in self.store.items() if p.rsplit("/", 1)[0] == path]
 
-    def get(self, path: str) -> dict[str, Any]:
+    def list(
+        self, res: apiclient.Resource, *, label_selector: str | None = None, namespace: str | None = None
+    ) -> apiclient.ObjectList:
+        return apiclient.ObjectList(self.list_all(res.path(None, namespace)), "1")
+
+    def get(self, res: apiclient.Resource, name: str, *, namespace: str | None = None) -> dict[str, Any]:
+        path = res.path(name, namespace)
         if path not in self.store:
-            raise kube.NotFound(404, path)
+            raise apiclient.NotFound(path, status=404)
         return copy.deepcopy(self.store[path])
 
-    def create(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
+    def create(
+        self, res: apiclient.Resource, body: Mapping[str, Any], *, namespace: str | None = None
+    ) -> dict[str, Any]:
+        path = res.path(None, namespace)
         name = body["metadata"].get("name") or body["metadata"]["generateName"] + str(len(self.writes))
         if f"{path}/{name}" in self.store or name in self.conflict_on_create:
-            raise kube.Conflict(409, "exists")
+            raise apiclient.Conflict("exists", status=409)
         self.writes.append(("create", f"{path}/{name}"))
         obj = copy.deepcopy(dict(body))
         obj["metadata"] = {**obj["metadata"], "name": name, "uid": "uid-" + name, "resourceVersion": "1"}
         self.store[f"{path}/{name}"] = obj
         return obj
 
-    def replace(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
+    def replace(
+        self, res: apiclient.Resource, name: str, body: Mapping[str, Any], *, namespace: str | None = None
+    ) -> dict[str, Any]:
+        path = res.path(name, namespace)
         self.writes.append(("replace", path))
         self.store[path] = copy.deepcopy(dict(body))
         return self.store[path]
 
-    def json_patch(self, path: str, ops: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    def json_patch(
+        self, res: apiclient.Resource, name: str, ops: Sequence[Mapping[str, Any]], *, namespace: str | None = None
+    ) -> dict[str, Any]:
+        path = res.path(name, namespace)
         self.writes.append(("patch", path))
         self.store[path] = jsonpatch.apply_patch(self.store[path], [dict(o) for o in ops])
         return self.store[path]
 
-    def delete(self, path: str) -> None:
+    def delete(self, res: apiclient.Resource, name: str, *, namespace: str | None = None) -> None:
+        path = res.path(name, namespace)
         self.writes.append(("delete", path))
         obj = self.store[path]
         if obj["metadata"].get("finalizers"):
@@ -130,7 +146,7 @@ class MemoryApi:
             del self.store[path]
 
 
-API = apply.API
+API = f"/apis/{names.API_VERSION}"
 
 
 def cluster_api(*claims: dict[str, Any], nodes: Sequence[str] = (NODE1, NODE1A)) -> MemoryApi:

@@ -7,23 +7,24 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+import apiclient
 from policy import dra, records, snapshot
 from tests.support.dra import claim_template, device_class, request
-from webhook import cache, kube, metrics, workloads
+from webhook import cache, metrics, workloads
 
 KINDS = {w.kind: w for w in workloads.WATCHED}
 
 
 class Lister:
-    def __init__(self, lists: dict[str, list[dict[str, Any]]], events: dict[str, list[kube.WatchEvent]]) -> None:
+    def __init__(self, lists: dict[str, list[dict[str, Any]]], events: dict[str, list[apiclient.WatchEvent]]) -> None:
         self.lists, self.events = lists, events
 
     def list_pages(self, path: str, limit: int) -> Iterator[tuple[list[dict[str, Any]], str]]:
         if path not in self.lists:
-            raise kube.NotFound(404, "the server could not find the requested resource")
+            raise apiclient.NotFound("the server could not find the requested resource", status=404)
         yield self.lists[path], "7"
 
-    def watch(self, path: str, resource_version: str, timeout_s: int) -> Iterator[kube.WatchEvent]:
+    def watch(self, path: str, resource_version: str, timeout_s: int) -> Iterator[apiclient.WatchEvent]:
         yield from self.events.pop(path, [])
 
 
@@ -42,7 +43,7 @@ def test_device_classes_are_indexed_by_name_and_deleted_exactly() -> None:
     index = snapshot.ClusterIndex()
     ours, other = device_class(dra.PCI_DRIVER, f'device.driver == "{dra.PCI_DRIVER}"'), device_class("x", "true")
     path = KINDS["DeviceClass"].path
-    _run("DeviceClass", Lister({path: [ours, other]}, {path: [kube.WatchEvent("DELETED", other)]}), index)
+    _run("DeviceClass", Lister({path: [ours, other]}, {path: [apiclient.WatchEvent("DELETED", other)]}), index)
     got = index.device_class(dra.PCI_DRIVER)
     assert got is not None and got.pins.drivers == {dra.PCI_DRIVER}
     assert index.device_class("x") is None
@@ -53,7 +54,7 @@ def test_claim_templates_are_kept_per_namespace_with_their_record() -> None:
     a = claim_template("t", request("d"), namespace="ns-a", inner_annotations={records.ANNOTATION: "r"})
     b = claim_template("t", request("d"), namespace="ns-b")
     path = KINDS["ResourceClaimTemplate"].path
-    _run("ResourceClaimTemplate", Lister({path: [a, b]}, {path: [kube.WatchEvent("DELETED", b)]}), index)
+    _run("ResourceClaimTemplate", Lister({path: [a, b]}, {path: [apiclient.WatchEvent("DELETED", b)]}), index)
     assert [(t.key, t.record) for t in index.claim_templates("ns-a")] == [("ns-a/t", "r")]
     assert index.claim_templates("ns-b") == []
 

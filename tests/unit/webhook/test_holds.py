@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import apiclient
 from policy.decision import Hold
 from policy.snapshot import ClusterIndex
 from tests.support.objects import Lab, pciclaim
 from tests.support.ownership_model import Leases
 from tests.support.vms import entry, recorded, vm
-from webhook import holds, kube
+from webhook import holds
 
 GPU = Lab.gpu["metadata"]["name"]
 
@@ -65,12 +66,14 @@ def test_of_two_requests_racing_for_a_free_device_exactly_one_wins() -> None:
     original_get = leases.get
     seen: list[str] = []
 
-    def get_then_let_the_other_in(path: str) -> dict[str, Any]:
+    def get_then_let_the_other_in(
+        res: apiclient.Resource, name: str, *, namespace: str | None = None
+    ) -> dict[str, Any]:
         try:
-            return original_get(path)
-        except kube.NotFound:
+            return original_get(res, name, namespace=namespace)
+        except apiclient.NotFound:
             if not seen:
-                seen.append(path)
+                seen.append(name)
                 assert _holds(leases).take([_hold("bob")], dry_run=False) is None  # bob writes in between
             raise
 

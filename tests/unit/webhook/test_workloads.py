@@ -8,11 +8,12 @@ from typing import Any
 
 import pytest
 
+import apiclient
 from policy import access, hostdevices, names, snapshot
 from tests.support.objects import TENANT_A, Lab, pciclaim
 from tests.support.vms import entry, recorded, review, vm
 from webhook import app as app_mod
-from webhook import cache, kube, metrics, workloads
+from webhook import cache, metrics, workloads
 from webhook import settings as settings_mod
 
 VM_PATH = workloads.WATCHED[0].path
@@ -21,17 +22,17 @@ VM_PATH = workloads.WATCHED[0].path
 class PathLister:
     """Lists per path (or an error), one scripted watch per path, then nothing."""
 
-    def __init__(self, lists: dict[str, list[dict[str, Any]] | Exception], events: list[kube.WatchEvent]) -> None:
+    def __init__(self, lists: dict[str, list[dict[str, Any]] | Exception], events: list[apiclient.WatchEvent]) -> None:
         self.lists = lists
         self.events = events
 
     def list_pages(self, path: str, limit: int) -> Iterator[tuple[list[dict[str, Any]], str]]:
-        value = self.lists.get(path, kube.NotFound(404, "the server could not find the requested resource"))
+        value = self.lists.get(path, apiclient.NotFound("the server could not find the requested resource", status=404))
         if isinstance(value, Exception):
             raise value
         yield value, "10"
 
-    def watch(self, path: str, resource_version: str, timeout_s: int) -> Iterator[kube.WatchEvent]:
+    def watch(self, path: str, resource_version: str, timeout_s: int) -> Iterator[apiclient.WatchEvent]:
         events, self.events = (self.events, []) if path == VM_PATH else ([], self.events)
         yield from events
 
@@ -45,7 +46,7 @@ def _reflect(lister: cache.Lister, index: snapshot.ClusterIndex, kind: cache.Wat
 def test_vms_of_the_same_name_in_two_namespaces_are_kept_apart_and_deleted_exactly() -> None:
     a, b = vm("gpu-vm", "ns-a", host=[("x", "nvidia.com/a")]), vm("gpu-vm", "ns-b", host=[("y", "nvidia.com/b")])
     index = snapshot.ClusterIndex()
-    lister = PathLister({VM_PATH: [a, b]}, [kube.WatchEvent("DELETED", a)])
+    lister = PathLister({VM_PATH: [a, b]}, [apiclient.WatchEvent("DELETED", a)])
     keyed = workloads.KeyedLister(lister, absent_retry_s=0.01, stop=threading.Event())
     reflector = _reflect(lister, index, workloads.WATCHED[0])
     rv = reflector._relist()
@@ -61,7 +62,7 @@ def test_vms_of_the_same_name_in_two_namespaces_are_kept_apart_and_deleted_exact
 @pytest.mark.parametrize("status", [404, 403])
 def test_an_api_that_is_missing_or_forbidden_counts_as_listed_and_empty(status: int) -> None:
     index = snapshot.ClusterIndex()
-    error = kube.NotFound(404, "missing") if status == 404 else kube.KubeError(403, "forbidden")
+    error = apiclient.NotFound("missing", status=404) if status == 404 else apiclient.KubeError("forbidden", status=403)
     reflector = _reflect(PathLister({VM_PATH: error}, []), index, workloads.WATCHED[0])
     reflector._relist()
     assert reflector.synced.is_set()
@@ -70,10 +71,10 @@ def test_an_api_that_is_missing_or_forbidden_counts_as_listed_and_empty(status: 
 
 def test_a_missing_api_is_listed_again_after_the_retry_wait() -> None:
     stop = threading.Event()
-    lister = PathLister({VM_PATH: kube.NotFound(404, "missing")}, [])
+    lister = PathLister({VM_PATH: apiclient.NotFound("missing", status=404)}, [])
     keyed = workloads.KeyedLister(lister, absent_retry_s=0.01, stop=stop)
     assert list(keyed.list_pages(VM_PATH, 10)) == [([], "")]
-    with pytest.raises(kube.Expired):
+    with pytest.raises(apiclient.Expired):
         list(keyed.watch(VM_PATH, "", 5))
     lister.lists[VM_PATH] = [vm("late")]
     pages = list(keyed.list_pages(VM_PATH, 10))
@@ -82,9 +83,9 @@ def test_a_missing_api_is_listed_again_after_the_retry_wait() -> None:
 
 def test_other_api_errors_are_not_hidden() -> None:
     keyed = workloads.KeyedLister(
-        PathLister({VM_PATH: kube.KubeError(500, "boom")}, []), absent_retry_s=0, stop=threading.Event()
+        PathLister({VM_PATH: apiclient.KubeError("boom", status=500)}, []), absent_retry_s=0, stop=threading.Event()
     )
-    with pytest.raises(kube.KubeError):
+    with pytest.raises(apiclient.KubeError):
         list(keyed.list_pages(VM_PATH, 10))
 
 

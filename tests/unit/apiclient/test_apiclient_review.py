@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from webhook import kube
+import apiclient
+import apiclient.client
 
 
 class TinyAPI:
@@ -88,7 +89,7 @@ REVIEW = {"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview"
 def test_reviews_reuse_one_connection_and_carry_the_token(kubeconfig: Any) -> None:
     api = TinyAPI(close_after_answer=False)
     try:
-        k = kube.Kube(kube.connect(kubeconfig(api.port)))
+        k = apiclient.client.Client.connect(kubeconfig(api.port))
         assert all(k.review_access(REVIEW) for _ in range(3))
         k.close()
         assert api.connections == 1
@@ -101,7 +102,7 @@ def test_reviews_reuse_one_connection_and_carry_the_token(kubeconfig: Any) -> No
 def test_a_connection_the_server_closed_meanwhile_is_replaced_without_failing_the_review(kubeconfig: Any) -> None:
     api = TinyAPI(close_after_answer=True)
     try:
-        k = kube.Kube(kube.connect(kubeconfig(api.port)))
+        k = apiclient.client.Client.connect(kubeconfig(api.port))
         assert [k.review_access(REVIEW) for _ in range(3)] == [True, True, True]
         k.close()
         assert api.connections == 3
@@ -109,11 +110,11 @@ def test_a_connection_the_server_closed_meanwhile_is_replaced_without_failing_th
         api.close()
 
 
-@pytest.mark.parametrize("status, error", [(403, kube.KubeError), (404, kube.NotFound)])
+@pytest.mark.parametrize("status, error", [(403, apiclient.KubeError), (404, apiclient.NotFound)])
 def test_an_error_status_is_translated(kubeconfig: Any, status: int, error: type[Exception]) -> None:
     api = TinyAPI(close_after_answer=False, status=status)
     try:
-        k = kube.Kube(kube.connect(kubeconfig(api.port)))
+        k = apiclient.client.Client.connect(kubeconfig(api.port))
         with pytest.raises(error):
             k.review_access(REVIEW)
         k.close()
@@ -124,7 +125,7 @@ def test_an_error_status_is_translated(kubeconfig: Any, status: int, error: type
 def test_a_denied_review_is_false(kubeconfig: Any) -> None:
     api = TinyAPI(close_after_answer=False, allowed=False)
     try:
-        k = kube.Kube(kube.connect(kubeconfig(api.port)))
+        k = apiclient.client.Client.connect(kubeconfig(api.port))
         assert k.review_access(REVIEW) is False
         k.close()
     finally:

@@ -1,4 +1,4 @@
-"""The agent's API adapter without a server: where it connects and with which credentials, and how it pages."""
+"""The client without a server: where it connects and with which credentials, how it pages, how errors read."""
 
 from __future__ import annotations
 
@@ -18,8 +18,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from nodeagent import kube
-from nodeagent.errors import KubeError
+import apiclient
+import apiclient.client
+import apiclient.config
 
 
 def _self_signed() -> tuple[bytes, bytes]:
@@ -74,13 +75,13 @@ def test_a_kubeconfig_with_client_certificate_data_loads_without_the_kubernetes_
         "client-key-data": base64.b64encode(key).decode(),
     }
     path = _kubeconfig(tmp_path, user)
-    ep = kube.kubeconfig_endpoint(path)
+    ep = apiclient.config.from_kubeconfig(path)
     assert ep.server == "https://127.0.0.1:6443"
     assert ep.context.verify_mode == ssl.CERT_REQUIRED
     assert ep.bearer() is None
     probe = (
-        "import sys, pathlib; from nodeagent import kube, wiring; "
-        f"kube.ApiKube.connect(pathlib.Path({str(path)!r})); "
+        "import sys, pathlib, apiclient.client; from nodeagent import wiring; "
+        f"apiclient.client.Client.connect(pathlib.Path({str(path)!r})); "
         "print(sorted(m for m in sys.modules if m.startswith('kubernetes')))"
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
@@ -89,7 +90,7 @@ def test_a_kubeconfig_with_client_certificate_data_loads_without_the_kubernetes_
 
 def test_a_token_file_is_read_again_on_every_request(tmp_path: Path) -> None:
     (tmp_path / "token").write_text("one\n")
-    ep = kube.kubeconfig_endpoint(_kubeconfig(tmp_path, {"tokenFile": "token"}))
+    ep = apiclient.config.from_kubeconfig(_kubeconfig(tmp_path, {"tokenFile": "token"}))
     assert ep.bearer() == "one"
     (tmp_path / "token").write_text("two\n")
     assert ep.bearer() == "two"
@@ -99,10 +100,10 @@ def test_in_cluster_config_uses_the_service_account_and_the_service_address(tmp_
     ca, _ = _self_signed()
     (tmp_path / "ca.crt").write_bytes(ca)
     (tmp_path / "token").write_text("sa-token")
-    ep = kube.in_cluster_endpoint(tmp_path, {"KUBERNETES_SERVICE_HOST": "fd00::1", "KUBERNETES_SERVICE_PORT": "443"})
+    ep = apiclient.config.in_cluster(tmp_path, {"KUBERNETES_SERVICE_HOST": "fd00::1", "KUBERNETES_SERVICE_PORT": "443"})
     assert ep.server == "https://[fd00::1]:443" and ep.bearer() == "sa-token"
-    with pytest.raises(KubeError, match="not in a cluster"):
-        kube.in_cluster_endpoint(tmp_path, {})
+    with pytest.raises(apiclient.KubeError, match="not in a cluster"):
+        apiclient.config.in_cluster(tmp_path, {})
 
 
 class _Resp:
@@ -122,8 +123,8 @@ class _Pool:
 
 
 def test_lists_are_read_in_pages_and_lose_their_managed_fields(tmp_path: Path) -> None:
-    ep = kube.kubeconfig_endpoint(_kubeconfig(tmp_path, {"token": "t"}))
-    api = kube.ApiKube(ep, page=2)
+    ep = apiclient.config.from_kubeconfig(_kubeconfig(tmp_path, {"token": "t"}))
+    api = apiclient.client.Client(ep, page=2)
     item = {"metadata": {"name": "a", "managedFields": [{"manager": "x"}]}}
     api._pool = _Pool(  # type: ignore[assignment]
         [
@@ -131,18 +132,50 @@ def test_lists_are_read_in_pages_and_lose_their_managed_fields(tmp_path: Path) -
             {"metadata": {"resourceVersion": "5"}, "items": [item]},
         ]
     )
-    got = api.list(kube.PCIDEVICES, label_selector="nodename=n1")
+    got = api.list(apiclient.PCIDEVICES, label_selector="nodename=n1")
     assert len(got.items) == 3 and got.resource_version == "5"
     assert all("managedFields" not in o["metadata"] for o in got.items)
     assert "continue=abc" in api._pool.urls[1] and "limit=2" in api._pool.urls[0]  # type: ignore[attr-defined]
 
 
-@pytest.mark.parametrize(("status", "error"), [(404, kube.NotFound), (409, kube.Conflict), (410, kube.Expired)])
-def test_http_errors_become_the_agents_error_tree(tmp_path: Path, status: int, error: type[KubeError]) -> None:
-    ep = kube.kubeconfig_endpoint(_kubeconfig(tmp_path, {"token": "t"}))
-    api = kube.ApiKube(ep)
+@pytest.mark.parametrize(
+    ("status", "error"), [(404, apiclient.NotFound), (409, apiclient.Conflict), (410, apiclient.Expired)]
+)
+def test_http_errors_become_the_agents_error_tree(
+    tmp_path: Path, status: int, error: type[apiclient.KubeError]
+) -> None:
+    ep = apiclient.config.from_kubeconfig(_kubeconfig(tmp_path, {"token": "t"}))
+    api = apiclient.client.Client(ep)
     api._pool = _Pool([{"message": "nope"}])  # type: ignore[assignment]
     api._pool.request = lambda *a, **k: _Resp(status, {"message": "nope"})  # type: ignore[attr-defined,method-assign]
     with pytest.raises(error, match="nope") as e:
-        api.get(kube.PCIDEVICES, "x")
+        api.get(apiclient.PCIDEVICES, "x")
     assert e.value.status == status
+
+
+def _exec_kubeconfig(tmp_path: Path, token: str) -> Path:
+    credential = {
+        "apiVersion": "client.authentication.k8s.io/v1beta1",
+        "kind": "ExecCredential",
+        "status": {"token": token},
+    }
+    plugin = {
+        "apiVersion": "client.authentication.k8s.io/v1beta1",
+        "command": sys.executable,
+        "args": ["-c", f"print({json.dumps(json.dumps(credential))})"],
+    }
+    return _kubeconfig(tmp_path, {"exec": plugin})
+
+
+def test_an_exec_plugin_kubeconfig_is_run_by_the_optional_extra(tmp_path: Path) -> None:
+    ep = apiclient.config.from_kubeconfig(_exec_kubeconfig(tmp_path, "from-the-plugin"))
+    assert ep.server == "https://127.0.0.1:6443"
+    assert ep.bearer() == "from-the-plugin"
+
+
+def test_without_the_extra_an_exec_plugin_kubeconfig_says_what_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "kubernetes", None)  # as if the extra were not installed
+    with pytest.raises(apiclient.KubeError, match=r"pcidevices\[kubeconfig-plugins\]"):
+        apiclient.config.from_kubeconfig(_exec_kubeconfig(tmp_path, "t"))
