@@ -20,10 +20,17 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 import apiclient
+from apiclient import kinds
+from nodeagent.deviceplugin import draplugin, model, usbowner
 from nodeagent.deviceplugin import health as plugin_health
 from nodeagent.deviceplugin import manager as plugin_manager
 from nodeagent.deviceplugin import metrics as plugin_metrics
-from nodeagent.deviceplugin import model, usbowner
+from nodeagent.dra import api as dra_api
+from nodeagent.dra import cdi as dra_cdi
+from nodeagent.dra.driver import DraDriver
+from nodeagent.dra.model import PublishedDevice
+from nodeagent.dra.node import DraNode, drivers_of
+from nodeagent.errors import SysfsError
 from nodeagent.events import EventRecorder
 from nodeagent.health import HealthServer, HealthState
 from nodeagent.host.binding import VfioBinder
@@ -39,7 +46,7 @@ from nodeagent.reconcile.usbdeviceclaims import USBClaimReconciler
 from nodeagent.settings import AgentSettings
 from nodeagent.sysfs.root import SysfsRoot
 from nodeagent.udev import UdevNudger
-from policy import names
+from policy import dra, names
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +88,8 @@ class Agent:
     binder: VfioBinder
     host_writes: HostWriteGuard
     plugins: plugin_manager.PluginManager | None = None
+    dra: draplugin.DraPlugins | None = None
+    dra_node: DraNode | None = None
     poller: allocations.AllocationPoller | None = None
     udev: UdevNudger | None = None
     server: HealthServer | None = None
@@ -95,6 +104,8 @@ class Agent:
             targets.append(("allocations", self.poller.run))
         if self.plugins is not None:
             targets.append(("device plugins", self.plugins.run))
+        if self.dra is not None:
+            targets.append(("dra plugins", self.dra.run))
         for name, target in targets:
             t = threading.Thread(target=target, args=(self._stop,), name=name, daemon=True)
             t.start()
@@ -110,6 +121,8 @@ class Agent:
         self.runner.wake()
         if self.plugins is not None:
             self.plugins.wake()
+        if self.dra is not None:
+            self.dra.wake()
         if self.udev is not None:
             self.udev.stop()
         if self.server is not None:
@@ -153,8 +166,13 @@ def build(
     # claim has been reconciled, so nothing asks to write.
     guard = HostWriteGuard(lambda: settings.observe_only or ("pass" in holder and holder["pass"].observe_only))
 
+    dra_node, dra_plugins = _dra(settings, counting, root, clock) if settings.dra else (None, None)
+
     def pods(address: str) -> Sequence[str]:
-        return holder["pass"].allocations.pods_of(address) if "pass" in holder else ()
+        held = holder["pass"].allocations.pods_of(address) if "pass" in holder else ()
+        if dra_node is not None:  # a DRA claim prepared on this node holds the device too
+            held = (*held, *dra_node.pods_of(names.pcidevice_name(settings.node_name, address)))
+        return held
 
     def host_critical(address: str) -> str | None:
         reasons = holder["pass"].host_critical.get(address) if "pass" in holder else None
@@ -198,6 +216,7 @@ def build(
         resource_names=settings.resource_names,
         read_allocations=lambda: allocations.read_allocations(lister, socket_path),
         set_plugins=plugins.set_desired if plugins is not None else None,
+        dra_node=dra_node,
         kubevirt_namespace=settings.kubevirt_namespace,
         now=now,
         observe_only=settings.observe_only,
@@ -257,6 +276,11 @@ def build(
         Watcher(counting, apiclient.USBDEVICECLAIMS, runner.nudge, timeout_s=settings.watch_timeout_s),
         Watcher(counting, apiclient.KUBEVIRTS, runner.nudge, timeout_s=settings.watch_timeout_s),
     ]
+    if dra_node is not None:  # the kubelet deletes a node's slices when a driver's plugin is gone: write them again
+        watchers.append(
+            Watcher(counting, kinds.RESOURCESLICES, runner.nudge, label_selector=selector,
+                    timeout_s=settings.watch_timeout_s)  # fmt: skip
+        )
     server = (
         HealthServer(state, registry, host=settings.health_host, port=settings.health_port) if serve_health else None
     )
@@ -271,7 +295,57 @@ def build(
         binder=binder,
         host_writes=guard,
         plugins=plugins,
+        dra=dra_plugins,
+        dra_node=dra_node,
         poller=poller if lister is not None else None,
         udev=UdevNudger(runner.nudge) if settings.udev else None,
         server=server,
     )
+
+
+def _dra(
+    settings: AgentSettings, api: apiclient.KubeApi, root: SysfsRoot, clock: Callable[[], float]
+) -> tuple[DraNode, draplugin.DraPlugins]:
+    """The DRA drivers of this node (docs/dra.md): their tables and CDI specs, slices, and kubelet-facing servers."""
+    probe = plugin_health.SysfsProbe(root)
+    store = dra_cdi.CdiStore(settings.cdi_dir)
+
+    def unusable(device: PublishedDevice) -> str | None:
+        if device.usb is not None:
+            bus, devnum = device.usb
+            return None if probe.usb_present(model.UsbDevice(bus, devnum)) else "its device node is gone"
+        pci = model.PciDevice(device.address, device.iommu_group or 0)
+        state = plugin_health.judge_pci(pci, probe.pci_facts(pci))
+        return None if state.healthy else state.reason or "not usable for passthrough"
+
+    def vfio_cdev(address: str, group: int) -> str | None:
+        return probe.pci_facts(model.PciDevice(address, group)).vfio_cdev
+
+    def pcie_root(address: str) -> str | None:
+        try:
+            return dra.pcie_root(root.resolve(root.sys("bus", "pci", "devices", address)))
+        except SysfsError:
+            return None
+
+    drivers = [
+        DraDriver(
+            driver,
+            settings.node_name,
+            store,
+            get_claim=dra_api.claim_reader(api),
+            may_use=dra_api.use_checker(api),
+            iommufd=probe.iommufd_present,
+            unusable=unusable,
+        )
+        for driver in dra.DRIVERS
+    ]
+    node = DraNode(
+        settings.node_name, drivers_of(*drivers), dra_api.ApiSlices(api), pcie_root=pcie_root, vfio_cdev=vfio_cdev
+    )
+    servers = [
+        draplugin.DraPluginServer(
+            d, plugin_dir=settings.dra_plugin_dir(d.driver), registry_dir=settings.plugins_registry
+        )
+        for d in drivers
+    ]
+    return node, draplugin.DraPlugins(servers, clock=clock)

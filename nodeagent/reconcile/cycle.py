@@ -26,6 +26,8 @@ from typing import Any
 import apiclient
 from nodeagent import discovery
 from nodeagent.deviceplugin import model
+from nodeagent.dra.model import PublishedDevice
+from nodeagent.dra.node import DraNode
 from nodeagent.events import EventRecorder
 from nodeagent.idsdb import NamesDatabases
 from nodeagent.reconcile import allocations, offers, pcidevices, permits, plan, usbdevices
@@ -34,7 +36,7 @@ from nodeagent.reconcile.pcideviceclaims import ClaimResult, PCIClaimReconciler,
 from nodeagent.reconcile.usbdeviceclaims import USBClaimReconciler, USBClaimResult
 from nodeagent.settings import LABEL_OBSERVE_ONLY
 from nodeagent.sysfs.root import SysfsRoot
-from policy import names
+from policy import dra, names
 from policy.objects import USB_CONTROLLER_CLASS_PREFIX
 
 log = logging.getLogger(__name__)
@@ -60,6 +62,8 @@ class PassReport:
     """Claims whose name the offering gate holds back (the runner looks again sooner while there are any)."""
     unexpected_allocations: dict[str, int] = field(default_factory=dict)
     """Offered resource name -> pods the kubelet allocated it to that are not admitted launcher pods."""
+    dra_published: tuple[str, ...] = ()
+    """Claims whose device this node offers through DRA (in its ResourceSlices)."""
 
 
 class NodePass:
@@ -79,6 +83,7 @@ class NodePass:
         resource_names: plan.ResourceNameMode = "perDevice",
         read_allocations: Callable[[], allocations.Allocations] = lambda: allocations.Allocations(known=True),
         set_plugins: Callable[[tuple[model.Resource, ...]], None] | None = None,
+        dra_node: DraNode | None = None,
         kubevirt_namespace: str | None = None,
         now: Callable[[], str] = lambda: "",
         observe_only: bool = False,
@@ -100,6 +105,7 @@ class NodePass:
         self._mode = resource_names
         self._read_allocations = read_allocations
         self._set_plugins = set_plugins
+        self._dra = dra_node
         self._last_plugins: tuple[model.Resource, ...] = ()
         self._reported: dict[str, frozenset[str]] = {}  # claim -> unexpected holders already announced
         self._node_uid: str | None = None
@@ -158,6 +164,12 @@ class NodePass:
         claimed_pci: dict[str, str] = {}
         per_device: dict[str, str] = {}
         offered_pci: set[str] = set()
+        # claims that offer their device through DRA (when this agent runs the DRA drivers): no name is offered
+        dra_claims = {
+            c["metadata"]["name"]
+            for c in (*my_pci_claims, *my_usb_claims)
+            if self._dra is not None and dra.is_dra(c.get("spec") or {})
+        }
         for c in my_pci_claims:
             cname = c["metadata"]["name"]
             src: Any = found_pci.get(cname) or have_pci.get(cname) or {}
@@ -173,7 +185,7 @@ class NodePass:
             per_device[cname] = plan.effective_resource_name(pooled, cname, mode="perDevice")
             cst = c.get("status") or {}
             offered_on = (have_pci.get(cname) or {}).get("status") or {}
-            if plan.already_offered(
+            if cname not in dra_claims and plan.already_offered(
                 cst,
                 adopted=is_adopted(c),
                 name_on_device=offered_on.get("resourceName") == claimed_pci[cname],
@@ -185,7 +197,8 @@ class NodePass:
         offered_usb = {
             c["metadata"]["name"]
             for c in my_usb_claims
-            if plan.already_offered(
+            if c["metadata"]["name"] not in dra_claims
+            and plan.already_offered(
                 c.get("status") or {},
                 adopted=is_adopted(c),
                 name_on_device=True,
@@ -336,44 +349,104 @@ class NodePass:
         }
         if leaving and self._set_plugins is not None and self._last_plugins:
             self._set_plugins(withdraw_pci(self._last_plugins, leaving))
+        if self._dra is not None:  # the same for DRA: out of the slices and the drivers' tables first
+            going = (*my_pci_claims, *my_usb_claims)
+            self._dra.withdraw({c["metadata"]["name"] for c in going if c["metadata"].get("deletionTimestamp")})
+
+        def dra_offer(cname: str, device: str) -> str:
+            if cname not in dra_claims:
+                return ""
+            driver = driver_of[cname]
+            return f"offered through Dynamic Resource Allocation as {device} of driver {driver} on node {node}"
+
+        def dra_holders(cname: str) -> Callable[[str, str], list[Any]]:
+            dra_node = self._dra
+            assert dra_node is not None
+            return lambda resource, device_id: list(dra_node.holders(cname))
+
+        driver_of = {c["metadata"]["name"]: dra.PCI_DRIVER for c in my_pci_claims}
+        driver_of.update({c["metadata"]["name"]: dra.USB_DRIVER for c in my_usb_claims})
 
         pci_results: list[ClaimResult] = []
         for c in my_pci_claims:
             cname = c["metadata"]["name"]
+            address = str((c.get("spec") or {}).get("address", ""))
+            via_dra = cname in dra_claims
             pci_results.append(
                 self._pci_claims.reconcile(
                     c,
                     have_pci.get(cname),
                     peers=peers,
-                    resource_name=claimed_pci[cname],
-                    permit=permit,
-                    allocated_to=allocated_to,
+                    resource_name=per_device[cname] if via_dra else claimed_pci[cname],
+                    permit=None if via_dra else permit,
+                    allocated_to=dra_holders(cname) if via_dra else allocated_to,
                     observe_only=observe,
                     offer=offer_pci,
-                    audit=audit,
+                    audit=None if via_dra else audit,
+                    dra_offer=dra_offer(cname, dra.pci_device_name(address) if names.is_pci_address(address) else ""),
                 )
             )
         usb_results: list[USBClaimResult] = []
         for c in my_usb_claims:
-            dev = have_usb.get(c["metadata"]["name"]) or {"status": {"absent": True}}
+            uname = c["metadata"]["name"]
+            dev = have_usb.get(uname) or {"status": {"absent": True}}
+            dst = dev.get("status") or {}
+            via_dra = uname in dra_claims
+            usb_device = (
+                dra.usb_device_name(dst["busNum"], dst["devNum"])
+                if isinstance(dst.get("busNum"), int) and isinstance(dst.get("devNum"), int)
+                else ""
+            )
             usb_results.append(
                 self._usb_claims.reconcile(
                     c,
                     dev,
-                    permit=permit,
-                    allocated_to=allocated_to,
+                    permit=None if via_dra else permit,
+                    allocated_to=dra_holders(uname) if via_dra else allocated_to,
                     observe_only=observe,
                     offer=offer_usb,
-                    audit=audit,
+                    audit=None if via_dra else audit,
+                    dra_offer=dra_offer(uname, usb_device),
                 )
             )
         for cname in [k for k in self._reported if k not in audited]:
             del self._reported[cname]  # a claim that is gone or no longer enabled starts afresh
         held = tuple(sorted([r.name for r in pci_results if r.held] + [r.name for r in usb_results if r.held]))
 
+        # -- DRA: the node's ResourceSlices and the drivers' tables (one path at a time: never a permit or plugin) -
+        published: list[PublishedDevice] = []
+        if self._dra is not None:
+            claims_by_name = {c["metadata"]["name"]: c for c in (*my_pci_claims, *my_usb_claims)}
+            for r in pci_results:
+                if r.enabled and r.dra and r.device is not None and r.name in have_pci:
+                    members = [p.address for p in peers(r.device.address) if not p.bridge]
+                    published.append(
+                        self._dra.pci(
+                            claims_by_name[r.name],
+                            have_pci[r.name],
+                            owner=claim_owner(claims_by_name[r.name]),
+                            resource_name=r.resource_name,
+                            group=r.device.iommu_group,
+                            functions=members,
+                        )
+                    )
+            for u in usb_results:
+                if u.enabled and u.dra and u.name in have_usb:
+                    found = self._dra.usb(
+                        claims_by_name[u.name],
+                        have_usb[u.name],
+                        owner=claim_owner(claims_by_name[u.name]),
+                        resource_name=u.resource_name,
+                    )
+                    if found is not None:
+                        published.append(found)
+            self._dra.publish(published, owner)
+        pci_results_offered = [r for r in pci_results if not r.dra]
+        usb_results_offered = [r for r in usb_results if not r.dra]
+
         # -- KubeVirt permits ----------------------------------------------------------------------------------
-        pci_permits = {plan.PciPermit(r.resource_name, r.selector) for r in pci_results if r.enabled}
-        usb_permits = {plan.UsbPermit(r.resource_name, r.vendor, r.product) for r in usb_results if r.enabled}
+        pci_permits = {plan.PciPermit(r.resource_name, r.selector) for r in pci_results_offered if r.enabled}
+        usb_permits = {plan.UsbPermit(r.resource_name, r.vendor, r.product) for r in usb_results_offered if r.enabled}
         ours: set[str] = set()
         for d in [*inv.pci_devices]:
             ours.add(d["status"]["resourceName"])
@@ -394,8 +467,8 @@ class NodePass:
         # -- device plugins ------------------------------------------------------------------------------------
         if self._set_plugins is not None:
             self._last_plugins = model.build_resources(
-                [(r.resource_name, r.device) for r in pci_results if r.enabled and r.device is not None],
-                [(r.resource_name, r.device) for r in usb_results if r.enabled and r.device is not None],
+                [(r.resource_name, r.device) for r in pci_results_offered if r.enabled and r.device is not None],
+                [(r.resource_name, r.device) for r in usb_results_offered if r.enabled and r.device is not None],
             )
             self._set_plugins(self._last_plugins)
         self.report = PassReport(
@@ -409,6 +482,7 @@ class NodePass:
             observe_only=observe,
             held=held,
             unexpected_allocations=unexpected,
+            dra_published=tuple(sorted(d.object_name for d in published)),
         )
 
     def _needed_anywhere(self, candidates: Set[str], pci_claims: list[Obj], usb_claims: list[Obj]) -> Set[str]:

@@ -39,6 +39,7 @@ IN_USE = "InUse"
 UNBIND_PENDING = "UnbindPending"
 PERMITTED = "Permitted"
 OBSERVE_ONLY = "ObserveOnly"
+DRA_REASON = "DynamicResourceAllocation"
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,7 @@ class ClaimResult:
     device: model.PciDevice | None = None
     selector: str = ""
     held: bool = False  # bound, but the offering gate holds its name back
+    dra: bool = False  # offered through Dynamic Resource Allocation (spec.offer: DRA), never through a device plugin
 
 
 def claim_owner(claim: Obj) -> str:
@@ -141,7 +143,10 @@ class PCIClaimReconciler:
         observe_only: bool = False,
         offer: Offer | None = None,
         audit: Audit | None = None,
+        dra_offer: str = "",
     ) -> ClaimResult:
+        """`dra_offer`: the Offered message of a claim offered through DRA ("" for the device plugin): it gets no
+        offering gate, no resource name on its device, no permit, and allocatedTo from its prepared ResourceClaims."""
         name = claim["metadata"]["name"]
         address = str((claim.get("spec") or {}).get("address", ""))
         if not names.is_pci_address(address):
@@ -218,6 +223,24 @@ class PCIClaimReconciler:
             gcond = plan.Condition(GROUP_COMPLETE, False, "MembersNotBound", f"not on vfio-pci: {missing}; claim them")
         bound = plan.Condition(BOUND, True, "BoundToVfio", f"bound to vfio-pci (IOMMU group {group})")
         conditions = plan.drop_conditions(st.get("conditions") or [], frozenset({IN_USE, UNBIND_PENDING}))
+        numa = dst.get("numaNode")
+        dev = model.PciDevice(address, int(group), numa if isinstance(numa, int) and numa >= 0 else None)
+        selector = f"{dst.get('vendorId', '')}:{dst.get('deviceId', '')}"
+        if dra_offer:
+            # DRA: no name is offered, so there is no gate, no device name and no permit (one path at a time)
+            offered_dra = plan.Condition(plan.OFFERED, True, DRA_REASON, dra_offer)
+            conditions = plan.drop_conditions(conditions, frozenset({PERMITTED, plan.ALLOCATION}))
+            if not st.get("passthroughEnabled"):
+                self._events.record(claim, "Normal", "PassthroughEnabled", f"{address} is bound to vfio-pci")
+            self._write_status(
+                claim,
+                {
+                    "passthroughEnabled": True,
+                    "conditions": plan.set_conditions(conditions, [bound, gcond, offered_dra], self._now()),
+                    "allocatedTo": allocated_to(resource_name, address),
+                },
+            )
+            return ClaimResult(name, True, resource_name, dev, selector, dra=True)
         # Binding was the claim's own business; offering the name is the cluster's: the gate may hold it back.
         offer_cond = offer(claim, resource_name) if offer is not None else plan.offered(resource_name)
         if not offer_cond.status:
@@ -248,9 +271,6 @@ class PCIClaimReconciler:
         if not st.get("passthroughEnabled"):
             self._events.record(claim, "Normal", "PassthroughEnabled", f"{address} is bound to vfio-pci")
         self._write_status(claim, desired)
-        numa = dst.get("numaNode")
-        dev = model.PciDevice(address, int(group), numa if isinstance(numa, int) and numa >= 0 else None)
-        selector = f"{dst.get('vendorId', '')}:{dst.get('deviceId', '')}"
         return ClaimResult(name, True, resource_name, dev, selector)
 
     def _hold(

@@ -20,6 +20,8 @@ log = logging.getLogger(__name__)
 Obj = dict[str, Any]
 READY = "Ready"
 OBSERVE_ONLY = "ObserveOnly"
+DRA_REASON = "DynamicResourceAllocation"
+PERMITTED = "Permitted"
 OwnerSetter = Callable[[model.UsbDevice], bool]
 Offer = Callable[[Obj, str], plan.Condition]
 """(claim, resource name) -> condition Offered: the offering gate, asked once the device node is ready."""
@@ -36,6 +38,7 @@ class USBClaimResult:
     vendor: str = ""
     product: str = ""
     held: bool = False  # the offering gate holds its name back
+    dra: bool = False  # offered through Dynamic Resource Allocation (spec.offer: DRA), never through a device plugin
 
 
 class USBClaimReconciler:
@@ -107,6 +110,7 @@ class USBClaimReconciler:
         observe_only: bool = False,
         offer: Offer | None = None,
         audit: Audit | None = None,
+        dra_offer: str = "",
     ) -> USBClaimResult:
         name = claim["metadata"]["name"]
         if observe_only:
@@ -152,6 +156,22 @@ class USBClaimReconciler:
             self._write_status(claim, {"conditions": conditions})
             return USBClaimResult(name, False)
         resource = str(dst.get("resourceName", ""))
+        vendor, product = str(dst.get("vendorID", "")), str(dst.get("productID", ""))
+        if dra_offer:
+            # DRA: no name is offered (the device stays not `enabled` for the device plugins), no gate, no permit
+            wanted = [plan.Condition(READY, True, "Enabled", dra_offer),
+                      plan.Condition(plan.OFFERED, True, DRA_REASON, dra_offer)]  # fmt: skip
+            conditions = plan.drop_conditions(st.get("conditions") or [], frozenset({PERMITTED, plan.ALLOCATION}))
+            if (plan.condition(st, READY) or {}).get("status") != "True":
+                self._events.record(claim, "Normal", "Enabled", f"USB device {name}: {dra_offer}")
+            self._write_status(
+                claim,
+                {
+                    "conditions": plan.set_conditions(conditions, wanted, self._now()),
+                    "allocatedTo": allocated_to(resource, udev.id),
+                },
+            )
+            return USBClaimResult(name, True, resource, udev, vendor, product, dra=True)
         offer_cond = offer(claim, resource) if offer is not None else plan.offered(resource)
         if not offer_cond.status:
             self._hold(claim, offer_cond)
