@@ -1,7 +1,8 @@
 """The project's only door to the API server: the agent, the webhook, the cluster controller, the takeover and
 the local run all reach it through this package, and nothing else imports an HTTP or Kubernetes client.
 
-    apiclient.api       KubeApi (the calls, a Protocol), Resource, ObjectList, WatchEvent, CountingKube (no I/O)
+    apiclient.api       KubeApi and the one-call protocols callers compose, Resource, ObjectList, WatchEvent,
+                        CountingKube (no I/O)
     apiclient.kinds     the kinds the project reads or writes, as Resources
     apiclient.errors    KubeError > NotFound, Conflict, Expired (drawn there)
     apiclient.config    in-cluster and kubeconfig endpoints (rotating tokens, optional exec/auth-provider plugins)
@@ -14,7 +15,22 @@ This module re-exports the first three, which import nothing beyond the standard
 
 from __future__ import annotations
 
-from apiclient.api import CountingKube, KubeApi, Obj, ObjectList, Resource, WatchEvent
+from apiclient.api import (
+    CountingKube,
+    Creates,
+    Deletes,
+    Gets,
+    JsonPatches,
+    KubeApi,
+    Lists,
+    Obj,
+    ObjectList,
+    Patches,
+    Replaces,
+    Resource,
+    Watches,
+    WatchEvent,
+)
 from apiclient.errors import Conflict, Expired, KubeError, NotFound
 from apiclient.kinds import (
     CUSTOMRESOURCEDEFINITIONS,
@@ -48,6 +64,14 @@ __all__ = [
     "CUSTOMRESOURCEDEFINITIONS",
     "Conflict",
     "CountingKube",
+    "Creates",
+    "Deletes",
+    "Gets",
+    "JsonPatches",
+    "Lists",
+    "Patches",
+    "Replaces",
+    "Watches",
     "EVENTS",
     "Expired",
     "KUBEVIRTS",

@@ -8,7 +8,7 @@ callers read the few fields they need into their own typed views.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -59,16 +59,27 @@ class WatchEvent:
     object: Mapping[str, Any]
 
 
-class KubeApi(Protocol):
-    """The calls the agent makes. Patches are JSON merge patches; a patch carrying metadata.resourceVersion is
-    conditional (Conflict when stale), which is how the KubeVirt CR is updated."""
+# One call each, so that every caller's protocol names exactly the calls it makes (a lease needs get, create and
+# replace; the agent needs KubeApi) and a fake implements only those.
 
+
+class Lists(Protocol):
     def list(self, res: Resource, *, label_selector: str | None = None, namespace: str | None = None) -> ObjectList: ...
 
+
+class Gets(Protocol):
     def get(self, res: Resource, name: str, *, namespace: str | None = None) -> Obj: ...
 
+
+class Creates(Protocol):
     def create(self, res: Resource, body: Mapping[str, Any], *, namespace: str | None = None) -> Obj: ...
 
+
+class Replaces(Protocol):
+    def replace(self, res: Resource, name: str, body: Mapping[str, Any], *, namespace: str | None = None) -> Obj: ...
+
+
+class Patches(Protocol):
     def patch(
         self,
         res: Resource,
@@ -79,8 +90,18 @@ class KubeApi(Protocol):
         subresource: str | None = None,
     ) -> Obj: ...
 
+
+class JsonPatches(Protocol):
+    def json_patch(
+        self, res: Resource, name: str, ops: Sequence[Mapping[str, Any]], *, namespace: str | None = None
+    ) -> Obj: ...
+
+
+class Deletes(Protocol):
     def delete(self, res: Resource, name: str, *, namespace: str | None = None) -> None: ...
 
+
+class Watches(Protocol):
     def watch(
         self,
         res: Resource,
@@ -90,6 +111,11 @@ class KubeApi(Protocol):
         timeout_s: int = 300,
         stop: threading.Event | None = None,
     ) -> Iterator[WatchEvent]: ...
+
+
+class KubeApi(Lists, Gets, Creates, Patches, Deletes, Watches, Protocol):
+    """The calls the agent makes. Patches are JSON merge patches; a patch carrying metadata.resourceVersion is
+    conditional (Conflict when stale), which is how the KubeVirt CR is updated."""
 
 
 class CountingKube:

@@ -17,9 +17,7 @@ so the older commit still runs), one after the other, on the same machine:
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import multiprocessing
 import os
 import random
 import shutil
@@ -34,7 +32,6 @@ sys.path.insert(0, str(ROOT))
 
 from bench import agent as agent_bench  # noqa: E402
 from bench import webhook as webhook_bench  # noqa: E402
-from webhook import certs  # noqa: E402
 
 WEBHOOK_TARGET_MIB = 120
 AGENT_TARGET_MIB = 60
@@ -119,32 +116,8 @@ def main() -> int:
                 f.write(json.dumps(obj) + "\n")
         gpus = [d for d in free if d["status"]["classId"] == "0302"][:2000]
         bodies = [webhook_bench.claim_review(d, rng.choice(webhook_bench.USERS)) for d in gpus]
-        certs.write_files(
-            certs.fresh(
-                certs.CertPolicy(dns_names=("localhost",), ip_addresses=("127.0.0.1",)),
-                datetime.datetime.now(datetime.UTC),
-            ),
-            work / "certs",
-        )
-        sar_port = webhook_bench._free_port()
-        counter = multiprocessing.get_context("fork").Value("l", 0)
-        sar_proc = multiprocessing.get_context("fork").Process(
-            target=webhook_bench._sar_server, args=(sar_port, counter), daemon=True
-        )
-        sar_proc.start()
-        kubeconfig = work / "kubeconfig"
-        kubeconfig.write_text(
-            json.dumps(
-                {
-                    "apiVersion": "v1",
-                    "kind": "Config",
-                    "current-context": "bench",
-                    "clusters": [{"name": "bench", "cluster": {"server": f"http://127.0.0.1:{sar_port}"}}],
-                    "users": [{"name": "bench", "user": {"token": "bench"}}],
-                    "contexts": [{"name": "bench", "context": {"cluster": "bench", "user": "bench"}}],
-                }
-            )
-        )
+        webhook_bench.write_certs(work / "certs")
+        kubeconfig, sar_proc, _ = webhook_bench.start_fake_api(work)
         for side, tree in sides.items():
             t = time.perf_counter()
             results[side]["webhook"] = webhook_rss(tree, work / f"webhook-{side}", view, kubeconfig, bodies)

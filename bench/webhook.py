@@ -256,6 +256,35 @@ def _sar_server(port: int, counter: Any) -> None:
     http.server.ThreadingHTTPServer(("127.0.0.1", port), _SARHandler).serve_forever()
 
 
+def start_fake_api(work: Path) -> tuple[Path, Any, Any]:
+    """The fake API in a forked process, and a kubeconfig for it: (kubeconfig, process, SubjectAccessReview count)."""
+    port = _free_port()
+    counter = multiprocessing.get_context("fork").Value("l", 0)
+    proc = multiprocessing.get_context("fork").Process(target=_sar_server, args=(port, counter), daemon=True)
+    proc.start()
+    kubeconfig = work / "kubeconfig"
+    cluster = {"name": "bench", "cluster": {"server": f"http://127.0.0.1:{port}"}}
+    kubeconfig.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "current-context": "bench",
+                "clusters": [cluster],
+                "users": [{"name": "bench", "user": {"token": "bench"}}],
+                "contexts": [{"name": "bench", "context": {"cluster": "bench", "user": "bench"}}],
+            }
+        )
+    )
+    return kubeconfig, proc, counter
+
+
+def write_certs(folder: Path) -> None:
+    """A fresh CA and serving certificate for 127.0.0.1, as the server reads them (PCIDEVICES_WEBHOOK_CERT_DIR)."""
+    policy = certs.CertPolicy(dns_names=("localhost",), ip_addresses=("127.0.0.1",))
+    certs.write_files(certs.fresh(policy, datetime.datetime.now(datetime.UTC)), folder)
+
+
 # -- the load generator ----------------------------------------------------------------------------------------------
 
 
@@ -691,32 +720,8 @@ def main() -> int:
             "each on average",
             flush=True,
         )
-        certs.write_files(
-            certs.fresh(
-                certs.CertPolicy(dns_names=("localhost",), ip_addresses=("127.0.0.1",)),
-                datetime.datetime.now(datetime.UTC),
-            ),
-            work / "certs",
-        )
-        sar_port = _free_port()
-        counter = multiprocessing.get_context("fork").Value("l", 0)
-        sar_proc = multiprocessing.get_context("fork").Process(
-            target=_sar_server, args=(sar_port, counter), daemon=True
-        )
-        sar_proc.start()
-        kubeconfig = work / "kubeconfig"
-        kubeconfig.write_text(
-            json.dumps(
-                {
-                    "apiVersion": "v1",
-                    "kind": "Config",
-                    "current-context": "bench",
-                    "clusters": [{"name": "bench", "cluster": {"server": f"http://127.0.0.1:{sar_port}"}}],
-                    "users": [{"name": "bench", "user": {"token": "bench"}}],
-                    "contexts": [{"name": "bench", "context": {"cluster": "bench", "user": "bench"}}],
-                }
-            )
-        )
+        write_certs(work / "certs")
+        kubeconfig, sar_proc, counter = start_fake_api(work)
 
         results: dict[str, Any] = {"devices": n_pci, "claims": n_claims, "rates": rates, "duration_s": args.duration}
         for label, floor in (("policy", False), ("floor", True)):

@@ -50,17 +50,8 @@ NODE_DEVICES = apiclient.Resource("devices.harvesterhci.io", "v1beta1", "nodes",
 UPSTREAM_ONLY = ("sriovnetworkdevices", "sriovgpudevices", "vgpudevices", "migconfigurations")
 
 
-class KubeLike(Protocol):
+class KubeLike(apiclient.Lists, apiclient.Gets, apiclient.JsonPatches, apiclient.Deletes, Protocol):
     """The calls the takeover makes (apiclient.client.Client; an in-memory fake in unit tests)."""
-
-    def list(
-        self, res: apiclient.Resource, *, label_selector: str | None = None, namespace: str | None = None
-    ) -> apiclient.ObjectList: ...
-    def get(self, res: apiclient.Resource, name: str, *, namespace: str | None = None) -> dict[str, Any]: ...
-    def json_patch(
-        self, res: apiclient.Resource, name: str, ops: Sequence[Any], *, namespace: str | None = None
-    ) -> dict[str, Any]: ...
-    def delete(self, res: apiclient.Resource, name: str, *, namespace: str | None = None) -> None: ...
 
 
 def resource_of(target: Target) -> apiclient.Resource:

@@ -284,19 +284,8 @@ def write_files(bundle: Bundle, cert_dir: Path) -> bool:
     return changed
 
 
-class CertApi(Protocol):
+class CertApi(apiclient.Gets, apiclient.Creates, apiclient.Replaces, apiclient.JsonPatches, Protocol):
     """The calls the keeper makes (apiclient.client.Client; an in-memory fake in unit tests)."""
-
-    def get(self, res: apiclient.Resource, name: str, *, namespace: str | None = None) -> dict[str, Any]: ...
-    def create(
-        self, res: apiclient.Resource, body: Mapping[str, Any], *, namespace: str | None = None
-    ) -> dict[str, Any]: ...
-    def replace(
-        self, res: apiclient.Resource, name: str, body: Mapping[str, Any], *, namespace: str | None = None
-    ) -> dict[str, Any]: ...
-    def json_patch(
-        self, res: apiclient.Resource, name: str, ops: Sequence[Mapping[str, Any]], *, namespace: str | None = None
-    ) -> dict[str, Any]: ...
 
 
 class CertManager:

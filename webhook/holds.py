@@ -35,16 +35,8 @@ ANNOTATION_WORKLOAD = f"{names.GROUP}/workload"
 _NAME_LIMIT = 253
 
 
-class LeaseApi(Protocol):
+class LeaseApi(apiclient.Gets, apiclient.Creates, apiclient.Replaces, Protocol):
     """The calls holds make (apiclient.client.Client; an in-memory fake in unit tests)."""
-
-    def get(self, res: apiclient.Resource, name: str, *, namespace: str | None = None) -> dict[str, Any]: ...
-    def create(
-        self, res: apiclient.Resource, body: Mapping[str, Any], *, namespace: str | None = None
-    ) -> dict[str, Any]: ...
-    def replace(
-        self, res: apiclient.Resource, name: str, body: Mapping[str, Any], *, namespace: str | None = None
-    ) -> dict[str, Any]: ...
 
 
 def lease_name(device_kind: str, device: str) -> str:
@@ -121,8 +113,8 @@ class Holds:
             return False
         if _age_s(spec.get("renewTime") or spec.get("acquireTime"), self._clock()) < self._grace:
             return True
-        device = self._view.pcidevice(hold.device) if hold.device_kind == "pcidevice" else self._view.usbdevice(
-            hold.device
+        device = (
+            self._view.pcidevice(hold.device) if hold.device_kind == "pcidevice" else self._view.usbdevice(hold.device)
         )
         if device is None or not device.resource_name:
             return False

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -23,23 +23,16 @@ log = logging.getLogger(__name__)
 CLAIMS = {"PCIDeviceClaim": apiclient.PCIDEVICECLAIMS, "USBDeviceClaim": apiclient.USBDEVICECLAIMS}
 
 
-class ControllerApi(Protocol):
+class ControllerApi(
+    apiclient.Lists,
+    apiclient.Gets,
+    apiclient.Creates,
+    apiclient.Replaces,
+    apiclient.JsonPatches,
+    apiclient.Deletes,
+    Protocol,
+):
     """The calls the controller makes (apiclient.client.Client; an in-memory fake in unit tests)."""
-
-    def list(
-        self, res: apiclient.Resource, *, label_selector: str | None = None, namespace: str | None = None
-    ) -> apiclient.ObjectList: ...
-    def get(self, res: apiclient.Resource, name: str, *, namespace: str | None = None) -> dict[str, Any]: ...
-    def create(
-        self, res: apiclient.Resource, body: Mapping[str, Any], *, namespace: str | None = None
-    ) -> dict[str, Any]: ...
-    def replace(
-        self, res: apiclient.Resource, name: str, body: Mapping[str, Any], *, namespace: str | None = None
-    ) -> dict[str, Any]: ...
-    def json_patch(
-        self, res: apiclient.Resource, name: str, ops: Sequence[Mapping[str, Any]], *, namespace: str | None = None
-    ) -> dict[str, Any]: ...
-    def delete(self, res: apiclient.Resource, name: str, *, namespace: str | None = None) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)

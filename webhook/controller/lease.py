@@ -40,14 +40,8 @@ def decide(lease: Mapping[str, Any] | None, me: str, now: datetime.datetime) -> 
     return Step.FOLLOW
 
 
-class LeaseApi(Protocol):
-    def get(self, res: apiclient.Resource, name: str, *, namespace: str | None = None) -> dict[str, Any]: ...
-    def create(
-        self, res: apiclient.Resource, body: Mapping[str, Any], *, namespace: str | None = None
-    ) -> dict[str, Any]: ...
-    def replace(
-        self, res: apiclient.Resource, name: str, body: Mapping[str, Any], *, namespace: str | None = None
-    ) -> dict[str, Any]: ...
+class LeaseApi(apiclient.Gets, apiclient.Creates, apiclient.Replaces, Protocol):
+    """The calls the elector makes (apiclient.client.Client; an in-memory fake in unit tests)."""
 
 
 @dataclass
