@@ -213,3 +213,25 @@ def test_the_supervisor_serves_again_when_a_socket_vanishes(env: Env) -> None:
 def test_stopping_removes_the_registration_socket_first(env: Env) -> None:
     env.server.stop()
     assert not os.path.exists(env.server.registration) and not os.path.exists(env.server.endpoint)
+
+
+def test_a_usb_device_gets_its_node_and_kubevirts_variable() -> None:
+    usb = model.build_usb(node=NODE, object_name="node1-0951-1666-002004", owner="alice", vendor_id="0951",
+                          product_id="1666", bus=2, devnum=4, controller="0000:00:14.0",
+                          resource_name="kubevirt.io/node1-0951-1666-002004")  # fmt: skip
+    uid = str(uuid.uuid4())
+    spec = cdi.build_spec(dra.USB_DRIVER, uid, f"{NS}/stick", [usb])
+    assert spec["kind"] == "devices.harvesterhci.io/usb" and "containerEdits" not in spec
+    [dev] = spec["devices"]
+    assert dev["name"] == f"{uid}-usb-002-004"
+    assert [n["path"] for n in dev["containerEdits"]["deviceNodes"]] == ["/dev/bus/usb/002/004"]
+    assert dev["containerEdits"]["env"] == [f"{names.usb_resource_env_var(usb.resource_name)}=2:4"]
+    assert usb.attributes["controllerAddress"] == {"string": "0000:00:14.0"}
+    assert cdi.device_id(dra.USB_DRIVER, uid, usb.name) == f"devices.harvesterhci.io/usb={uid}-usb-002-004"
+
+
+def test_cdi_specs_refuse_anything_but_a_uid_as_a_file_name(tmp_path: Any) -> None:
+    store = cdi.CdiStore(str(tmp_path))
+    for bad in ("../../etc/x", "a/b", "", "x" * 65):
+        with pytest.raises(ValueError):
+            store.path(dra.PCI_DRIVER, bad)
