@@ -342,10 +342,13 @@ def _dra(
     node = DraNode(
         settings.node_name, drivers_of(*drivers), dra_api.ApiSlices(api), pcie_root=pcie_root, vfio_cdev=vfio_cdev
     )
+    # the kubelet-facing servers only where there is a kubelet (device_plugins: false says there is none, as in the
+    # local run); the slices are published either way
     servers = [
         draplugin.DraPluginServer(
             d, plugin_dir=settings.dra_plugin_dir(d.driver), registry_dir=settings.plugins_registry
         )
         for d in drivers
+        if settings.device_plugins
     ]
     return node, draplugin.DraPlugins(servers, clock=clock)

@@ -95,9 +95,6 @@ class DraPluginServer:
         self.driver = driver
         self.endpoint = os.path.join(plugin_dir, DRA_SOCKET)
         self.registration = registration_socket(registry_dir, driver.driver)
-        for path in (self.endpoint, self.registration):
-            if len(path.encode()) > MAX_SOCKET_PATH:
-                raise errors.ServeError(f"socket path {path} is longer than {MAX_SOCKET_PATH} bytes")
         self._max_workers = max_workers
         self._server: grpc.Server | None = None
         self._served: dict[str, FileId | None] = {}
@@ -118,7 +115,10 @@ class DraPluginServer:
         return self._server is not None
 
     def serve(self) -> None:
-        """(Re)start serving: stale sockets removed, the endpoint first, then the registration socket."""
+        """(Re)start serving: stale sockets removed, then both sockets served by one server."""
+        for path in (self.endpoint, self.registration):
+            if len(path.encode()) > MAX_SOCKET_PATH:
+                raise errors.ServeError(f"socket path {path} is longer than {MAX_SOCKET_PATH} bytes")
         self._stop_server()
         for path in (self.registration, self.endpoint):
             try:

@@ -19,9 +19,11 @@ import pytest
 import apiclient
 from apiclient import kinds
 from nodeagent import wiring
+from nodeagent.idsdb import NamesDatabases
+from nodeagent.settings import AgentSettings
 from policy import dra, names, records
 from policy.records import Requester
-from tests.support.agent_env import build_agent, kubevirt_cr, pci_claim
+from tests.support.agent_env import NOW, kubevirt_cr, pci_claim
 from tests.support.fake_dra_kubelet import FakeDraKubelet
 from tests.support.fake_kube import FakeKube
 from tests.support.simhost import SimHost
@@ -64,7 +66,17 @@ def _setup(tmp_path: Path, base: str) -> tuple[SimHost, Kube, wiring.Agent]:
     api = Kube()
     api.put(apiclient.NODES, {"metadata": {"name": NODE}})
     api.put(apiclient.KUBEVIRTS, kubevirt_cr(), namespace="harvester-system")
-    agent = build_agent(host, api, NODE, dra=True, kubelet_dir=base, cdi_dir=os.path.join(base, "cdi"))
+    settings = AgentSettings(node_name=NODE, udev=False, dra=True, kubelet_dir=base, cdi_dir=os.path.join(base, "cdi"))
+    agent = wiring.build(
+        settings,
+        api,
+        root=host.root(),
+        db=NamesDatabases.load(None, None),
+        load_modules=host.sim.load_modules,
+        serve_health=False,
+        now=lambda: NOW,
+        pod_resources=lambda: [],  # the kubelet's PodResources: no device-plugin allocation
+    )
     assert agent.dra is not None and agent.dra_node is not None
     return host, api, agent
 
