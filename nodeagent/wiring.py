@@ -263,6 +263,8 @@ def build(
     observing = Gauge("pcidevices_agent_observe_only", "1 while the agent runs in observe mode.", registry=registry)
     observing.set_function(lambda: float(settings.observe_only or node_pass.observe_only))
     registry.register(UnexpectedAllocations(node_pass))
+    if dra_plugins is not None:
+        _dra_metrics(registry, dra_plugins)
 
     selector = f"{names.LABEL_NODENAME}={settings.node_name}"
     watchers = [
@@ -352,3 +354,28 @@ def _dra(
         if settings.device_plugins
     ]
     return node, draplugin.DraPlugins(servers, clock=clock)
+
+
+def _dra_metrics(registry: CollectorRegistry, plugins: draplugin.DraPlugins) -> None:
+    registered = Gauge(
+        "pcidevices_agent_dra_registered",
+        "1 while the kubelet has registered the DRA driver (its plugin watcher called NotifyRegistrationStatus).",
+        ["driver"],
+        registry=registry,
+    )
+    prepared = Gauge(
+        "pcidevices_agent_dra_prepared_claims",
+        "ResourceClaims this node's DRA drivers hold prepared (a CDI spec each), by driver.",
+        ["driver"],
+        registry=registry,
+    )
+
+    def is_registered(server: draplugin.DraPluginServer) -> Callable[[], float]:
+        return lambda: float(server.registered)
+
+    def count(driver: DraDriver) -> Callable[[], float]:
+        return lambda: float(len(driver.prepared_claims()))
+
+    for server in plugins.servers:
+        registered.labels(driver=server.driver.driver).set_function(is_registered(server))
+        prepared.labels(driver=server.driver.driver).set_function(count(server.driver))

@@ -154,6 +154,10 @@ class DraDriver:
 
     # -- for the pass ---------------------------------------------------------------------------------------------
 
+    def prepared_claims(self) -> dict[str, cdi.PreparedClaim]:
+        """The claims this driver holds prepared, by uid (from the CDI specs on disk)."""
+        return self._store.prepared(self.driver)
+
     def holders(self) -> dict[str, list[cdi.PreparedClaim]]:
         """Device object name -> the prepared claims holding it."""
         out: dict[str, list[cdi.PreparedClaim]] = {}

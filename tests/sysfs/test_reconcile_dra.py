@@ -141,6 +141,8 @@ def test_the_kubelet_gets_the_device_through_cdi_and_the_release_waits_for_unpre
     kubelet = FakeDraKubelet()
     pci = next(s for s in agent.dra.servers if s.driver.driver == dra.PCI_DRIVER)
     kubelet.register(pci.registration)
+    assert agent.registry.get_sample_value("pcidevices_agent_dra_registered", {"driver": dra.PCI_DRIVER}) == 1.0
+    assert agent.registry.get_sample_value("pcidevices_agent_dra_registered", {"driver": dra.USB_DRIVER}) == 0.0
     ref = _resourceclaim(api, "nic", "pci-0000-00-02-0")
     entry = kubelet.prepare(dra.PCI_DRIVER, [ref]).claims[ref[1]]
     assert entry.error == "" and list(entry.devices[0].cdi_device_ids) == [
@@ -151,6 +153,7 @@ def test_the_kubelet_gets_the_device_through_cdi_and_the_release_waits_for_unpre
     assert spec["devices"][0]["containerEdits"]["env"] == [
         f"{names.pci_resource_env_var(f'intel.com/{obj}')}={NIC}"]  # fmt: skip
     agent.runner.step()
+    assert agent.registry.get_sample_value("pcidevices_agent_dra_prepared_claims", {"driver": dra.PCI_DRIVER}) == 1.0
     claim = api.peek("pcideviceclaims", obj)
     assert claim is not None
     assert claim["status"]["allocatedTo"] == [{"pod": f"{NS}/nic-pod", "resourceClaim": f"{NS}/nic"}]
