@@ -11,6 +11,7 @@ refresh hook is asked before every request, so expiring plugin tokens are renewe
 from __future__ import annotations
 
 import base64
+import json
 import os
 import ssl
 import tempfile
@@ -78,10 +79,14 @@ def in_cluster(sa_dir: Path = SA_DIR, env: Mapping[str, str] | None = None) -> E
 
 
 def from_kubeconfig(path: Path) -> Endpoint:
-    """The current context of a kubeconfig file."""
-    import yaml  # only here: processes in a cluster never read a kubeconfig
+    """The current context of a kubeconfig file (YAML, or JSON, which is read without loading PyYAML)."""
+    text = path.read_text()
+    if text.lstrip().startswith("{"):
+        doc = json.loads(text)
+    else:
+        import yaml  # only here: processes in a cluster never read a kubeconfig
 
-    doc = yaml.safe_load(path.read_text()) or {}
+        doc = yaml.safe_load(text) or {}
     ctx_name = doc.get("current-context")
     context = next((c["context"] for c in doc.get("contexts") or [] if c.get("name") == ctx_name), None)
     if context is None:

@@ -198,11 +198,20 @@ def rss_child(kubeconfig: str, node: str, ndev: int) -> None:
     print(json.dumps(out))
 
 
+def json_kubeconfig(cp: ControlPlane) -> Path:
+    """The admin kubeconfig as JSON: the agent reads it without PyYAML, as an agent in a pod reads no kubeconfig."""
+    import yaml  # here, not at the top: the RSS child runs this file too
+
+    path = Path(tempfile.mkdtemp(prefix="agentrss-kc")) / "kubeconfig.json"
+    path.write_text(json.dumps(yaml.safe_load(cp.admin_kubeconfig.read_text())))
+    return path
+
+
 def bench_rss(cp: ControlPlane, api: apiclient.client.Client, ndev: int) -> None:
     node = "bench-rss"
     add_node(api, node)
     proc = subprocess.run(
-        [sys.executable, __file__, "--rss-child", str(cp.admin_kubeconfig), node, str(ndev)],
+        [sys.executable, __file__, "--rss-child", str(json_kubeconfig(cp)), node, str(ndev)],
         capture_output=True,
         text=True,
         timeout=900,

@@ -130,7 +130,8 @@ def main() -> int:
                 for side, tree in sides.items():
                     node = f"membench-{side}"
                     agent_bench.add_node(api, node)
-                    results[side]["agent"] = agent_rss(tree, cp.admin_kubeconfig, node, args.agent_devices)
+                    kubeconfig = agent_bench.json_kubeconfig(cp)
+                    results[side]["agent"] = agent_rss(tree, kubeconfig, node, args.agent_devices)
                     print(f"  agent {side}: {results[side]['agent']}", flush=True)
         report(results, args)
         return 0

@@ -19,7 +19,6 @@ from typing import TextIO
 from nodeagent import discovery
 from nodeagent.errors import DiscoveryError, RootUnavailable
 from nodeagent.idsdb import NamesDatabases
-from nodeagent.output import render
 from nodeagent.sysfs.root import SysfsRoot
 
 EXIT_USAGE = 2
@@ -149,6 +148,8 @@ def _discover(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     except DiscoveryError as e:
         print(f"pcidevices-agent: {e}", file=err)
         return EXIT_USAGE
+    from nodeagent.output import render  # here: its PyYAML (~6 MiB) is no part of a running agent
+
     out.write(render(inventory.to_json(), args.output))
     return 0
 

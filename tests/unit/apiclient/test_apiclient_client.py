@@ -179,3 +179,15 @@ def test_without_the_extra_an_exec_plugin_kubeconfig_says_what_to_install(
     monkeypatch.setitem(sys.modules, "kubernetes", None)  # as if the extra were not installed
     with pytest.raises(apiclient.KubeError, match=r"pcidevices\[kubeconfig-plugins\]"):
         apiclient.config.from_kubeconfig(_exec_kubeconfig(tmp_path, "t"))
+
+
+def test_a_json_kubeconfig_is_read_without_pyyaml(tmp_path: Path) -> None:
+    path = _kubeconfig(tmp_path, {"token": "t"})
+    path.write_text(json.dumps(yaml.safe_load(path.read_text())))
+    probe = (
+        "import sys, pathlib, apiclient.config; "
+        f"e = apiclient.config.from_kubeconfig(pathlib.Path({str(path)!r})); "
+        "print(e.server, sorted(m for m in sys.modules if m.split('.')[0] == 'yaml'))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "https://127.0.0.1:6443 []"
