@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from nodeagent.settings import LABEL_OBSERVE_ONLY
+from tests.support import guestcluster
 from tests.support.controlplane import Binaries, BinariesMissing, ControlPlane
 from tests.support.node import REPORT_KEY, Node, NodeBinaries, Sandbox
 
@@ -152,3 +153,43 @@ def installed(pytestconfig: pytest.Config, request: pytest.FixtureRequest) -> It
         report(pytestconfig, f"kept for inspection: {workdir} (logs in cp/, pod logs in node/pod-logs/)")
     else:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+# -- the node in the kernel tier's qemu guest (tests/support/guestcluster.py): one boot per session -----------------
+
+
+@pytest.fixture(scope="session")
+def guest_cluster(pytestconfig: pytest.Config, request: pytest.FixtureRequest) -> Iterator[guestcluster.GuestCluster]:
+    """A control plane here and its one node in the qemu guest (kubelet + containerd on a real kernel with an IOMMU
+    and e1000e NICs), Ready; nothing of the product installed. Booted once for every module that asks."""
+    try:
+        prepared = guestcluster.Prepared.locate()
+    except BinariesMissing as e:
+        pytest.skip(f"the guest node needs scripts/prepare-node and scripts/prepare-kernel: {e}")
+    # The kubelet posts its node's status every second, not every 10 s: what is measured here is how soon the node
+    # shows a device after our agent acts, not the kubelet's default period (docs/node-tier.md).
+    with guestcluster.running(prepared, kubelet_extra={"nodeStatusUpdateFrequency": "1s"}) as cluster:
+        guestcluster.start_node(cluster)
+        t = cluster.timings
+        report(pytestconfig, f"guest node: control plane {t['control_plane_s']:.1f}s; from qemu's start: command "
+               f"server {t['boot_to_commands_s']:.1f}s, kubelet serving {t['boot_to_kubelet_s']:.1f}s (images "
+               f"unpacked {t.get('images_s', 0):.1f}s, containerd {t['containerd_s']:.1f}s, "
+               f"kubelet {t['kubelet_s']:.1f}s), node Ready {t['boot_to_ready_s']:.1f}s "
+               f"({cluster.workdir})")  # fmt: skip
+        yield cluster
+        if request.session.testsfailed:  # kept with the console, the guest's logs are gone with it: see the tests
+            cluster.keep = True
+            report(pytestconfig, f"guest node's work folder kept: {cluster.workdir} (console, webhook log, share)")
+
+
+@pytest.fixture(scope="session")
+def guest_installed(guest_cluster: guestcluster.GuestCluster, pytestconfig: pytest.Config) -> guestcluster.GuestCluster:
+    """`guest_cluster` with the chart installed (the agent DaemonSet pod running in the guest and through its first
+    reconcile pass, the webhook here)."""
+    guestcluster.install_chart(guest_cluster)
+    _, serving = guest_cluster.wait_agent_serving()
+    guest_cluster.timings["agent_serving_s"] = serving
+    report(pytestconfig, f"guest node: helm install + webhook admitting "
+           f"{guest_cluster.timings['chart_and_webhook_s']:.1f}s, agent pod through its first pass in the guest "
+           f"{serving:.1f}s later")
+    return guest_cluster

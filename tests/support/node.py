@@ -521,9 +521,12 @@ def containerd_config(
     cni_bin: Path,
     cni_conf: Path,
     restrict_oom_score_adj: bool,
+    no_pivot_root: bool = False,
 ) -> str:
     """containerd 2.x's configuration (version 3) for a kubelet node: the CRI with runc (cgroupfs), the CNI bridge,
-    the pause image pinned (no registry is reachable: images are imported), no NRI and no tracing."""
+    the pause image pinned (no registry is reachable: images are imported), no NRI and no tracing. `no_pivot_root`:
+    runc enters a container's root with chroot in its mount namespace instead of pivot_root, which a root file
+    system that is the kernel's initramfs (the kernel tier's guest) does not allow."""
     return f"""version = 3
 root = "{root}"
 state = "{state}"
@@ -545,6 +548,7 @@ disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.tracing.processor
     [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]
       BinaryName = "{runc}"
       SystemdCgroup = false
+      NoPivotRoot = {str(no_pivot_root).lower()}
   [plugins.'io.containerd.cri.v1.runtime'.cni]
     bin_dirs = ["{cni_bin}"]
     conf_dir = "{cni_conf}"
