@@ -229,6 +229,9 @@ def build(
             plugins.refresh()  # binds may have changed health
 
     runner = Runner(work, clock=clock, resync_s=settings.resync_s)
+    if dra_node is not None:  # a claim prepared or unprepared: allocatedTo to write, a release that may go on
+        for dra_driver in dra_node.drivers.values():
+            dra_driver.on_change = runner.nudge
     runner.sooner = lambda: HELD_RECHECK_S if node_pass.report.held else None
     poller = allocations.AllocationPoller(
         lambda: allocations.read_allocations(lister, socket_path), runner.nudge, interval_s=settings.allocations_poll_s

@@ -72,6 +72,8 @@ class DraDriver:
         self._unusable = unusable
         self._lock = threading.Lock()
         self._published: dict[str, PublishedDevice] = {}
+        self.on_change: Callable[[], None] = lambda: None
+        """Called after a claim was prepared or unprepared (the agent's next pass writes allocatedTo, or releases)."""
         self.prepared_count = 0
         self.refused_count = 0
 
@@ -129,6 +131,7 @@ class DraDriver:
         if self._store.write(self.driver, ref.uid, spec):
             self.prepared_count += 1
             log.info("claim prepared", extra={"claim": shown, "devices": [d.object_name for d, _ in decided.devices]})
+            self.on_change()
         return PrepareResult(
             tuple(
                 PreparedDevice(requests, self.node, d.name, (cdi.device_id(self.driver, ref.uid, d.name),))
@@ -147,6 +150,7 @@ class DraDriver:
             try:
                 if self._store.remove(self.driver, c.uid):
                     log.info("claim unprepared", extra={"claim": f"{c.namespace}/{c.name}"})
+                    self.on_change()
                 out[c.uid] = ""
             except OSError as e:
                 out[c.uid] = f"CDI spec of claim {c.namespace}/{c.name} could not be removed: {e.strerror}"
