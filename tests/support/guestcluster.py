@@ -48,6 +48,9 @@ CONTROLLERS = (
     "deployment-controller", "replicaset-controller", "daemonset-controller", "garbage-collector-controller",
     "namespace-controller", "serviceaccount-controller", "root-ca-certificate-publisher-controller",
     "pod-garbage-collector-controller", "node-lifecycle-controller",
+    # DRA (issue 18): makes a pod's claims from templates, and releases a claim (reservedFor, allocation, finalizer)
+    # once its pods are gone
+    "resourceclaim-controller",
 )  # fmt: skip
 NOWHERE = "pcidevices.test/nowhere"
 """The node label of the webhook Deployment's node selector: no node has it (module docstring)."""
