@@ -134,7 +134,8 @@ def parse(kind: str, obj: object) -> Restore | Clone | Snapshot:
     if not isinstance(obj, Mapping):
         raise MalformedObject("object must be an object")
     meta = as_mapping(obj.get("metadata"), "metadata")
-    name, namespace = meta.get("name"), meta.get("namespace") or ""
+    name, namespace = meta.get("name"), meta.get("namespace", "")
+    namespace = "" if namespace is None else namespace
     if not isinstance(name, str) or not name or not isinstance(namespace, str):
         raise MalformedObject("metadata.name must be a non-empty string")
     if "/" in name:  # keyed by the webhook's watch as "<namespace>/<name>"
@@ -146,7 +147,10 @@ def parse(kind: str, obj: object) -> Restore | Clone | Snapshot:
     if kind == RESTORE:
         target = as_mapping(spec.get("target"), "spec.target")
         controller = None
-        for ref in meta.get("ownerReferences") or []:
+        refs = meta.get("ownerReferences") or []
+        if not isinstance(refs, list):
+            raise MalformedObject("metadata.ownerReferences must be a list")
+        for ref in refs:
             if isinstance(ref, Mapping) and ref.get("controller") is True:
                 controller = OwnerReference.from_dict(ref)
         return Restore(

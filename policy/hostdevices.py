@@ -111,7 +111,8 @@ class Workload:
             raise MalformedObject(f"kind {kind!r} has no host devices")
         _check_instancetype(obj)
         meta = as_mapping(obj.get("metadata"), "metadata")
-        name, namespace = meta.get("name"), meta.get("namespace") or ""
+        name, namespace = meta.get("name"), meta.get("namespace", "")
+        namespace = "" if namespace is None else namespace
         if not isinstance(name, str) or not name or not isinstance(namespace, str):
             raise MalformedObject("metadata.name must be a non-empty string")
         # the webhook's watch keys namespaced objects as "<namespace>/<name>" (see webhook.workloads)

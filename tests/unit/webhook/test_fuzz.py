@@ -120,8 +120,8 @@ breakers = st.one_of(
 )
 
 
-# Kinds whose rules decode wrong-typed fields strictly today. The others (VMs and the like, pods, the KubeVirt CR)
-# still read some wrong-typed fields as absent (an allow) or fail on them (a 500); see the xfail test below.
+# The claim and device kinds, and the others (VMs and the like, pods, restores, the KubeVirt CR) in a test of their
+# own; both strict: a wrong-typed field is malformed (400) or still denied, never an allow or a 500.
 STRICT = {"pcideviceclaims", "usbdeviceclaims", "pcidevices", "usbdevices"}
 
 
@@ -180,13 +180,7 @@ def test_a_broken_copy_of_a_denied_claim_or_device_review_is_rejected_or_still_d
     _still_denied(sample)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="policy (VM-like, pods, KubeVirt CR) still reads some wrong-typed fields as absent or raises on them: "
-    "pods with spec/containers of the wrong type are allowed, a VM whose kind is not a string raises TypeError "
-    "(a 500), a VM whose spec.instancetype is not an object is allowed; found by this test, left to the policy",
-)
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(broken(strict=False))
 def test_a_broken_copy_of_a_denied_workload_review_is_rejected_or_still_denied(
     sample: tuple[str, str, dict[str, Any], Judge],
