@@ -15,8 +15,11 @@ webhook here), one scenario, each step timed and recorded even when an earlier o
    with them (claim created -> pod running, measured);
 5. the ResourceClaim's status shows the allocation (driver, pool, device) and the pod it is reserved for, the
    PCIDeviceClaim's allocatedTo names the pod, and the agent holds one prepared claim;
-6. the pod deleted: the kubelet calls NodeUnprepareResources and the CDI spec goes; then the claims go and the
-   e1000e is back on e1000e, its slice gone.
+6. the pod deleted: the kubelet calls NodeUnprepareResources and the CDI spec goes, and the resource claim
+   controller lets the ResourceClaim go;
+7. a pod naming alice's ResourceClaimTemplate: the resource claim controller makes its claim, which carries alice's
+   admission record (the webhook admits it only so, D7), and the pod gets the device;
+8. the PCIDeviceClaim released: the e1000e is back on e1000e, its slice gone.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ import pytest
 from policy import dra, names, records
 from tests.node.conftest import report
 from tests.support import vmcluster as vc
-from tests.support.dra import pin_pci, request, resourceclaim
+from tests.support.dra import claim_template, pin_pci, request, resourceclaim
 from tests.support.guestcluster import GuestCluster
 from tests.support.guestnode import PAUSE_IMAGE
 
@@ -155,7 +158,8 @@ def scenario(guest_installed: GuestCluster, pytestconfig: pytest.Config) -> Iter
         d = rec.get("pod", {})
         report(pytestconfig, f"DRA on the guest node: claim -> slice {rec.get('claim', {}).get('claim_to_slice_s')}s, "
                f"ResourceClaim created -> pod running with the device {d.get('claim_to_running_s')}s, pod deleted "
-               f"-> unprepared {rec.get('unprepare', {}).get('deleted_to_unprepared_s')}s; steps {rec.get('step_s')}")
+               f"-> unprepared {rec.get('unprepare', {}).get('deleted_to_unprepared_s')}s, pod of a template -> "
+               f"running {rec.get('template', {}).get('created_to_running_s')}s; steps {rec.get('step_s')}")
         yield rec
 
 
@@ -177,7 +181,7 @@ def run(c: GuestCluster, rec: Record) -> None:  # noqa: C901 - one scenario, ste
         nic = sorted(nics, key=lambda d: d["status"]["address"])[1]  # the handoff test uses the first
         ctx["device"] = nic
         u = "dra"
-        claim_rules = {"apiGroups": ["resource.k8s.io"], "resources": ["resourceclaims"],
+        claim_rules = {"apiGroups": ["resource.k8s.io"], "resources": ["resourceclaims", "resourceclaimtemplates"],
                        "verbs": ["get", "list", "create", "delete"]}  # fmt: skip
         pods = {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "create", "delete"]}
         use = {"apiGroups": [names.GROUP], "resources": ["pcidevices"], "verbs": ["use"],
@@ -287,25 +291,66 @@ def run(c: GuestCluster, rec: Record) -> None:  # noqa: C901 - one scenario, ste
 
     @rec.step("unprepare")
     def _() -> None:
-        nic = ctx["device"]
-        name, address = nic["metadata"]["name"], nic["status"]["address"]
         started = time.monotonic()
         cp.kubectl("delete", "pod", "-n", NS, "launcher", "--wait=false")
         wait("the kubelet unprepares the claim", lambda: not [f for f in cdi_specs(c) if "devices.harvesterhci.io"
                                                                 in f], 120, 0.2)  # fmt: skip
         unprepared = time.monotonic() - started
-        # the resource claim controller (not run here) removes a claim's finalizer: do not wait for it
         cp.kubectl("delete", "resourceclaim", "-n", NS, "nic", "--wait=false")
+        gone, _ = wait("the resource claim controller lets the claim go",
+                       lambda: cp.kubectl("get", "resourceclaim", "-n", NS, "nic", check=False).returncode != 0,
+                       120, 0.5)  # fmt: skip
+        rec["unprepare"] = {"deleted_to_unprepared_s": round(unprepared, 2), "claim_gone": gone,
+                            "prepared": metric(c.agent_metrics(), "pcidevices_agent_dra_prepared_claims",
+                                               dra.PCI_DRIVER)}  # fmt: skip
+
+    @rec.step("template")
+    def _() -> None:
+        # a ResourceClaimTemplate: the resource claim controller makes the pod's claim; it carries alice's record
+        nic = ctx["device"]
+        name, address = nic["metadata"]["name"], nic["status"]["address"]
+        env = names.pci_resource_env_var(names.pci_device_resource_name("Intel Corporation", c.node.name, address))
+        tpl = claim_template("nic-tpl", request("nic", pin_pci(name)), namespace=NS)
+        made = cp.kubectl("create", "-f", "-", input=json.dumps(tpl), user=ctx["alice"], check=False)
+        assert made.returncode == 0, made.stderr
+        pod = launcher("launcher-tpl", "", env)
+        pod["spec"]["resourceClaims"] = [{"name": "nic", "resourceClaimTemplateName": "nic-tpl"}]
+        started = time.monotonic()
+        made = cp.kubectl("create", "-f", "-", input=json.dumps(pod), user=ctx["alice"], check=False)
+        assert made.returncode == 0, made.stderr
+
+        def running() -> dict[str, Any] | None:
+            p = c.kubectl_json("get", "pod", "-n", NS, "launcher-tpl")
+            if p["status"].get("phase") in ("Failed", "Succeeded"):
+                raise AssertionError(f"the launcher ended: {json.dumps(p['status'])[-2000:]}\n"
+                                     f"{container_log(c, 'launcher-tpl')}")  # fmt: skip
+            return p if p["status"].get("phase") == "Running" else None
+
+        p, _ = wait("the template's pod runs", running, 300, 0.2)
+        to_running = time.monotonic() - started
+        check, _ = wait("vfio-check reports", lambda: check_report(container_log(c, "launcher-tpl")), 60, 0.5)
+        claim_name = p["status"]["resourceClaimStatuses"][0]["resourceClaimName"]
+        made_claim = c.kubectl_json("get", "resourceclaim", "-n", NS, claim_name)
+        cp.kubectl("delete", "pod", "-n", NS, "launcher-tpl", "--wait=false")
+        wait("the template's claim is unprepared and goes with its pod",
+             lambda: not [f for f in cdi_specs(c) if "devices.harvesterhci.io" in f]
+             and cp.kubectl("get", "resourceclaim", "-n", NS, claim_name, check=False).returncode != 0,
+             120, 0.5)  # fmt: skip
+        rec["template"] = {"created_to_running_s": round(to_running, 2), "check": check,
+                           "record": json.loads(made_claim["metadata"]["annotations"][records.ANNOTATION]),
+                           "owner": made_claim["metadata"]["ownerReferences"][0]["name"]}  # fmt: skip
+
+    @rec.step("release")
+    def _() -> None:
+        nic = ctx["device"]
+        name, address = nic["metadata"]["name"], nic["status"]["address"]
         # the release is admitted once the agent's next pass saw the unprepare (allocatedTo empty)
         wait("the release is admitted", lambda: cp.kubectl("delete", "pcideviceclaim", name, "--wait=false",
                                                             check=False).returncode == 0, 60, 0.5)  # fmt: skip
         wait("the claim goes and the device is back on e1000e",
              lambda: driver(c, address) == "e1000e" and not c.kubectl_json("get", "pcideviceclaims")["items"], 180, 1)
         slices = [s for s in c.kubectl_json("get", "resourceslices")["items"] if s["spec"]["driver"] == dra.PCI_DRIVER]
-        rec["unprepare"] = {"deleted_to_unprepared_s": round(unprepared, 2), "driver": driver(c, address),
-                            "slices": slices, "prepared": metric(c.agent_metrics(),
-                                                                 "pcidevices_agent_dra_prepared_claims",
-                                                                 dra.PCI_DRIVER)}  # fmt: skip
+        rec["release"] = {"driver": driver(c, address), "slices": slices}
 
 
 # -- the verdicts ----------------------------------------------------------------------------------------------------
@@ -357,7 +402,19 @@ def test_the_resourceclaim_status_shows_the_allocation(scenario: Record) -> None
     assert st["prepared"] == 1.0 and st["cdi"] == [f"devices.harvesterhci.io-pci-{st['uid']}.json"]
 
 
-def test_deleting_the_pod_unprepares_and_the_release_gives_the_device_back(scenario: Record) -> None:
+def test_deleting_the_pod_unprepares(scenario: Record) -> None:
     needs(scenario, "unprepare")
-    got = scenario["unprepare"]
-    assert got["driver"] == "e1000e" and got["slices"] == [] and got["prepared"] == 0.0
+    assert scenario["unprepare"]["prepared"] == 0.0 and scenario["unprepare"]["claim_gone"]
+
+
+def test_a_claim_made_from_a_template_carries_its_creators_record_and_gets_the_device(scenario: Record) -> None:
+    needs(scenario, "template")
+    got = scenario["template"]
+    assert got["check"].get("ok") is True, got["check"]
+    assert got["record"]["user"] == "alice" and got["record"]["via"] == f"resourceclaimtemplate {NS}/nic-tpl"
+    assert got["owner"] == "launcher-tpl"
+
+
+def test_the_release_gives_the_device_back_and_its_slice_goes(scenario: Record) -> None:
+    needs(scenario, "release")
+    assert scenario["release"]["driver"] == "e1000e" and scenario["release"]["slices"] == []
