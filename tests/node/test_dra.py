@@ -19,7 +19,9 @@ webhook here), one scenario, each step timed and recorded even when an earlier o
    controller lets the ResourceClaim go;
 7. a pod naming alice's ResourceClaimTemplate: the resource claim controller makes its claim, which carries alice's
    admission record (the webhook admits it only so, D7), and the pod gets the device;
-8. the PCIDeviceClaim released: the e1000e is back on e1000e, its slice gone.
+8. broad claims ("any e1000e") narrowed by the mutator: kube-scheduler gives the device to its owner's claim, and
+   alice's (she may use the device but owns none) stays unschedulable;
+9. the PCIDeviceClaim released: the e1000e is back on e1000e, its slice gone.
 """
 
 from __future__ import annotations
@@ -340,6 +342,44 @@ def run(c: GuestCluster, rec: Record) -> None:  # noqa: C901 - one scenario, ste
                            "record": json.loads(made_claim["metadata"]["annotations"][records.ANNOTATION]),
                            "owner": made_claim["metadata"]["ownerReferences"][0]["name"]}  # fmt: skip
 
+    @rec.step("broad")
+    def _() -> None:
+        # "any e1000e": narrowed by the mutator to its requester's own devices, evaluated by kube-scheduler
+        address = ctx["device"]["status"]["address"]
+        env = names.pci_resource_env_var(names.pci_device_resource_name("Intel Corporation", c.node.name, address))
+        model = (f'device.attributes["{dra.PCI_DRIVER}"].vendorID == "8086" && '
+                 f'device.attributes["{dra.PCI_DRIVER}"].deviceID == "10d3"')  # fmt: skip
+        out: dict[str, Any] = {}
+        for who, user in (("alice", ctx["alice"]), ("owner", None)):  # the owner: the admin who made the claim
+            claim = resourceclaim(f"any-{who}", request("nic", model), namespace=NS)
+            made = cp.kubectl("create", "-o", "json", "-f", "-", input=json.dumps(claim), user=user, check=False)
+            assert made.returncode == 0, made.stderr
+            selectors = [x["cel"]["expression"] for x in json.loads(made.stdout)["spec"]["devices"]["requests"][0][
+                "exactly"]["selectors"]]  # fmt: skip
+            pod = launcher(f"launcher-any-{who}", f"any-{who}", env)
+            made = cp.kubectl("create", "-f", "-", input=json.dumps(pod), user=user, check=False)
+            assert made.returncode == 0, made.stderr
+            out[who] = {"selectors": selectors}
+
+        def owner_running() -> bool:
+            pod = c.kubectl_json("get", "pod", "-n", NS, "launcher-any-owner")
+            return bool(pod["status"].get("phase") == "Running")
+
+        wait("the owner's broad claim gets the device", owner_running, 300, 0.5)
+        time.sleep(5)  # alice's pod has been tried by the scheduler all this while
+        check, _ = wait("vfio-check reports", lambda: check_report(container_log(c, "launcher-any-owner")), 60, 0.5)
+        alice = c.kubectl_json("get", "pod", "-n", NS, "launcher-any-alice")
+        out["owner"]["check"] = check
+        out["alice"].update(phase=alice["status"].get("phase"), node=alice["spec"].get("nodeName"),
+                            conditions=alice["status"].get("conditions", []))  # fmt: skip
+        for who in ("alice", "owner"):
+            cp.kubectl("delete", "pod", "-n", NS, f"launcher-any-{who}", "--wait=false")
+            cp.kubectl("delete", "resourceclaim", "-n", NS, f"any-{who}", "--wait=false")
+        wait("both broad claims go, nothing prepared",
+             lambda: not [f for f in cdi_specs(c) if "devices.harvesterhci.io" in f] and not c.kubectl_json(
+                 "get", "resourceclaims", "-n", NS)["items"], 120, 0.5)  # fmt: skip
+        rec["broad"] = out
+
     @rec.step("release")
     def _() -> None:
         nic = ctx["device"]
@@ -413,6 +453,14 @@ def test_a_claim_made_from_a_template_carries_its_creators_record_and_gets_the_d
     assert got["check"].get("ok") is True, got["check"]
     assert got["record"]["user"] == "alice" and got["record"]["via"] == f"resourceclaimtemplate {NS}/nic-tpl"
     assert got["owner"] == "launcher-tpl"
+
+
+def test_a_broad_claim_gets_only_its_requesters_devices_at_the_scheduler(scenario: Record) -> None:
+    needs(scenario, "broad")
+    got = scenario["broad"]
+    assert got["alice"]["selectors"][-1] == dra.owner_selector("alice", [dra.PCI_DRIVER])
+    assert got["alice"]["phase"] == "Pending" and not got["alice"]["node"], got["alice"]
+    assert got["owner"]["check"].get("ok") is True, got["owner"]["check"]
 
 
 def test_the_release_gives_the_device_back_and_its_slice_goes(scenario: Record) -> None:
