@@ -27,6 +27,7 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import os
 import re
 import ssl
 import subprocess
@@ -55,6 +56,8 @@ E1000E = ("8086", "10d3")
 GC_USER = "system:serviceaccount:kube-system:generic-garbage-collector"
 CHECK_DIR = "/node/check"  # in the guest: the share's check/ folder (tests/support/guestnode.py)
 POLL_S = 0.05
+RECORD_ENV = "PCIDEVICES_HANDOFF_RECORD"
+"""A file to write the scenario's whole record to, as JSON (bench/handoff.py sets it)."""
 
 
 # -- the record ------------------------------------------------------------------------------------------------------
@@ -266,6 +269,8 @@ def handoff(guest_installed: GuestCluster, pytestconfig: pytest.Config) -> Itera
         rec = Record()
         run(c, rec)
         figures(pytestconfig, rec)
+        if os.environ.get(RECORD_ENV):  # bench/handoff.py keeps the whole record
+            Path(os.environ[RECORD_ENV]).write_text(json.dumps(rec, indent=1, sort_keys=True, default=str))
         yield rec
 
 
@@ -354,9 +359,12 @@ def run(c: GuestCluster, rec: Record) -> None:  # noqa: C901 - one scenario, ste
             (drop, returned), _ = wait("allocatable returns after the restart", settled, 60)
         agent_log = c.node.exec("sh", "-c", "grep -h 'device plugin' /var/log/pods/harvester-system_pcidevices-agent*/"
                                 "agent/*.log | tail -n 8", check=False).stdout  # fmt: skip
+        kubelet_log = c.node.exec("sh", "-c", "grep -i -E 'device.?plugin|registration' /var/log/pcidevices/"
+                                  "kubelet.log | tail -n 12", check=False).stdout  # fmt: skip
         rec["kubelet_restart"] = {
             **{k: v for k, v in got.items() if k != "ok"},
             "agent_log": agent_log.splitlines(),
+            "kubelet_log": kubelet_log.splitlines(),
             "allocatable_dropped": drop is not None,
             "drop_after_kubelet_sock_s": None if drop is None else round(drop - at_sock, 3),
             "allocatable_after_kubelet_sock_s": None if returned is None else round(returned - at_sock, 3),
@@ -440,7 +448,7 @@ def run(c: GuestCluster, rec: Record) -> None:  # noqa: C901 - one scenario, ste
         second = launcher("virt-launcher-vm1-b", ctx["vmi"], res)
         made = vc.create_once_visible(cp, second, vcu)
         assert made.returncode == 0, made.stderr
-        time.sleep(15)  # long enough for the scheduler to have tried, and tried again
+        time.sleep(10)  # long enough for the scheduler to have tried, and tried again
         p2 = c.kubectl_json("get", "pod", "-n", VMS, "virt-launcher-vm1-b")
         writes_before = host_writes(c.agent_metrics())
         refused = cp.kubectl("delete", "pcideviceclaim", name, "--wait=false", check=False)

@@ -28,7 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -271,6 +271,7 @@ def running(
     workdir: Path | None = None,
     memory_mib: int = 3072,
     kubelet_extra: dict[str, Any] | None = None,
+    extra_images: Sequence[Path] = (),
     keep: bool = False,
 ) -> Iterator[GuestCluster]:
     """Sandbox, control plane, scheduler and the test CRDs, and the guest node (not booted yet: `start_node`);
@@ -295,7 +296,7 @@ def running(
                     cluster.timings["control_plane_s"] = time.monotonic() - began
                     cluster.node = guestnode.GuestNode(
                         cp, prepared.image, prepared.node_binaries, workdir / "guest", repo=REPO, name=NODE,
-                        images=[prepared.pause, prepared.archive], memory_mib=memory_mib,
+                        images=[prepared.pause, prepared.archive, *extra_images], memory_mib=memory_mib,
                         kubelet_extra=kubelet_extra,
                     )  # fmt: skip
                 yield cluster
