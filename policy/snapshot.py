@@ -113,7 +113,9 @@ class ClusterIndex:
         self._pci_claims: dict[str, PCIDeviceClaim] = {}
         self._usb_claims: dict[str, USBDeviceClaim] = {}
         self._nodes: set[str] = set()
-        self._pci_by_address: dict[tuple[str, str], str] = {}
+        # a device object is named `<node>-<address digits>` (A10 keeps agents to it), so lookups by address compute
+        # the name; only objects named otherwise (none an agent writes) are kept here
+        self._pci_odd_names: dict[tuple[str, str], str] = {}
         self._pci_by_group: MultiMap[tuple[str, str]] = MultiMap()
         self._usb_by_controller: MultiMap[tuple[str, str]] = MultiMap()
         # resourceName -> device names, all and claimed only, per device kind
@@ -137,7 +139,6 @@ class ClusterIndex:
         # DRA (policy.dra): DeviceClasses by name, ResourceClaimTemplates by "<namespace>/<name>" and by namespace
         self._dra: dict[str, dict[str, Any]] = {k: {} for k in DRA_KINDS}
         self._templates_by_namespace: MultiMap[str] = MultiMap()
-        self._pci_at_address: MultiMap[str] = MultiMap()
 
     @classmethod
     def from_objects(cls, objects: Iterable[Mapping[str, Any]]) -> ClusterIndex:
@@ -249,8 +250,7 @@ class ClusterIndex:
 
     def pcidevice_by_address(self, node: str, address: str) -> PCIDevice | None:
         with self._lock:
-            name = self._pci_by_address.get((node, address))
-            return self._pci.get(name) if name is not None else None
+            return self._at(node, address)
 
     def pcidevices_in_group(self, node: str, group: str) -> Sequence[PCIDevice]:
         with self._lock:
@@ -346,8 +346,19 @@ class ClusterIndex:
             return [self._pci[n] for n in self._pci_by_model.get((node, vendor_id, device_id))]
 
     def pcidevices_at_address(self, address: str) -> Sequence[PCIDevice]:
+        """By computing each known node's device name (rare: a DRA claim that pins an address but no node)."""
         with self._lock:
-            return [self._pci[n] for n in self._pci_at_address.get(address)]
+            found = (self._at(n, address) for n in sorted({*self._nodes, *self._device_nodes}))
+            return [d for d in found if d is not None]
+
+    def _at(self, node: str, address: str) -> PCIDevice | None:
+        name = self._pci_odd_names.get((node, address))
+        if name is None:
+            if not names.is_pci_address(address):
+                return None
+            name = names.pcidevice_name(node, address)
+        device = self._pci.get(name)
+        return device if device is not None and (device.node_name, device.address) == (node, address) else None
 
     def device_class(self, name: str) -> dra.DeviceClass | None:
         with self._lock:
@@ -424,8 +435,8 @@ class ClusterIndex:
             self._pooled[pk] = self._pooled.get(pk, 0) + 1
             self._pooled_models.add(*pk)
         if isinstance(view, PCIDevice):
-            self._pci_by_address[(view.node_name, view.address)] = view.name
-            self._pci_at_address.add(view.address, view.name)
+            if not _named_by_address(view):
+                self._pci_odd_names[(view.node_name, view.address)] = view.name
             self._pci_by_model.add((view.node_name, view.vendor_id, view.device_id), view.name)
             if view.iommu_group:
                 self._pci_by_group.add((view.node_name, view.iommu_group), view.name)
@@ -483,9 +494,8 @@ class ClusterIndex:
                 self._pooled.pop(pk, None)
                 self._pooled_models.discard(*pk)
         if isinstance(view, PCIDevice):
-            if self._pci_by_address.get((view.node_name, view.address)) == name:
-                del self._pci_by_address[(view.node_name, view.address)]
-            self._pci_at_address.discard(view.address, name)
+            if self._pci_odd_names.get((view.node_name, view.address)) == name:
+                del self._pci_odd_names[(view.node_name, view.address)]
             self._pci_by_model.discard((view.node_name, view.vendor_id, view.device_id), name)
             self._pci_by_group.discard((view.node_name, view.iommu_group), name)
             self._by_resource["PCIDevice"].discard(view.resource_name, name)
@@ -513,6 +523,12 @@ class ClusterIndex:
             self._device_nodes.pop(view.node_name, None)
 
 
+def _named_by_address(device: PCIDevice) -> bool:
+    return names.is_pci_address(device.address) and device.name == names.pcidevice_name(
+        device.node_name, device.address
+    )
+
+
 def _carries(device: Device) -> bool:
     """A device is indexed under its resourceName only when it may carry it (names are node-bound: an agent that
     writes another node's per-device name makes its device offered under nothing)."""
@@ -530,13 +546,15 @@ def _instancetype_ref(w: Workload) -> str:
 
 
 class MultiMap(Generic[K]):
-    """key -> set of names, storing a lone name as a plain str (most groups, resources and owners have one
-    member, and 100,000 one-element sets would cost ~20 MiB). get() returns the names sorted."""
+    """key -> names, storing a lone name as a plain str, a few as a sorted tuple and only many as a set (most
+    groups, resources and owners have one or a handful of members: 100,000 one-element sets would cost ~20 MiB, and
+    a set costs about four times a tuple per member). get() returns the names sorted."""
 
     __slots__ = ("_d",)
+    _TUPLE_MAX = 32  # above this a set: adding to a tuple copies it
 
     def __init__(self) -> None:
-        self._d: dict[K, str | set[str]] = {}
+        self._d: dict[K, str | tuple[str, ...] | set[str]] = {}
 
     def add(self, key: K, name: str) -> None:
         current = self._d.get(key)
@@ -544,7 +562,11 @@ class MultiMap(Generic[K]):
             self._d[key] = name
         elif isinstance(current, str):
             if current != name:
-                self._d[key] = {current, name}
+                self._d[key] = (current, name) if current < name else (name, current)
+        elif isinstance(current, tuple):
+            if name not in current:
+                grown = (*current, name)
+                self._d[key] = tuple(sorted(grown)) if len(grown) <= self._TUPLE_MAX else set(grown)
         else:
             current.add(name)
 
@@ -556,9 +578,13 @@ class MultiMap(Generic[K]):
             if current == name:
                 del self._d[key]
             return
-        current.discard(name)
-        if len(current) == 1:
-            self._d[key] = next(iter(current))
+        rest = [n for n in current if n != name] if isinstance(current, tuple) else None
+        if rest is None:
+            assert isinstance(current, set)
+            current.discard(name)
+            rest = list(current) if len(current) <= self._TUPLE_MAX else None
+        if rest is not None:
+            self._d[key] = rest[0] if len(rest) == 1 else tuple(sorted(rest))
 
     def get(self, key: K) -> list[str]:
         current = self._d.get(key)
@@ -566,6 +592,8 @@ class MultiMap(Generic[K]):
             return []
         if isinstance(current, str):
             return [current]
+        if isinstance(current, tuple):
+            return list(current)
         return sorted(current)
 
 

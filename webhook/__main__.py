@@ -16,15 +16,18 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gunicorn.app.base import BaseApplication
 
 import apiclient.client
 from webhook import app as app_mod
-from webhook import certs, gunicorn_conf
+from webhook import gunicorn_conf, heartbeat
 from webhook import logging as webhook_logging
 from webhook import settings as settings_mod
+
+if TYPE_CHECKING:
+    from webhook import certs
 
 log = logging.getLogger("webhook")
 
@@ -44,6 +47,8 @@ class WebhookApplication(BaseApplication):  # type: ignore[misc]
 
 
 def cert_manager(settings: settings_mod.WebhookSettings) -> certs.CertManager:
+    from webhook import certs  # only the keeper process loads `cryptography` (see serve)
+
     return certs.CertManager(
         apiclient.client.Client.connect(settings.kubeconfig),
         namespace=settings.namespace,
@@ -64,14 +69,16 @@ def cert_manager(settings: settings_mod.WebhookSettings) -> certs.CertManager:
 
 
 def run_certs(settings: settings_mod.WebhookSettings, *, once: bool, rotate_ca: bool) -> int:
+    from webhook import certs
+
     manager = cert_manager(settings)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     force = rotate_ca
-    heartbeat = certs.Heartbeat(settings.cert_dir)
+    beat = heartbeat.Heartbeat(settings.cert_dir)
     while True:
-        heartbeat.beat()  # alive, even when this round fails (serving goes on with the files it has)
+        beat.beat()  # alive, even when this round fails (serving goes on with the files it has)
         try:
             bundle = manager.ensure(force_ca=force)
             force = False
@@ -92,16 +99,13 @@ def serve(settings: settings_mod.WebhookSettings) -> int:
         for stale in settings.metrics_dir.glob("*.db"):
             stale.unlink()
     if settings.manage_certificates:
+        # The first round in a process of its own too: `cryptography` loaded here would be in every forked worker.
         deadline = time.monotonic() + 120
-        while True:
-            try:
-                run_certs(settings, once=True, rotate_ca=False)
-                break
-            except Exception:
-                if time.monotonic() > deadline:
-                    raise
-                log.warning("certificates not ready; retrying", exc_info=True)
-                time.sleep(2)
+        while subprocess.run([sys.executable, "-m", "webhook", "certs", "--once"]).returncode != 0:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the webhook's certificates could not be made; see the log above")
+            log.warning("certificates not ready; retrying")
+            time.sleep(2)
         # A separate process: gunicorn's master forks workers, and forking next to a busy thread is unsafe.
         keeper = subprocess.Popen([sys.executable, "-m", "webhook", "certs"])
     try:

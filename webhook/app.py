@@ -22,7 +22,7 @@ from policy import access as policy_access
 from policy import decision, dispatch, review, snapshot
 from policy import settings as policy_settings
 from webhook import access as webhook_access
-from webhook import cache, certs, holds, routes, workloads
+from webhook import cache, heartbeat, holds, routes, workloads
 from webhook import metrics as metrics_mod
 from webhook import settings as settings_mod
 
@@ -85,7 +85,7 @@ class Runtime:
     source: ViewSource
     validate: Judge
     mutate: Judge
-    keeper_heartbeat: certs.Heartbeat
+    keeper_heartbeat: heartbeat.Heartbeat
     holds: holds.Holds | None = None  # device holds taken before an answer (None: views handed in whole, tests)
     freeze_view: bool = True  # False for views handed in whole (tests): they belong to the caller
     started: bool = False
@@ -192,7 +192,7 @@ def create_app(
         validate=validate,
         mutate=mutate,
         freeze_view=freeze_view,
-        keeper_heartbeat=certs.Heartbeat(settings.cert_dir),
+        keeper_heartbeat=heartbeat.Heartbeat(settings.cert_dir),
         holds=device_holds,
     )
     app.register_blueprint(routes.bp)

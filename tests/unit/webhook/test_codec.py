@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from policy import access, decision, messages, snapshot
 from tests.unit.webhook.reviews import make_review
 from webhook import app as app_mod
-from webhook import certs, codec, metrics
+from webhook import codec, heartbeat, metrics
 from webhook import settings as settings_mod
 
 PATHS = ["/validate", "/mutate", "/v1/webhook/validation", "/v1/webhook/mutation"]
@@ -284,7 +284,7 @@ def test_healthz_fails_once_the_certificate_keeper_has_stopped_beating(tmp_path:
     )
     client = app.test_client()
     assert client.get("/healthz").status_code == 200  # no keeper has run here: nothing to judge
-    beat = certs.Heartbeat(tmp_path)
+    beat = heartbeat.Heartbeat(tmp_path)
     beat.beat()
     assert client.get("/healthz").status_code == 200
     old = time.time() - 301
@@ -301,7 +301,7 @@ def test_healthz_fails_once_the_certificate_keeper_has_stopped_beating(tmp_path:
 
 def test_heartbeat_is_stale_only_after_it_has_beaten_and_then_gone_quiet(tmp_path: Path) -> None:
     now = [1_000_000.0]
-    beat = certs.Heartbeat(tmp_path / "certs", clock=lambda: now[0])
+    beat = heartbeat.Heartbeat(tmp_path / "certs", clock=lambda: now[0])
     assert not beat.stale(60)
     beat.beat()
     now[0] += 60
