@@ -261,6 +261,11 @@ NAME_NOT_OFFERED = (
     "{kind} {name} can only ask for devices by a name they are offered under; its {field} entry asks for "
     "{device_name}, but {device_kind} {device} is offered as {offered}; ask for {offered}"
 )
+NAME_DRA = (
+    "{kind} {name} can only ask for devices by a name they are offered under; its {field} entry asks for "
+    "{device_name}, but {device_kind} {device} is offered through Dynamic Resource Allocation (its claim sets "
+    "spec.offer: DRA) and under no resource name; ask for it with a ResourceClaim for driver {driver}"
+)
 NAME_POOLED_UNUSED = (
     "{kind} {name} can only ask for devices by a name they are offered under; its {field} entry asks for "
     "{device_name}, the pooled name of models {models}, under which no device is offered now; ask for the "

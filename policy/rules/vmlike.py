@@ -33,7 +33,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from policy import decision, hostdevices, messages, names, offers, records
+from policy import decision, dra, hostdevices, messages, names, offers, records
 from policy.decision import Decision, Hold
 from policy.hostdevices import HostDevice, Workload
 from policy.objects import Device, MalformedObject, PCIDevice
@@ -418,6 +418,11 @@ def _not_offered(view: ClusterView, kind: str, name: str, e: HostDevice, offer: 
                 device_kind=_device_kind(device),
                 device=messages.shown(device.name),
                 claim_kind=_device_kind(device) + "claim",
+            )
+        if getattr(claim, "offer", "") == dra.OFFER_DRA:
+            driver = dra.PCI_DRIVER if isinstance(device, PCIDevice) else dra.USB_DRIVER
+            return messages.NAME_DRA.format(
+                **f, device_kind=_device_kind(device), device=messages.shown(device.name), driver=driver
             )
         return messages.NAME_NOT_OFFERED.format(
             **f,

@@ -865,3 +865,12 @@ def test_a_pooled_vmi_of_a_user_is_pinned_and_virt_controllers_vmi_must_keep_its
     d = admit(review("CREATE", escaped, user_info=virt_controller()), _b_pooled_cluster(owner), B_POOL_GRANTS,
               settings=POOLED)  # fmt: skip
     assert not d.allowed and "can only run on the node whose pool it was judged for" in d.message
+
+
+def test_a_vm_asking_for_a_device_offered_through_dra_is_told_to_use_a_resource_claim() -> None:
+    dra_claim = changed(pciclaim(Lab.gpu, owner=TENANT_A), "spec.offer", "DRA")
+    dra_gpu = changed(Lab.gpu, "status.resourceName", "nvidia.com/TU104GL_TESLA_T4")  # a DRA device keeps no name
+    cluster_objects = [o for o in cluster() if o.get("metadata", {}).get("name") != GPU[0] or o["kind"] not in (
+        "PCIDevice", "PCIDeviceClaim")]  # fmt: skip
+    d = admit(review("CREATE", vm("v", host=[GPU, AUDIO])), [*cluster_objects, dra_gpu, dra_claim], GRANTS)
+    assert not d.allowed and "is offered through Dynamic Resource Allocation" in d.message, d.message
