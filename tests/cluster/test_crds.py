@@ -144,12 +144,14 @@ def full_pcideviceclaim(node: str, owner_uid: str) -> dict[str, Any]:
             "annotations": {OWNER_ANNOTATION: "tenant-a"},
             "ownerReferences": [_owner_ref("PCIDevice", name, owner_uid)],
         },
-        "spec": {"address": "0000:3b:00.0", "nodeName": node, "userName": "admin", "disableResourcePooling": True},
+        "spec": {"address": "0000:3b:00.0", "nodeName": node, "userName": "admin", "disableResourcePooling": True,
+                 "offer": "DevicePlugin"},
         "status": {
             "kernelDriverToUnbind": "nvidia",
             "passthroughEnabled": True,
             "conditions": [CONDITION],
-            "allocatedTo": [{"pod": "vms/virt-launcher-gpu-vm-abcde", "container": "compute", "vmi": "vms/gpu-vm"}],
+            "allocatedTo": [{"pod": "vms/virt-launcher-gpu-vm-abcde", "container": "compute", "vmi": "vms/gpu-vm",
+                             "resourceClaim": "vms/gpu-claim"}],
         },
     }
 
@@ -193,12 +195,13 @@ def full_usbdeviceclaim(node: str, owner_uid: str) -> dict[str, Any]:
             "annotations": {OWNER_ANNOTATION: "tenant-a"},
             "ownerReferences": [_owner_ref("USBDevice", name, owner_uid)],
         },
-        "spec": {"userName": "admin", "nodeName": node, "pciAddress": "0000:00:14.0"},
+        "spec": {"userName": "admin", "nodeName": node, "pciAddress": "0000:00:14.0", "offer": "DevicePlugin"},
         "status": {
             "nodeName": node,
             "pciAddress": "0000:00:14.0",
             "conditions": [CONDITION],
-            "allocatedTo": [{"pod": "vms/virt-launcher-usb-vm-fghij", "container": "compute", "vmi": "vms/usb-vm"}],
+            "allocatedTo": [{"pod": "vms/virt-launcher-usb-vm-fghij", "container": "compute", "vmi": "vms/usb-vm",
+                             "resourceClaim": "vms/usb-claim"}],
         },
     }
 
