@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -27,16 +28,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from typing import TYPE_CHECKING  # noqa: E402
+from typing import TYPE_CHECKING, Any  # noqa: E402
 
 import apiclient.client  # noqa: E402
 from policy import names  # noqa: E402
 
 if TYPE_CHECKING:
     from tests.support.controlplane import ControlPlane
-
-# The RSS child imports only what the agent itself imports (plus the fake-tree builder): the harness's imports
-# (cryptography for certificates, the simulated kernel) are made by the parent process alone.
 
 NAMESPACE = "kubevirt-bench"
 
@@ -149,11 +147,9 @@ def bench_latency_and_idle(
         agent.stop(timeout=1.0)
 
 
-def rss_child(kubeconfig: str, node: str, ndev: int) -> None:
-    """Runs in its own process: an agent whose node has `ndev` PCI functions; prints its RSS as JSON."""
-    from nodeagent import wiring
-    from nodeagent.idsdb import NamesDatabases
-    from nodeagent.settings import AgentSettings
+def rss_tree(ndev: int) -> Path:
+    """A fake sysfs tree with `ndev` PCI functions (one the boot disk's NVMe), built here and not in the RSS child:
+    the agent in a pod never builds trees, and the builder's interned path parts cost the child ~1.3 MiB."""
     from tests.support.sysfs_tree import SysfsTree
 
     base = Path(tempfile.mkdtemp(prefix="agentrss"))
@@ -165,42 +161,30 @@ def rss_child(kubeconfig: str, node: str, ndev: int) -> None:
         bus, rest = divmod(i, 256)
         dev, fn = divmod(rest, 8)
         tree.pci(f"0000:{0x10 + bus:02x}:{dev:02x}.{fn}", driver="e1000e", iommu_group=1 + i)
-    settings = AgentSettings(
-        node_name=node,
-        namespace=NAMESPACE,
-        kubevirt_namespace=NAMESPACE,
-        device_plugins=False,
-        udev=False,
-        resync_s=3600.0,
-    )
-    api = apiclient.client.Client.connect(Path(kubeconfig))
-    agent = wiring.build(settings, api, root=tree.root(), db=NamesDatabases.load(None, None), serve_health=False)
-    started = time.monotonic()
-    agent.start()
-    until(lambda: agent.runner.stats.passes >= 1 and agent.runner.stats.last_success is not None, timeout=600)
-    first = time.monotonic() - started
-    for _ in range(3):
-        agent.runner.nudge()
-        time.sleep(1)
-    imported = sorted(m for m in sys.modules if m.split(".")[0] in ("kubernetes", "cryptography", "tests"))
-    status = Path("/proc/self/status").read_text()
-    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
-    out = {
-        "devices": ndev,
-        "first_pass_s": round(first, 2),
-        "passes": agent.runner.stats.passes,
-        "failures": agent.runner.stats.failures,
-        "vm_rss_kib": int(fields["VmRSS"].split()[0]),
-        "vm_hwm_kib": int(fields["VmHWM"].split()[0]),
-        "extra_modules": imported,
-    }
-    agent.stop(timeout=1.0)
-    print(json.dumps(out))
+    return base
+
+
+def rss_child(tree: Path, kubeconfig: Path, node: str, ndev: int) -> dict[str, Any]:
+    """bench/agent_rss.py on `tree`'s code (this checkout or an older worktree), a fresh fake tree of `ndev`
+    functions; its JSON line."""
+    sysfs = rss_tree(ndev)
+    try:
+        proc = subprocess.run(
+            [sys.executable, str(REPO / "bench" / "agent_rss.py"), str(tree), str(kubeconfig), node, str(ndev),
+             str(sysfs)],
+            capture_output=True, text=True, timeout=900, check=False, cwd=tree, env={**os.environ, "PYTHONPATH": ""},
+        )  # fmt: skip
+    finally:
+        shutil.rmtree(sysfs, ignore_errors=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"agent RSS child of {tree} failed: {proc.stderr[-2000:]}")
+    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result
 
 
 def json_kubeconfig(cp: ControlPlane) -> Path:
     """The admin kubeconfig as JSON: the agent reads it without PyYAML, as an agent in a pod reads no kubeconfig."""
-    import yaml  # here, not at the top: the RSS child runs this file too
+    import yaml
 
     path = Path(tempfile.mkdtemp(prefix="agentrss-kc")) / "kubeconfig.json"
     path.write_text(json.dumps(yaml.safe_load(cp.admin_kubeconfig.read_text())))
@@ -210,17 +194,7 @@ def json_kubeconfig(cp: ControlPlane) -> Path:
 def bench_rss(cp: ControlPlane, api: apiclient.client.Client, ndev: int) -> None:
     node = "bench-rss"
     add_node(api, node)
-    proc = subprocess.run(
-        [sys.executable, __file__, "--rss-child", str(json_kubeconfig(cp)), node, str(ndev)],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
-    if proc.returncode != 0:
-        raise SystemExit(f"rss child failed: {proc.stderr[-2000:]}")
-    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    r = rss_child(REPO, json_kubeconfig(cp), node, ndev)
     objects = len(api.list(apiclient.PCIDEVICES, label_selector=f"{names.LABEL_NODENAME}={node}").items)
     print(
         f"agent RSS with {r['devices']} devices           {r['vm_rss_kib'] / 1024:.1f} MiB now, "
@@ -230,9 +204,6 @@ def bench_rss(cp: ControlPlane, api: apiclient.client.Client, ndev: int) -> None
 
 
 def main() -> None:
-    if len(sys.argv) > 1 and sys.argv[1] == "--rss-child":
-        rss_child(sys.argv[2], sys.argv[3], int(sys.argv[4]))
-        return
     p = argparse.ArgumentParser()
     p.add_argument("--devices", type=int, default=24)
     p.add_argument("--rounds", type=int, default=4)

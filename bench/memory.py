@@ -10,8 +10,9 @@ so the older commit still runs), one after the other, on the same machine:
 - the webhook as production runs it (bench/webhook.py's server: gunicorn, TLS, the view of --devices PCIDevices and
   --claims claims read from a file, SubjectAccessReviews answered by a local fake API through the client), after a
   closed-loop burst of claim reviews; printed: the RSS of each worker and of the master (target: worker <= 120 MiB);
-- the agent with --agent-devices PCI functions on a fake tree against a real kube-apiserver (bench/agent.py's RSS
-  child, the one of each side's own tree), after its first pass and three more (target <= 60 MiB).
+- the agent with --agent-devices PCI functions on a fake tree against a real kube-apiserver (bench/agent_rss.py of
+  this checkout running each side's code, the tree built outside the agent's process), after its first pass and
+  three more (target <= 60 MiB).
 """
 
 from __future__ import annotations
@@ -82,13 +83,7 @@ def webhook_rss(tree: Path, work: Path, view: Path, kubeconfig: Path, bodies: li
 
 
 def agent_rss(tree: Path, kubeconfig: Path, node: str, devices: int) -> dict[str, float]:
-    proc = subprocess.run(
-        [sys.executable, str(tree / "bench" / "agent.py"), "--rss-child", str(kubeconfig), node, str(devices)],
-        capture_output=True, text=True, timeout=900, check=False, cwd=tree, env={**os.environ, "PYTHONPATH": str(tree)},
-    )  # fmt: skip
-    if proc.returncode != 0:
-        raise SystemExit(f"agent of {tree} failed: {proc.stderr[-2000:]}")
-    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    r = agent_bench.rss_child(tree, kubeconfig, node, devices)
     return {"rss": r["vm_rss_kib"] / 1024, "peak": r["vm_hwm_kib"] / 1024, "first_pass_s": r["first_pass_s"]}
 
 

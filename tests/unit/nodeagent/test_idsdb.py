@@ -74,3 +74,34 @@ def test_without_any_database_every_name_falls_back_to_ids(tmp_path: Path) -> No
     dbs = NamesDatabases.load(str(tmp_path / "none.ids"), str(tmp_path / "none2.ids"))
     assert dbs.pci.lspci_vendor("8086") == "Vendor 8086"
     assert dbs.usb.vendor("0951") is None
+
+
+def test_a_vendor_is_read_from_the_file_once_and_its_block_ends_at_the_next_vendor() -> None:
+    reads: list[int] = []
+
+    def read() -> str:
+        reads.append(1)
+        return PCI_IDS
+
+    db = IdsDatabase.parse(PCI_IDS, read=read)
+    assert reads == []  # loading keeps only the class tables
+    assert db.device("8086", "10fb") == "82599ES 10-Gigabit SFI/SFP+ Network Connection"
+    assert db.device("8086", "20b0") is None  # NVIDIA's device, not Intel's
+    assert db.vendor("8086") == "Intel Corporation"
+    assert db.vendor("abcd") is None and db.vendor("ABCD") is None
+    assert db.vendor("../x") is None  # not an id: never looked up
+    assert len(reads) == 3  # 8086:10fb, 8086:20b0 and abcd, once each (8086 came with its first device)
+
+
+def test_an_unreadable_file_falls_back_to_ids_and_is_tried_again() -> None:
+    calls: list[int] = []
+
+    def read() -> str:
+        calls.append(1)
+        if len(calls) == 1:
+            raise OSError("gone")
+        return PCI_IDS
+
+    db = IdsDatabase.parse(PCI_IDS, read=read)
+    assert db.lspci_vendor("8086") == "Vendor 8086"
+    assert db.lspci_vendor("8086") == "Intel Corporation"
