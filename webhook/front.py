@@ -17,11 +17,13 @@ Requests that `inline` can answer without waiting (for the webhook: admissions w
 cached) are answered on the event loop, which saves two thread switches per request; everything else goes to the
 pool, so a slow API server or a slow app never stops the loop.
 
-A periodic sweep (every `sweep_s`) cuts connections past their deadline, so a request pays for no timer of its own.
+A periodic sweep (every `sweep_s`) finds connections past their deadline, so a request pays for no timer of its own;
+they are cut a few per turn of the loop, like the newcomers' steps.
 Bounds per worker process: `max_connections` open (handshakes included; one more is closed at once),
 `max_header_bytes` per request head, `max_body_bytes` per body, and `body_budget_bytes` for the bodies of all
 connections together (actual bytes held, so a client that announces a large body and sends nothing holds nothing).
-Memory while connections are open is then at most about max_connections x (TLS state + one read) + the body budget.
+Memory while connections are open is then at most about max_connections x (TLS state + 64 KiB waiting for its turn +
+one read) + the body budget.
 
 TLS is done here rather than by asyncio's SSL transport so that a handshake in progress is an ordinary counted
 connection with a deadline, and so that nothing allocates a large read buffer per connection. The SSLContext is
@@ -70,7 +72,8 @@ _READ = 65536
 # data makes the kernel send a reset, and the client may then lose the answer before it reads it (lingering close).
 _LINGER_S = 2.0
 _LINGER_BYTES = 8 * 1024 * 1024
-NEWCOMER_STEPS_PER_TURN = 2
+STEPS_PER_TURN = 2
+_QUEUED_BYTES = 64 * 1024  # a connection waiting for its turn stops reading once it holds this much
 _MAX_PIPELINED = 4  # complete requests queued behind the one in the app; more is not a client we need to serve
 
 
@@ -84,7 +87,7 @@ class Limits:
     max_header_bytes: int = 64 * 1024
     max_body_bytes: int = 7 * 1024 * 1024
     body_budget_bytes: int = 64 * 1024 * 1024
-    sweep_s: float = 0.5
+    sweep_s: float = 0.25
 
 
 class Observer:
@@ -179,6 +182,7 @@ class Front:
         # loop: a burst of them, hostile or not, cannot hold up the connections that have been answered before (the
         # API server's keep-alive connections), whose reads are handled as they come.
         self._newcomers: collections.deque[Connection] = collections.deque()
+        self._expired: collections.deque[Connection] = collections.deque()
         self._turn_due = False
 
     async def start(self, sockets: Iterable[socket.socket]) -> None:
@@ -189,37 +193,53 @@ class Front:
         self._sweep()
 
     def _sweep(self) -> None:
+        """Connections past their deadline join the expired queue; they are cut a few per turn of the loop (a
+        sweep finds tens of slow clients at once, and cutting them all in one go held up everyone else)."""
         assert self.loop is not None
         self._sweeper = self.loop.call_later(self.limits.sweep_s, self._sweep)
         now = self.loop.time()
-        for conn in [c for c in self.connections if c.deadline < now]:
-            try:
-                conn.expire()
-            except Exception:  # one connection must never stop the deadlines of all the others
-                log.error("closing a connection past its deadline failed", exc_info=True)
-                conn.abort()
+        expired = [c for c in self.connections if c.deadline < now and not c.expiring]
+        for conn in expired:
+            conn.expiring = True
+        self._expired.extend(expired)
+        if expired:
+            self._turn_soon()
         self.observer.open_connections(len(self.connections))
 
     def queue_newcomer(self, conn: Connection) -> None:
         self._newcomers.append(conn)
+        self._turn_soon()
+
+    def _turn_soon(self) -> None:
         if not self._turn_due:
             self._turn_due = True
             assert self.loop is not None
-            self.loop.call_soon(self._newcomer_turn)
+            self.loop.call_soon(self._turn)
 
-    def _newcomer_turn(self) -> None:
-        """Up to NEWCOMER_STEPS_PER_TURN steps of connections that have not been answered yet, then the loop polls
-        for I/O (and serves the connections already answered once) before the next ones."""
-        for _ in range(min(NEWCOMER_STEPS_PER_TURN, len(self._newcomers))):
+    def _turn(self) -> None:
+        """Up to STEPS_PER_TURN steps of connections that have not been answered yet and as many cuts of expired
+        ones; then the loop polls for I/O (and serves the connections already answered once) before the next."""
+        for _ in range(min(STEPS_PER_TURN, len(self._newcomers))):
             conn = self._newcomers.popleft()
             try:
                 conn.newcomer_turn()
             except Exception:
                 log.error("a step of a new connection failed", exc_info=True)
                 conn.abort()
-        if self._newcomers:
-            assert self.loop is not None
-            self.loop.call_soon(self._newcomer_turn)
+        assert self.loop is not None
+        now = self.loop.time()
+        for _ in range(min(STEPS_PER_TURN, len(self._expired))):
+            conn = self._expired.popleft()
+            conn.expiring = False
+            if conn.deadline >= now:  # answered, closed or active again since the sweep
+                continue
+            try:
+                conn.expire()
+            except Exception:  # one connection must never stop the deadlines of all the others
+                log.error("closing a connection past its deadline failed", exc_info=True)
+                conn.abort()
+        if self._newcomers or self._expired:
+            self.loop.call_soon(self._turn)
         else:
             self._turn_due = False
 
@@ -327,6 +347,7 @@ class Connection(asyncio.Protocol):
         self.lingered = 0
         self.queued = False  # waiting in the front's newcomers' queue
         self.answered = False  # a request of this connection has been answered: its reads are handled at once
+        self.expiring = False  # waiting in the front's expired queue
 
     # -- asyncio.Protocol ---------------------------------------------------------------------------------------------
 
@@ -380,10 +401,11 @@ class Connection(asyncio.Protocol):
         assert self.incoming is not None
         self.incoming.write(data)
         if not self.answered:
+            if self.incoming.pending > _QUEUED_BYTES and self.transport is not None:
+                self.transport.pause_reading()  # what waits in the queue is bounded (slow clients send bytes, and
+                # pausing each of them costs two system calls)
             if not self.queued:
                 self.queued = True
-                if self.transport is not None:
-                    self.transport.pause_reading()  # what waits in the queue is bounded by one read
                 self.front.queue_newcomer(self)
             return
         self._pump()

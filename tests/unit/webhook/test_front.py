@@ -153,3 +153,38 @@ def test_a_connection_that_fails_to_close_does_not_stop_the_deadlines_of_the_oth
     finally:
         for s in socks:
             s.close()
+
+
+def test_slow_clients_found_by_one_sweep_are_cut_a_few_per_turn_of_the_loop(
+    running: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sweep that finds tens of slow clients must not cut them all in one go: the API server's requests that
+    arrive meanwhile would wait for every cut (408, close_notify, close) to finish."""
+    turn = [0]
+    cuts: list[int] = []
+
+    def tick() -> None:
+        turn[0] += 1
+        running.loop.call_soon(tick)
+
+    real_expire = front.Connection.expire
+
+    def expire(self: front.Connection) -> None:
+        cuts.append(turn[0])
+        real_expire(self)
+
+    monkeypatch.setattr(front.Connection, "expire", expire)
+    socks = [socket.create_connection(("127.0.0.1", running.port), timeout=5) for _ in range(20)]
+    try:
+        for s in socks:
+            s.sendall(b"POST /validate HTTP/1.1\r\nHost: x\r\n")  # a head that never ends
+        running.call(tick)
+        for s in socks:
+            s.settimeout(3)
+            assert s.recv(4096).startswith(b"HTTP/1.1 408")
+        per_turn = {t: cuts.count(t) for t in cuts}
+        assert len(cuts) == 20
+        assert max(per_turn.values()) <= 2  # STEPS_PER_TURN: the other connections get the loop in between
+    finally:
+        for s in socks:
+            s.close()
