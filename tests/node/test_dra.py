@@ -27,11 +27,8 @@ webhook here), one scenario, each step timed and recorded even when an earlier o
 from __future__ import annotations
 
 import json
-import subprocess
 import time
-import traceback
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -42,50 +39,12 @@ from tests.support import vmcluster as vc
 from tests.support.dra import claim_template, pin_pci, request, resourceclaim
 from tests.support.guestcluster import GuestCluster
 from tests.support.guestnode import PAUSE_IMAGE
+from tests.support.guestscenario import CHECK_DIR, Record, build_check, check_report, driver, needs, wait
+from tests.support.guestscenario import container_log as _container_log
 
-REPO = Path(__file__).resolve().parents[2]
 NS = "dra"
 E1000E = ("8086", "10d3")
-CHECK_DIR = "/node/check"  # in the guest: the share's check/ folder
 CDI_DIR = "/var/run/cdi"
-
-
-class Record(dict[str, Any]):
-    """What the scenario saw, by step; `errors` holds the traceback of a step that failed (the rest still runs)."""
-
-    def step(self, name: str) -> Callable[[Callable[[], None]], Callable[[], None]]:
-        def run(fn: Callable[[], None]) -> Callable[[], None]:
-            started = time.monotonic()
-            try:
-                fn()
-            except Exception:
-                self.setdefault("errors", {})[name] = traceback.format_exc()
-            self.setdefault("step_s", {})[name] = round(time.monotonic() - started, 1)
-            return fn
-
-        return run
-
-
-def needs(rec: Record, *steps: str) -> None:
-    for s in steps:
-        if s in rec.get("errors", {}):
-            pytest.fail(f"step {s!r} failed:\n{rec['errors'][s]}")
-
-
-def wait(what: str, check: Callable[[], Any], timeout: float, step: float = 0.1) -> tuple[Any, float]:
-    started = time.monotonic()
-    while True:
-        value = check()
-        if value:
-            return value, time.monotonic() - started
-        if time.monotonic() - started > timeout:
-            raise AssertionError(f"{what}: not within {timeout}s (last: {value!r})")
-        time.sleep(step)
-
-
-def driver(c: GuestCluster, address: str) -> str:
-    got = c.node.exec("readlink", f"/sys/bus/pci/devices/{address}/driver", check=False)
-    return got.stdout.strip().rsplit("/", 1)[-1] if got.rc == 0 else ""
 
 
 def metric(metrics: str, name: str, driver_name: str) -> float:
@@ -101,23 +60,7 @@ def cdi_specs(c: GuestCluster) -> list[str]:
 
 
 def container_log(c: GuestCluster, pod: str) -> str:
-    return c.node.exec("sh", "-c", f"cat /var/log/pods/{NS}_{pod}_*/compute/*.log", check=False).stdout
-
-
-def check_report(log: str) -> dict[str, Any] | None:
-    for line in log.splitlines():
-        if "VFIO-CHECK " in line:
-            parsed: dict[str, Any] = json.loads(line.split("VFIO-CHECK ", 1)[1])
-            return parsed
-    return None
-
-
-def build_check(c: GuestCluster) -> None:
-    out = c.workdir / "vfio-check"
-    if not out.exists():
-        subprocess.run(["gcc", "-static", "-O2", "-Wall", "-o", str(out), str(REPO / "tests/node/guest/vfio_check.c")],
-                       check=True, capture_output=True)  # fmt: skip
-    c.node.put(out, "check/vfio-check")
+    return _container_log(c, NS, pod)
 
 
 def launcher(name: str, claim: str, env: str) -> dict[str, Any]:
@@ -158,10 +101,13 @@ def scenario(guest_installed: GuestCluster, pytestconfig: pytest.Config) -> Iter
         rec = Record()
         run(c, rec)
         d = rec.get("pod", {})
-        report(pytestconfig, f"DRA on the guest node: claim -> slice {rec.get('claim', {}).get('claim_to_slice_s')}s, "
-               f"ResourceClaim created -> pod running with the device {d.get('claim_to_running_s')}s, pod deleted "
-               f"-> unprepared {rec.get('unprepare', {}).get('deleted_to_unprepared_s')}s, pod of a template -> "
-               f"running {rec.get('template', {}).get('created_to_running_s')}s; steps {rec.get('step_s')}")
+        report(
+            pytestconfig,
+            f"DRA on the guest node: claim -> slice {rec.get('claim', {}).get('claim_to_slice_s')}s, "
+            f"ResourceClaim created -> pod running with the device {d.get('claim_to_running_s')}s, pod deleted "
+            f"-> unprepared {rec.get('unprepare', {}).get('deleted_to_unprepared_s')}s, pod of a template -> "
+            f"running {rec.get('template', {}).get('created_to_running_s')}s; steps {rec.get('step_s')}",
+        )
         yield rec
 
 
@@ -232,8 +178,14 @@ def run(c: GuestCluster, rec: Record) -> None:  # noqa: C901 - one scenario, ste
             "driver": driver(c, address),
             "device_resource_name": st.get("resourceName"),
             "per_device_name": names.pci_device_resource_name("Intel Corporation", c.node.name, address),
-            "offered": next((x for x in c.kubectl_json("get", "pcideviceclaims", name)["status"]["conditions"]
-                             if x["type"] == "Offered"), None),  # fmt: skip
+            "offered": next(
+                (
+                    x
+                    for x in c.kubectl_json("get", "pcideviceclaims", name)["status"]["conditions"]
+                    if x["type"] == "Offered"
+                ),
+                None,
+            ),  # fmt: skip
             "started": started,
         }
 
@@ -387,8 +339,12 @@ def run(c: GuestCluster, rec: Record) -> None:  # noqa: C901 - one scenario, ste
         # the release is admitted once the agent's next pass saw the unprepare (allocatedTo empty)
         wait("the release is admitted", lambda: cp.kubectl("delete", "pcideviceclaim", name, "--wait=false",
                                                             check=False).returncode == 0, 60, 0.5)  # fmt: skip
-        wait("the claim goes and the device is back on e1000e",
-             lambda: driver(c, address) == "e1000e" and not c.kubectl_json("get", "pcideviceclaims")["items"], 180, 1)
+        wait(
+            "the claim goes and the device is back on e1000e",
+            lambda: driver(c, address) == "e1000e" and not c.kubectl_json("get", "pcideviceclaims")["items"],
+            180,
+            1,
+        )
         slices = [s for s in c.kubectl_json("get", "resourceslices")["items"] if s["spec"]["driver"] == dra.PCI_DRIVER]
         rec["release"] = {"driver": driver(c, address), "slices": slices}
 

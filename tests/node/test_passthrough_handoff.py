@@ -25,17 +25,16 @@ order, each step timed and recorded even when an earlier one failed; the tests j
 from __future__ import annotations
 
 import base64
+import functools
 import http.client
 import json
 import os
 import re
 import ssl
-import subprocess
 import tempfile
 import threading
 import time
-import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,13 +47,14 @@ from tests.node.conftest import report
 from tests.support import vmcluster as vc
 from tests.support import vms
 from tests.support.guestcluster import NS, GuestCluster
-from tests.support.guestnode import PAUSE_IMAGE, Exec
+from tests.support.guestnode import PAUSE_IMAGE
+from tests.support.guestscenario import CHECK_DIR, Record, build_check, check_report, driver, needs
+from tests.support.guestscenario import container_log as _container_log
+from tests.support.guestscenario import wait as _wait
 
-REPO = Path(__file__).resolve().parents[2]
 VMS = "vms"
 E1000E = ("8086", "10d3")
 GC_USER = "system:serviceaccount:kube-system:generic-garbage-collector"
-CHECK_DIR = "/node/check"  # in the guest: the share's check/ folder (tests/support/guestnode.py)
 POLL_S = 0.05
 RECORD_ENV = "PCIDEVICES_HANDOFF_RECORD"
 """A file to write the scenario's whole record to, as JSON (bench/handoff.py sets it)."""
@@ -63,42 +63,7 @@ RECORD_ENV = "PCIDEVICES_HANDOFF_RECORD"
 # -- the record ------------------------------------------------------------------------------------------------------
 
 
-class Record(dict[str, Any]):
-    """What the scenario saw, by step; `errors` holds the traceback of a step that failed (the rest still runs)."""
-
-    def step(self, name: str) -> Callable[[Callable[[], None]], Callable[[], None]]:
-        def run(fn: Callable[[], None]) -> Callable[[], None]:
-            started = time.monotonic()
-            try:
-                fn()
-            except Exception:
-                self.setdefault("errors", {})[name] = traceback.format_exc()
-            self.setdefault("step_s", {})[name] = round(time.monotonic() - started, 1)
-            return fn
-
-        return run
-
-
-def needs(rec: Record, *steps: str) -> None:
-    """Fail (with the step's traceback) when a step this test judges did not complete."""
-    for s in steps:
-        if s in rec.get("errors", {}):
-            pytest.fail(f"step {s!r} failed:\n{rec['errors'][s]}")
-
-
 # -- helpers ---------------------------------------------------------------------------------------------------------
-
-
-def wait(what: str, check: Callable[[], Any], timeout: float, step: float = POLL_S) -> tuple[Any, float]:
-    """(check()'s first truthy value, seconds it took); AssertionError after `timeout`."""
-    started = time.monotonic()
-    while True:
-        value = check()
-        if value:
-            return value, time.monotonic() - started
-        if time.monotonic() - started > timeout:
-            raise AssertionError(f"{what}: not within {timeout}s (last: {value!r})")
-        time.sleep(step)
 
 
 def host_writes(metrics: str) -> dict[str, float]:
@@ -200,27 +165,15 @@ class NodeReader:
         raise AssertionError("unreachable")
 
 
-def driver(cluster: GuestCluster, address: str) -> str:
-    got = cluster.node.exec("readlink", f"/sys/bus/pci/devices/{address}/driver", check=False)
-    return got.stdout.strip().rsplit("/", 1)[-1] if got.rc == 0 else ""
-
-
 def pci_attr(cluster: GuestCluster, address: str, attr: str) -> str:
     return cluster.node.exec("cat", f"/sys/bus/pci/devices/{address}/{attr}").stdout.strip()
 
 
+wait = functools.partial(_wait, step=POLL_S)
+
+
 def container_log(cluster: GuestCluster, pod: str) -> str:
-    got: Exec = cluster.node.exec("sh", "-c", f"cat /var/log/pods/{VMS}_{pod}_*/compute/*.log", check=False)
-    return got.stdout
-
-
-def check_report(log: str) -> dict[str, Any] | None:
-    """The JSON line vfio-check printed (CRI log lines: `<time> stdout F <text>`)."""
-    for line in log.splitlines():
-        if "VFIO-CHECK " in line:
-            parsed: dict[str, Any] = json.loads(line.split("VFIO-CHECK ", 1)[1])
-            return parsed
-    return None
+    return _container_log(cluster, VMS, pod)
 
 
 def launcher(name: str, vmi: dict[str, Any], resource: str) -> dict[str, Any]:
@@ -249,14 +202,6 @@ def launcher(name: str, vmi: dict[str, Any], resource: str) -> dict[str, Any]:
         "volumes": [{"name": "check", "hostPath": {"path": CHECK_DIR, "type": "Directory"}}],
     }
     return pod
-
-
-def build_check(cluster: GuestCluster) -> None:
-    """vfio-check built static here and put into the share (the guest runs it from there)."""
-    out = cluster.workdir / "vfio-check"
-    subprocess.run(["gcc", "-static", "-O2", "-Wall", "-o", str(out), str(REPO / "tests/node/guest/vfio_check.c")],
-                   check=True, capture_output=True)  # fmt: skip
-    cluster.node.put(out, "check/vfio-check")
 
 
 # -- the scenario ----------------------------------------------------------------------------------------------------
@@ -502,8 +447,12 @@ def run(c: GuestCluster, rec: Record) -> None:  # noqa: C901 - one scenario, ste
             return False
 
         _, pod_gone = wait("the launcher pod is deleted", gone, 120, 0.3)
-        _, claim_gone = wait("the claim is released and deleted",
-                             lambda: cp.kubectl("get", "pcideviceclaim", name, check=False).returncode != 0, 120, 0.5)
+        _, claim_gone = wait(
+            "the claim is released and deleted",
+            lambda: cp.kubectl("get", "pcideviceclaim", name, check=False).returncode != 0,
+            120,
+            0.5,
+        )
         total = time.monotonic() - started
         _, back = wait("the e1000e back on e1000e", lambda: driver(c, address) == "e1000e", 60, 0.5)
         rec["release"] = {
@@ -515,8 +464,7 @@ def run(c: GuestCluster, rec: Record) -> None:  # noqa: C901 - one scenario, ste
             "exit_codes": sorted(set(exit_codes)),
             "writes": {k: v - writes_before.get(k, 0.0) for k, v in host_writes(c.agent_metrics()).items()},
             "allocatable": c.kubectl_json("get", "node", c.node.name)["status"]["allocatable"].get(ctx["resource"]),
-            "second_pod_gone": cp.kubectl("get", "pod", "-n", VMS, "virt-launcher-vm1-b", check=False).returncode
-            != 0,
+            "second_pod_gone": cp.kubectl("get", "pod", "-n", VMS, "virt-launcher-vm1-b", check=False).returncode != 0,
         }
         del back
 
@@ -544,19 +492,28 @@ def figures(config: pytest.Config, rec: Record) -> None:
     if claim:
         report(config, f"handoff: claim -> node allocatable {claim['claim_to_allocatable_s']:.2f}s")
     if restart:
-        report(config, "handoff: kubelet restart -> new kubelet.sock "
-               f"{restart.get('sock_after_start_s')}s after start; then plugin socket "
-               f"{restart.get('socket_after_kubelet_sock_s')}, registered "
-               f"{restart.get('registered_after_kubelet_sock_s')}s, allocatable back in the API "
-               f"{restart.get('allocatable_after_kubelet_sock_s')}s (dropped: {restart.get('allocatable_dropped')})")
+        report(
+            config,
+            "handoff: kubelet restart -> new kubelet.sock "
+            f"{restart.get('sock_after_start_s')}s after start; then plugin socket "
+            f"{restart.get('socket_after_kubelet_sock_s')}, registered "
+            f"{restart.get('registered_after_kubelet_sock_s')}s, allocatable back in the API "
+            f"{restart.get('allocatable_after_kubelet_sock_s')}s (dropped: {restart.get('allocatable_dropped')})",
+        )
     if agent:
-        report(config, f"handoff: agent pod deleted -> old one gone {agent['old_gone_s']}s, the new one through its "
-               f"first pass {agent['ready_s']}s, host writes {agent['host_writes']}")
+        report(
+            config,
+            f"handoff: agent pod deleted -> old one gone {agent['old_gone_s']}s, the new one through its "
+            f"first pass {agent['ready_s']}s, host writes {agent['host_writes']}",
+        )
     if launcher_:
         report(config, f"handoff: launcher pod created -> Running {launcher_['created_to_running_s']}s")
     if release:
-        report(config, f"handoff: launcher deleted -> gone {release['pod_gone_s']}s, claim released and gone "
-               f"{release['claim_gone_after_pod_s']}s later")
+        report(
+            config,
+            f"handoff: launcher deleted -> gone {release['pod_gone_s']}s, claim released and gone "
+            f"{release['claim_gone_after_pod_s']}s later",
+        )
     report(config, f"handoff: steps {rec.get('step_s')}")
 
 
