@@ -218,8 +218,8 @@ def test_plugin_plan_starts_stops_and_updates_by_resource_name():
     assert manager.plan_plugins({"a.com/x": a}, {"a.com/x": a}) == manager.PluginPlan((), (), ())
 
 
-def test_backoff_ladder_is_1_2_5_then_10_seconds():
-    assert [manager.backoff(n) for n in range(1, 7)] == [1.0, 2.0, 5.0, 10.0, 10.0, 10.0]
+def test_backoff_ladder_starts_at_a_quarter_second_and_ends_at_10_seconds():
+    assert [manager.backoff(n) for n in range(1, 9)] == [0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 10.0, 10.0]
 
 
 def test_socket_path_stays_short_for_a_63_character_node_and_the_longest_product_names():

@@ -263,7 +263,7 @@ def test_pod_resources_client_fails_clearly_without_a_kubelet():
         podresources.list_allocations("/nonexistent/kubelet.sock", timeout_s=0.5)
 
 
-def test_registration_is_retried_after_1_2_5_then_every_10_seconds_while_no_kubelet_listens(host, short_dir):
+def test_registration_is_retried_from_a_quarter_second_up_to_every_10_seconds_while_no_kubelet_listens(host, short_dir):
     now = [0.0]
     registry = CollectorRegistry()
     m = manager.PluginManager(
@@ -274,7 +274,7 @@ def test_registration_is_retried_after_1_2_5_then_every_10_seconds_while_no_kube
     )
     m.set_desired([model.PciResource(PCI_RES, (GPU,))])
     attempts = []
-    for t in (0.0, 0.5, 0.99, 1.0, 2.9, 3.0, 7.9, 8.0, 17.9, 18.0, 27.9, 28.0):
+    for t in (0.0, 0.2, 0.25, 0.7, 0.75, 1.7, 1.75, 3.7, 3.75, 8.7, 8.75, 18.7, 18.75, 28.7, 28.75):
         now[0] = t
         m.step()
         failed = registry.get_sample_value(
@@ -283,7 +283,7 @@ def test_registration_is_retried_after_1_2_5_then_every_10_seconds_while_no_kube
         if not attempts or failed != attempts[-1][1]:
             attempts.append((t, failed))
     m.close()
-    assert [t for t, _ in attempts] == [0.0, 1.0, 3.0, 8.0, 18.0, 28.0]
+    assert [t for t, _ in attempts] == [0.0, 0.25, 0.75, 1.75, 3.75, 8.75, 18.75, 28.75]
     assert m.status() == {}
 
 
@@ -380,14 +380,14 @@ def test_a_plugin_that_recovered_early_still_notices_the_next_kubelet_restart_at
     os.makedirs(os.path.join(short_dir, "device-plugins"))
     try:
         m.set_desired([model.PciResource(PCI_RES, (GPU,))])
-        m.step()  # no kubelet yet: next attempt at t=1 s
+        m.step()  # no kubelet yet: next attempt at t=0.25 s
         assert m.status()[PCI_RES].failures == 1
         with FakeKubelet(short_dir) as kubelet:
-            now[0] = 0.2
+            now[0] = 0.1
             m.step()  # kubelet.sock appeared: registers before the backoff ends
             assert m.status()[PCI_RES].registered
             kubelet.restart()
-            now[0] = 0.3
+            now[0] = 0.15
             m.step()  # still inside the old backoff window, yet the restart is handled now
             assert kubelet.wait_for(lambda: PCI_RES in kubelet.registered(), timeout=1)
             assert m.status()[PCI_RES].registered
