@@ -22,6 +22,7 @@ import grpc
 
 from nodeagent.deviceplugin import errors
 from nodeagent.deviceplugin._pb import dra_pb2, dra_pb2_grpc, pluginregistration_pb2, pluginregistration_pb2_grpc
+from nodeagent.deviceplugin.manager import backoff
 from nodeagent.deviceplugin.registration import MAX_SOCKET_PATH, SERVER_OPTIONS, FileId, file_id
 from nodeagent.dra.driver import ClaimRef, DraDriver
 
@@ -172,9 +173,8 @@ class DraPluginServer:
 
 
 class DraPlugins:
-    """Keeps every driver's server up: `run()` checks the sockets each tick and serves again on the ladder."""
-
-    BACKOFF_S = (1.0, 2.0, 5.0, 10.0)
+    """Keeps every driver's server up: `run()` checks the sockets each tick and serves again on the device plugins'
+    retry ladder (`manager.backoff`)."""
 
     def __init__(
         self, servers: list[DraPluginServer], *, clock: Callable[[], float], tick_s: float = 1.0
@@ -196,8 +196,7 @@ class DraPlugins:
                 self._failures[id(s)] = 0
             except errors.DevicePluginError as e:
                 n = self._failures[id(s)] = self._failures[id(s)] + 1
-                delay = self.BACKOFF_S[min(n, len(self.BACKOFF_S)) - 1]
-                self._next[id(s)] = now + delay
+                self._next[id(s)] = now + backoff(n)
                 log.warning("DRA driver not serving; retrying", extra={"driver": s.driver.driver, "error": str(e)})
 
     def run(self, stop: threading.Event) -> None:
