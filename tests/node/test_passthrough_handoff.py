@@ -25,7 +25,6 @@ order, each step timed and recorded even when an earlier one failed; the tests j
 from __future__ import annotations
 
 import base64
-import functools
 import http.client
 import json
 import os
@@ -34,7 +33,7 @@ import ssl
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -169,7 +168,9 @@ def pci_attr(cluster: GuestCluster, address: str, attr: str) -> str:
     return cluster.node.exec("cat", f"/sys/bus/pci/devices/{address}/{attr}").stdout.strip()
 
 
-wait = functools.partial(_wait, step=POLL_S)
+def wait(what: str, check: Callable[[], Any], timeout: float, step: float = POLL_S) -> tuple[Any, float]:
+    """guestscenario.wait, polling every POLL_S unless told otherwise (the figures are read to that resolution)."""
+    return _wait(what, check, timeout, step)
 
 
 def container_log(cluster: GuestCluster, pod: str) -> str:
