@@ -120,7 +120,7 @@ def _model_status(fn: HostPCIFunction, db: NamesDatabases, node: str) -> PCIDevi
     """The status fields every function of one model shares (ids, names, node), in the object's field order, with
     placeholders where each function differs. Servers repeat models, so this is built once per model and copied."""
     ids = db.pci
-    pooled = names.pci_resource_name(ids.vendor(fn.vendor_id), ids.device(fn.vendor_id, fn.device_id), fn.device_id)
+    pooled = names.pci_resource_name(*ids.names(fn.vendor_id, fn.device_id), fn.device_id)
     return {
         "address": "",
         "vendorId": fn.vendor_id,
@@ -191,8 +191,7 @@ def build_usbdevice(dev: HostUSBDevice, db: NamesDatabases, node: str) -> USBDev
         "description": names.usb_description(
             dev.vendor_id,
             dev.product_id,
-            ids.vendor(dev.vendor_id),
-            ids.device(dev.vendor_id, dev.product_id),
+            *ids.names(dev.vendor_id, dev.product_id),
             dev.product_string,
         ),
         "pciAddress": dev.controller_address or "",

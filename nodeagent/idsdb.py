@@ -90,6 +90,12 @@ class IdsDatabase:
             self._lookup(*key)
         return self._devices.get(key)
 
+    def names(self, vendor_id: str, device_id: str) -> tuple[str | None, str | None]:
+        """(vendor name, device name): a new device's lookup fills its vendor too, so asking for both here reads the
+        file once where vendor() then device() would read it twice."""
+        device = self.device(vendor_id, device_id)
+        return self.vendor(vendor_id), device
+
     def class_name(self, class_id: str) -> str | None:
         """Name of a two-digit class (`02`), None when unknown."""
         return self._classes.get(class_id.lower())

@@ -105,3 +105,16 @@ def test_an_unreadable_file_falls_back_to_ids_and_is_tried_again() -> None:
     db = IdsDatabase.parse(PCI_IDS, read=read)
     assert db.lspci_vendor("8086") == "Vendor 8086"
     assert db.lspci_vendor("8086") == "Intel Corporation"
+
+
+def test_names_of_a_new_pair_read_the_file_once() -> None:
+    reads: list[int] = []
+
+    def read() -> str:
+        reads.append(1)
+        return PCI_IDS
+
+    db = IdsDatabase.parse(PCI_IDS, read=read)
+    assert db.names("10de", "20b0") == ("NVIDIA Corporation", "GA100 [A100 SXM4 40GB]")
+    assert db.lspci_vendor("10de") == "NVIDIA Corporation" and db.lspci_device("10de", "20b0").startswith("GA100")
+    assert len(reads) == 1
