@@ -23,12 +23,9 @@ import pytest
 from nodeagent.settings import LABEL_OBSERVE_ONLY
 from tests.support import guestcluster
 from tests.support.controlplane import Binaries, BinariesMissing, ControlPlane
+from tests.support.guestcluster import CHART, NS, REPO, TEST_CRDS
 from tests.support.node import REPORT_KEY, Node, NodeBinaries, Sandbox
 
-REPO = Path(__file__).resolve().parents[2]
-CHART = REPO / "charts" / "harvester-pcidevices-controller"
-TEST_CRDS = REPO / "tests" / "fixtures" / "crds"
-NS = "harvester-system"
 NODE = "node1"
 CONTROLLERS = (
     "deployment-controller", "replicaset-controller", "daemonset-controller", "endpointslice-controller",

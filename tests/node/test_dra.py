@@ -39,7 +39,7 @@ from tests.support import vmcluster as vc
 from tests.support.dra import claim_template, pin_pci, request, resourceclaim
 from tests.support.guestcluster import GuestCluster
 from tests.support.guestnode import PAUSE_IMAGE
-from tests.support.guestscenario import CHECK_DIR, Record, build_check, check_report, driver, needs, wait
+from tests.support.guestscenario import CHECK_DIR, Record, build_check, check_report, driver, needs, running, wait
 from tests.support.guestscenario import container_log as _container_log
 
 NS = "dra"
@@ -209,14 +209,7 @@ def run(c: GuestCluster, rec: Record) -> None:  # noqa: C901 - one scenario, ste
                           check=False)  # fmt: skip
         assert made.returncode == 0, made.stderr
 
-        def running() -> dict[str, Any] | None:
-            p = c.kubectl_json("get", "pod", "-n", NS, "launcher")
-            if p["status"].get("phase") in ("Failed", "Succeeded"):
-                raise AssertionError(f"the launcher ended: {json.dumps(p['status'])[-2000:]}\n"
-                                     f"{container_log(c, 'launcher')}")  # fmt: skip
-            return p if p["status"].get("phase") == "Running" else None
-
-        p, _ = wait("the launcher pod runs", running, 300, 0.2)
+        p, _ = wait("the launcher pod runs", running(c, NS, "launcher"), 300, 0.2)
         to_running = time.monotonic() - started
         check, _ = wait("vfio-check reports", lambda: check_report(container_log(c, "launcher")), 60, 0.5)
         rec["pod"] = {"claim_to_running_s": round(to_running, 2), "check": check, "env": env,
@@ -273,14 +266,7 @@ def run(c: GuestCluster, rec: Record) -> None:  # noqa: C901 - one scenario, ste
         made = cp.kubectl("create", "-f", "-", input=json.dumps(pod), user=ctx["alice"], check=False)
         assert made.returncode == 0, made.stderr
 
-        def running() -> dict[str, Any] | None:
-            p = c.kubectl_json("get", "pod", "-n", NS, "launcher-tpl")
-            if p["status"].get("phase") in ("Failed", "Succeeded"):
-                raise AssertionError(f"the launcher ended: {json.dumps(p['status'])[-2000:]}\n"
-                                     f"{container_log(c, 'launcher-tpl')}")  # fmt: skip
-            return p if p["status"].get("phase") == "Running" else None
-
-        p, _ = wait("the template's pod runs", running, 300, 0.2)
+        p, _ = wait("the template's pod runs", running(c, NS, "launcher-tpl"), 300, 0.2)
         to_running = time.monotonic() - started
         check, _ = wait("vfio-check reports", lambda: check_report(container_log(c, "launcher-tpl")), 60, 0.5)
         claim_name = p["status"]["resourceClaimStatuses"][0]["resourceClaimName"]

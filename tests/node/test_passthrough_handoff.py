@@ -47,7 +47,7 @@ from tests.support import vmcluster as vc
 from tests.support import vms
 from tests.support.guestcluster import NS, GuestCluster
 from tests.support.guestnode import PAUSE_IMAGE
-from tests.support.guestscenario import CHECK_DIR, Record, build_check, check_report, driver, needs
+from tests.support.guestscenario import CHECK_DIR, Record, build_check, check_report, driver, needs, running
 from tests.support.guestscenario import container_log as _container_log
 from tests.support.guestscenario import wait as _wait
 
@@ -361,14 +361,7 @@ def run(c: GuestCluster, rec: Record) -> None:  # noqa: C901 - one scenario, ste
         made = vc.create_once_visible(cp, pod, vcu)
         assert made.returncode == 0, made.stderr
 
-        def running() -> dict[str, Any] | None:
-            p = c.kubectl_json("get", "pod", "-n", VMS, "virt-launcher-vm1-a")
-            if p["status"].get("phase") in ("Failed", "Succeeded"):
-                raise AssertionError(f"the launcher ended: {json.dumps(p['status'])[-2000:]}\n"
-                                     f"{container_log(c, 'virt-launcher-vm1-a')}")  # fmt: skip
-            return p if p["status"].get("phase") == "Running" else None
-
-        p, _ = wait("the launcher pod runs", running, 300, 0.5)
+        p, _ = wait("the launcher pod runs", running(c, VMS, "virt-launcher-vm1-a"), 300, 0.5)
         to_running = time.monotonic() - started
         report_, _ = wait("vfio-check reports", lambda: check_report(container_log(c, "virt-launcher-vm1-a")), 60, 0.5)
         rec["launcher"] = {

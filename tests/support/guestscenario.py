@@ -68,6 +68,19 @@ def container_log(cluster: GuestCluster, namespace: str, pod: str) -> str:
     ).stdout  # fmt: skip
 
 
+def running(cluster: GuestCluster, namespace: str, pod: str) -> Callable[[], dict[str, Any] | None]:
+    """For wait(): the pod once Running; an AssertionError with its status and log once it ended instead."""
+
+    def check() -> dict[str, Any] | None:
+        p: dict[str, Any] = cluster.kubectl_json("get", "pod", "-n", namespace, pod)
+        if p["status"].get("phase") in ("Failed", "Succeeded"):
+            raise AssertionError(f"the launcher ended: {json.dumps(p['status'])[-2000:]}\n"
+                                 f"{container_log(cluster, namespace, pod)}")  # fmt: skip
+        return p if p["status"].get("phase") == "Running" else None
+
+    return check
+
+
 def check_report(log: str) -> dict[str, Any] | None:
     """The JSON line vfio-check printed (CRI log lines: `<time> stdout F <text>`)."""
     for line in log.splitlines():
