@@ -8,7 +8,9 @@ object (the user for a direct request; for what virt-controller writes, whoever 
 writes for), and whom the RBAC model allows `use` of which device where. The invariant, checked after every step:
 
 * every admitted object whose own entries ask for a device of ours was asked for by someone the RBAC model allowed
-  `use` of that device in the object's namespace at the moment it was admitted (instancetypes: by their editor);
+  `use` of that device in the object's namespace at the moment it was admitted (instancetypes: by their editor;
+  ResourceClaims and templates: every device offered through DRA that their selectors, read by the oracle's own
+  interpreter, let the scheduler allocate; a claim the resource claim controller makes: by its template's author);
 * every pod that asks for an offered device is a launcher pod of a stored VMI whose devices cover what it asks for,
   and that VMI was admitted for someone allowed `use` (so whatever the kubelet could hand out traces back to them).
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -27,12 +30,13 @@ from typing import Any
 import jsonpatch  # type: ignore[import-untyped]
 
 import apiclient
-from policy import dispatch, hostdevices, names, offers
+from policy import dispatch, dra, hostdevices, names, offers
 from policy.access import Grant, StaticAccess
 from policy.decision import Decision
 from policy.review import AdmissionRequest
 from policy.settings import PolicySettings
 from policy.snapshot import ClusterIndex
+from tests.support import dra as dra_objects
 from tests.support import vms
 from tests.support.objects import ADMIN, node, pciclaim, pcidevice, user
 from tests.support.objects import review as claim_review
@@ -49,6 +53,7 @@ CATALOG = (
     ("n2", "0000:10:00.0", "10"),
     ("n1", "0000:12:00.0", "12"),
     ("n1", "0000:12:00.1", "12"),
+    ("n2", "0000:11:00.0", "11"),  # alice claims it through DRA at the start
 )
 HOLD_NS = "harvester-system"
 
@@ -112,6 +117,7 @@ class Cluster:
     settings: PolicySettings = field(default_factory=PolicySettings)
     discovered: set[int] = field(default_factory=set)
     claims: dict[int, str] = field(default_factory=dict)  # device index -> owner
+    dra: set[int] = field(default_factory=set)  # claimed devices whose claim offers them through DRA
     use: set[tuple[str, str, str]] = field(default_factory=set)  # (user, device name, namespace)
     objects: dict[tuple[str, str], Stored] = field(default_factory=dict)  # (kind, "<ns>/<name>") -> stored
     leases: Leases = field(default_factory=Leases)
@@ -124,7 +130,8 @@ class Cluster:
     def device(self, index: int) -> dict[str, Any]:
         n, address, group = CATALOG[index]
         members = [(a, False) for nn, a, g in CATALOG if nn == n and g == group]
-        offered = per_device(index) if index in self.claims and not self.settings.pooled else POOLED
+        per_device_offer = index in self.claims and index not in self.dra and not self.settings.pooled
+        offered = per_device(index) if per_device_offer else POOLED  # a DRA offer leaves the name as it was
         obj = pcidevice(n, address, iommu_group=group, members=members, resource_name=offered)
         obj["status"]["pooledResourceName"] = POOLED
         return obj
@@ -132,9 +139,15 @@ class Cluster:
     def view_objects(self) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = [node(n) for n in NODES]
         out += [self.device(i) for i in sorted(self.discovered)]
-        out += [pciclaim(self.device(i), owner=o) for i, o in sorted(self.claims.items())]
-        out += [s.obj for (kind, _), s in sorted(self.objects.items()) if kind != "Pod"]
+        out += [self.claim_object(i, o) for i, o in sorted(self.claims.items())]
+        out += dra_objects.our_classes()
+        out += [s.obj for (kind, _), s in sorted(self.objects.items()) if kind not in ("Pod", "ResourceClaim")]
         return out
+
+    def claim_object(self, index: int, owner: str | None) -> dict[str, Any]:
+        if index in self.dra:
+            return dra_objects.dra_pciclaim(self.device(index), owner=owner or "")
+        return pciclaim(self.device(index), owner=owner)
 
     def access(self) -> StaticAccess:
         grants = [Grant(ADMIN, "*"), Grant(ALICE, "claim", names.GROUP, "pcidevices")]
@@ -173,8 +186,8 @@ class Cluster:
         """The devices the kubelet could hand out under a resource name now: claimed ones offered under it (the
         agent runs a device plugin for claimed devices only)."""
         view = ClusterIndex.from_objects(self.view_objects())
-        claimed = {device_name(i) for i in self.claims}
-        return {d.name for d in offers.resolve(view, name).offered if d.name in claimed}
+        plugins = {device_name(i) for i in self.claims if i not in self.dra}  # DRA devices have no device plugin
+        return {d.name for d in offers.resolve(view, name).offered if d.name in plugins}
 
     # -- the oracle ---------------------------------------------------------------------------------------------
 
@@ -187,6 +200,8 @@ class Cluster:
         the requester may use. Objects without a pod template (instancetypes) are judged through their VMs.
         """
         namespace = str(obj["metadata"].get("namespace", ""))
+        if kind in DRA_KINDS:
+            return all(self.may_use(asked_by, d, namespace) for d in self.dra_devices(kind, obj))
         nodes = _schedulable_nodes(kind, obj)
         for name in set(self.asked_names(kind, obj)):
             devices = self.ours(name)
@@ -199,6 +214,26 @@ class Cluster:
                     if not self.may_use(asked_by, device_name(i), namespace):
                         return False
         return True
+
+    def dra_devices(self, kind: str, obj: Mapping[str, Any]) -> set[str]:
+        """The devices offered through DRA that the scheduler could allocate to this claim (or to every claim made
+        from this template), read by the oracle's own interpreter of the selectors (`_matches`)."""
+        spec = obj["spec"]["spec"] if kind == "ResourceClaimTemplate" else obj["spec"]
+        found: set[str] = set()
+        for req in (spec.get("devices") or {}).get("requests") or []:
+            alternatives = [req["exactly"]] if "exactly" in req else list(req.get("firstAvailable") or [])
+            for alt in alternatives:
+                selectors = [s["cel"]["expression"] for s in alt.get("selectors") or []]
+                selectors += [f'device.driver == "{alt.get("deviceClassName")}"']  # our classes select the driver
+                for i in self.dra:
+                    if i in self.claims and all(_matches(e, self.dra_attributes(i)) for e in selectors):
+                        found.add(device_name(i))
+        return found
+
+    def dra_attributes(self, index: int) -> dict[str, str]:
+        n, address, _ = CATALOG[index]
+        return {"driver": dra.PCI_DRIVER, dra.ATTR_PCI_DEVICE: device_name(index), dra.ATTR_PCI_ADDRESS: address,
+                dra.ATTR_NODE: n, dra.ATTR_OWNER: self.claims[index]}  # fmt: skip
 
     @staticmethod
     def asked_names(kind: str, obj: Mapping[str, Any]) -> list[str]:
@@ -223,8 +258,9 @@ class Cluster:
         self.objects[key] = Stored(obj, asked_by, allowed)
         self.admitted[kind] += 1
         if not allowed:
+            asked = sorted(self.dra_devices(kind, obj)) if kind in DRA_KINDS else self.asked_names(kind, obj)
             self.violations.append(f"{kind} {key[1]} admitted for {asked_by}, who may not use what it asks for: "
-                                   f"{self.asked_names(kind, obj)}")  # fmt: skip
+                                   f"{asked}")  # fmt: skip
 
     def check_kubelet(self) -> None:
         """Every pod that could receive an offered device is a launcher of a VMI admitted for someone allowed."""
@@ -257,6 +293,10 @@ class Cluster:
         assert subject is not None
         if subject.get("kind") == "PCIDeviceClaim":
             return claim_review(operation, obj, old, user_info=info)
+        if subject.get("kind") in DRA_KINDS:
+            if who == dra_objects.RESOURCE_CLAIM_CONTROLLER:
+                info = user(who, groups=("system:serviceaccounts", "system:serviceaccounts:kube-system"))
+            return dra_objects.dra_review(operation, obj, old, user_info=info)
         return vms.review(operation, obj, old, user_info=info)
 
     def get(self, kind: str, namespace: str, name: str) -> Stored | None:
@@ -264,6 +304,37 @@ class Cluster:
 
     def stored_vms(self) -> list[Stored]:
         return [s for (k, _), s in sorted(self.objects.items()) if k == "VirtualMachine"]
+
+
+DRA_KINDS = ("ResourceClaim", "ResourceClaimTemplate")
+_ATTR = re.compile(r'device\.attributes\["([^"]+)"\]\.(\w+) (==|!=) "([^"]*)"$')
+_DRIVER = re.compile(r'device\.driver (==|!=) "([^"]*)"$')
+
+
+def _matches(expression: str, attrs: Mapping[str, str]) -> bool:
+    """The oracle's reading of a CEL selector: `&&` of terms, a term an `||` of comparisons in parentheses, a
+    comparison `device.driver` or `device.attributes["<driver>"].<name>` with a string literal. An attribute of
+    another driver is missing (no match, as a CEL error is for the scheduler); anything else it cannot read matches
+    (the oracle errs towards more devices)."""
+    for term in expression.split(" && "):
+        term = term.strip()
+        if term.startswith("(") and term.endswith(")"):
+            if not any(_compare(t.strip(), attrs) for t in term[1:-1].split(" || ")):
+                return False
+        elif not _compare(term, attrs):
+            return False
+    return True
+
+
+def _compare(atom: str, attrs: Mapping[str, str]) -> bool:
+    if m := _DRIVER.match(atom):
+        return (attrs["driver"] == m.group(2)) == (m.group(1) == "==")
+    if m := _ATTR.match(atom):
+        driver, name, op, value = m.groups()
+        if driver != attrs["driver"] or name not in attrs:
+            return False
+        return (attrs[name] == value) == (op == "==")
+    return True
 
 
 def _schedulable_nodes(kind: str, obj: Mapping[str, Any]) -> set[str]:
@@ -308,6 +379,18 @@ def with_resources(obj: dict[str, Any], kind: str, resource: str) -> dict[str, A
         cursor = cursor.setdefault(key, {})
     cursor["limits"] = {resource: "1"}
     return obj
+
+
+def dra_selectors(index: int, shape: str) -> list[str]:
+    """A request's selectors as users write them: one device by name, by address on its node, any device of the
+    class (the mutator narrows it), or any device that is not this one."""
+    n, address, _ = CATALOG[index]
+    return {
+        "pin": [dra_objects.pin_pci(device_name(index))],
+        "address": [dra_objects.pin_address(address, n)],
+        "broad": [],
+        "others": [f"{dra.attribute(dra.PCI_DRIVER, dra.ATTR_PCI_DEVICE)} != {dra.cel_string(device_name(index))}"],
+    }[shape]
 
 
 def patch_adding(indexes: list[int]) -> str:

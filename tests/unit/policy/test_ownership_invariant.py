@@ -1,5 +1,6 @@
-"""The ownership invariant, searched for by a machine (issue 22): random sequences of claims, grants, VMs, VMIs,
-pods, instancetypes, restores, clones, discoveries and mode switches through the policy (tests/support/
+"""The ownership invariant, searched for by a machine (issue 22): random sequences of claims (device plugin or DRA),
+grants, VMs, VMIs, pods, instancetypes, restores, clones, ResourceClaims and templates (and the claims the resource
+claim controller makes from them), discoveries and mode switches through the policy (tests/support/
 ownership_model.py); after every step, everything admitted that asks for a device, and every pod the kubelet could
 hand one to, traces back to an admission by someone allowed `use`. Bounded here; `bench/ownership_search.py` runs
 the same machine for longer (nightly)."""
@@ -16,8 +17,8 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 
 from policy import records
 from policy.settings import PolicySettings
+from tests.support import dra, vms
 from tests.support import ownership_model as om
-from tests.support import vms
 from tests.support.objects import ADMIN, pciclaim
 
 ACTORS = st.sampled_from([om.ALICE, om.BOB, om.MALLORY, ADMIN])
@@ -26,6 +27,7 @@ DEVICE = st.integers(0, len(om.CATALOG) - 1)
 DEVICES = st.lists(DEVICE, min_size=1, max_size=2, unique=True)
 FORMS = st.sampled_from(["per-device", "per-device", "pooled", "vendor"])
 VIA = st.sampled_from(["hostDevices", "gpus", "resources"])
+DRA_SHAPES = st.sampled_from(["pin", "address", "broad", "others"])
 IT_KINDS = st.sampled_from(["VirtualMachineInstancetype", "virtualmachineinstancetypes"])
 
 
@@ -49,11 +51,12 @@ class OwnershipMachine(RuleBasedStateMachine):
 
     @initialize()
     def start(self) -> None:
-        """alice has claimed two devices on n1 and one on n2 and may use them; bob may use the one on n2."""
-        self.c.discovered.update({0, 1, 2})
-        for i in (0, 1, 2):
+        """alice has claimed two devices on n1 and one on n2 for device plugins, one on n2 through DRA, and may use
+        them; bob may use the one on n2."""
+        self.c.discovered.update({0, 1, 2, 5})
+        for i in (0, 1, 2, 5):
             self.c.use.add((om.ALICE, om.device_name(i), om.NAMESPACE[om.ALICE]))
-            self.claim(om.ALICE, i)
+            self.claim(om.ALICE, i, through_dra=i == 5)
         self.c.use.add((om.BOB, om.device_name(2), om.NAMESPACE[om.BOB]))
 
     # -- agents, the admin, the cluster controller ---------------------------------------------------------------
@@ -73,22 +76,27 @@ class OwnershipMachine(RuleBasedStateMachine):
         entry = (who, om.device_name(i), ns)
         (self.c.use.add if grant else self.c.use.discard)(entry)
 
-    @rule(who=USERS, i=DEVICE)
-    def claim(self, who: str, i: int) -> None:
+    @rule(who=USERS, i=DEVICE, through_dra=st.booleans())
+    def claim(self, who: str, i: int, through_dra: bool = False) -> None:
         if i not in self.c.discovered or i in self.c.claims:
             return
-        decision, obj = self.c.request(self.c.review("CREATE", pciclaim(self.c.device(i), owner=None), who))
+        obj = dra.dra_pciclaim(self.c.device(i), owner="") if through_dra else pciclaim(self.c.device(i), owner=None)
+        obj["metadata"].get("annotations", {}).pop("devices.harvesterhci.io/requested-by", None)
+        decision, obj = self.c.request(self.c.review("CREATE", obj, who))
         if decision.allowed and obj is not None:
             self.c.claims[i] = obj["metadata"]["annotations"]["devices.harvesterhci.io/requested-by"]
+            if through_dra:
+                self.c.dra.add(i)
 
     @rule(who=USERS, i=DEVICE)
     def release(self, who: str, i: int) -> None:
         if i not in self.c.claims:
             return
-        old = pciclaim(self.c.device(i), owner=self.c.claims[i])
+        old = self.c.claim_object(i, self.c.claims[i])
         decision, _ = self.c.request(self.c.review("DELETE", None, who, old))
         if decision.allowed:
             del self.c.claims[i]
+            self.c.dra.discard(i)
 
     # -- VMs, instancetypes, VMIs, pods ---------------------------------------------------------------------------
 
@@ -188,6 +196,29 @@ class OwnershipMachine(RuleBasedStateMachine):
         self._ask("VirtualMachineInstance", vms.vmi(self.fresh("vmi"), om.NAMESPACE[who],
                                                     host=om.entries_for(idx, form)), who)  # fmt: skip
 
+    # -- DRA: ResourceClaims, templates and the claims the resource claim controller makes from them -------------
+
+    @rule(who=USERS, i=DEVICE, shape=DRA_SHAPES, template=st.booleans())
+    def user_creates_a_resourceclaim(self, who: str, i: int, shape: str, template: bool) -> None:
+        ns = om.NAMESPACE[who]
+        req = dra.request("dev", *om.dra_selectors(i, shape))
+        if template:
+            self._ask("ResourceClaimTemplate", dra.claim_template(self.fresh("tpl"), req, namespace=ns), who)
+        else:
+            self._ask("ResourceClaim", dra.resourceclaim(self.fresh("rc"), req, namespace=ns), who)
+
+    @rule(data=st.data())
+    def resource_claim_controller_claims_from_a_template(self, data: st.DataObject) -> None:
+        templates = [s for (k, _), s in sorted(self.c.objects.items()) if k == "ResourceClaimTemplate"]
+        if not templates:
+            return
+        template = data.draw(st.sampled_from(templates))
+        claim = dra.from_template(template.obj, pod=self.fresh("pod"))
+        decision, stored = self.c.request(self.c.review("CREATE", claim, dra.RESOURCE_CLAIM_CONTROLLER))
+        if decision.allowed and stored is not None:
+            stored["metadata"]["name"] = self.fresh(stored["metadata"]["generateName"])
+            self.c.store("ResourceClaim", stored, template.asked_by)
+
     # -- restores and clones ---------------------------------------------------------------------------------------
 
     @rule(who=USERS, idx=DEVICES)
@@ -277,7 +308,7 @@ def test_the_machine_admits_the_owners_own_flow(seed: int) -> None:
     """A fixed run: the model lets the owner claim, use and start her device (the search is not vacuous)."""
     m = OwnershipMachine()
     m.start()
-    assert m.c.claims == {0: om.ALICE, 1: om.ALICE, 2: om.ALICE}
+    assert m.c.claims == {0: om.ALICE, 1: om.ALICE, 2: om.ALICE, 5: om.ALICE} and m.c.dra == {5}
     m.create_vm(om.ALICE, [0], "per-device", "hostDevices", False)
     assert m.c.admitted["VirtualMachine"] == 1
     vm = m.c.stored_vms()[0]
@@ -299,3 +330,24 @@ class _Data:
 
     def draw(self, _: Any) -> Any:
         return self.value
+
+
+def test_the_machine_admits_the_owners_own_dra_flow() -> None:
+    """A fixed run through DRA: alice's claims for her device (and one made from her template) are admitted,
+    mallory's pin is not, and her broad claim is admitted only narrowed to devices she owns (none)."""
+    m = OwnershipMachine()
+    m.start()
+    m.release(om.ALICE, 1)
+    m.claim(om.ALICE, 1, through_dra=True)
+    assert m.c.dra == {1, 5}
+    m.user_creates_a_resourceclaim(om.ALICE, 1, "pin", False)
+    m.user_creates_a_resourceclaim(om.ALICE, 1, "broad", True)
+    template = next(s for (k, _), s in m.c.objects.items() if k == "ResourceClaimTemplate")
+    m.resource_claim_controller_claims_from_a_template(_Data(template))
+    assert m.c.admitted["ResourceClaim"] == 2 and m.c.admitted["ResourceClaimTemplate"] == 1
+    m.user_creates_a_resourceclaim(om.MALLORY, 1, "pin", False)
+    assert m.c.admitted["ResourceClaim"] == 2, "mallory's claim pinning alice's device"
+    m.user_creates_a_resourceclaim(om.MALLORY, 1, "broad", False)
+    mallorys = [s for (k, key), s in m.c.objects.items() if k == "ResourceClaim" and key.startswith("ns-mallory/")]
+    assert all(not m.c.dra_devices("ResourceClaim", s.obj) for s in mallorys)
+    m.everything_traces_back_to_someone_allowed()
