@@ -75,6 +75,7 @@ _LINGER_BYTES = 8 * 1024 * 1024
 STEPS_PER_TURN = 2
 _QUEUED_BYTES = 64 * 1024  # a connection waiting for its turn stops reading once it holds this much
 _MAX_PIPELINED = 4  # complete requests queued behind the one in the app; more is not a client we need to serve
+DRAIN_IDLE_S = 5.0  # a stopping worker keeps idle keep-alive connections this long, answering with Connection: close
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,12 +245,14 @@ class Front:
             self._turn_due = False
 
     def close_listeners(self) -> None:
-        """Stop accepting and close idle keep-alive connections; requests under way finish (graceful stop)."""
+        """Stop accepting; requests under way finish, and every answer from now on says `Connection: close`.
+
+        Idle keep-alive connections stay open for a moment (run's DRAIN_IDLE_S): closed at once, the API server may
+        already be writing its next request into one and gets a broken pipe, which it does not retry for a POST
+        (seen once in a rolling helm upgrade)."""
         self.draining = True
         for server in self.servers:
             server.close()
-        for conn in [c for c in self.connections if c.phase == IDLE]:
-            conn.close()
 
     def abort_all(self) -> None:
         if self._sweeper is not None:
@@ -750,8 +753,10 @@ def run(
             heartbeat()
             await asyncio.sleep(tick_s)
         front.close_listeners()
-        deadline = time.monotonic() + graceful_timeout_s
-        while front.busy() and time.monotonic() < deadline:
+        started = time.monotonic()
+        deadline = started + graceful_timeout_s
+        idle_until = started + min(DRAIN_IDLE_S, graceful_timeout_s)
+        while (front.busy() or (front.connections and time.monotonic() < idle_until)) and time.monotonic() < deadline:
             heartbeat()
             await asyncio.sleep(0.1)
         front.abort_all()

@@ -188,3 +188,19 @@ def test_slow_clients_found_by_one_sweep_are_cut_a_few_per_turn_of_the_loop(
     finally:
         for s in socks:
             s.close()
+
+
+def test_a_stopping_worker_answers_on_idle_keep_alive_connections_and_then_closes_them(running: Running) -> None:
+    """The API server may be writing its next request into an idle connection when the worker stops: closing it at
+    once gave a broken pipe that a POST is not retried on. It gets its answer, with Connection: close."""
+    ask = b"POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nhi"
+    with socket.create_connection(("127.0.0.1", running.port), timeout=5) as s:
+        s.sendall(ask)
+        assert s.recv(4096).startswith(b"HTTP/1.1 200")
+        running.call(running.front.close_listeners)
+        time.sleep(0.3)  # two sweeps: the idle connection is still open
+        s.sendall(ask)
+        out = b""
+        while chunk := s.recv(4096):
+            out += chunk
+        assert out.startswith(b"HTTP/1.1 200") and b"connection: close" in out.lower()
